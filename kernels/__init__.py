@@ -1,0 +1,1 @@
+"""`miner.kernels`: batched connected-component erasure and labelling (Triton on CUDA, exact CPU path)."""

@@ -1,0 +1,1 @@
+"""Inference backends with one interface: run(images) -> (logits, maps)."""

@@ -1,0 +1,1 @@
+"""The mining job: Ray actors over whole archives, Parquet out, resume."""

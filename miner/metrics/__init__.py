@@ -1,0 +1,1 @@
+"""Localisation metrics: IoU/IoBB, the ChestX-ray14 Acc/AFP protocol, MaxBoxAccV2 and PxAP."""

@@ -1,0 +1,1 @@
+"""Classifiers and segmentation nets that expose their map-producing features."""

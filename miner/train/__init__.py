@@ -1,0 +1,1 @@
+"""Training: classification, MSA initialisation, attention mining with knowledge preservation."""

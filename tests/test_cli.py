@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from miner import __version__
+from miner.cli import VERBS, main
+
+
+def test_version(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    assert capsys.readouterr().out.strip() == f"attention-miner {__version__}"
+
+
+def test_every_verb_has_help():
+    for verb in VERBS:
+        result = subprocess.run([sys.executable, "-m", "miner", verb, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert f"usage: miner {verb}" in result.stdout
+
+
+def test_no_verb_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "miner"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "usage: miner" in result.stderr
+
+
+def test_import_miner_is_light():
+    code = "import sys, miner, miner.cli; print(sorted(m for m in ('torch','ray','triton','tensorrt') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
