@@ -15,7 +15,9 @@ from miner import __version__
 from miner.errors import MinerError
 
 # verb -> module (in the order `miner --help` lists them)
-VERBS: dict[str, str] = {}
+VERBS: dict[str, str] = {
+    "bench": "miner.cli.bench",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
