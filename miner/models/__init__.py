@@ -9,14 +9,17 @@ Every classifier follows `miner.models.base.Classifier`; see the README section 
 """
 from __future__ import annotations
 
+from miner.models import dcfpn as _dcfpn  # noqa: F401  (registers dcfpn)
 from miner.models import resnet as _resnet  # noqa: F401  (registers resnet18/50, resnet18_msa/50_msa)
-from miner.models.base import Classifier, default_normalisation
+from miner.models import unet as _unet  # noqa: F401  (registers unet)
+from miner.models.base import Classifier, Normalised, default_normalisation
 from miner.models.checkpoint import build_from_meta, load_checkpoint, model_meta, read_checkpoint, save_checkpoint
 from miner.models.pretrained import load_pretrained, read_state_dict
 from miner.models.registry import create_model, list_models, register_model
 
 __all__ = [
     "Classifier",
+    "Normalised",
     "build_from_meta",
     "create_model",
     "default_normalisation",
