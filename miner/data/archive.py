@@ -1,0 +1,337 @@
+"""`read_archive`: an archive of labelled images as records, boxes and a class list.
+
+Three kinds of input are accepted (see `read_archive`):
+
+1. the ChestX-ray14 release layout (`miner.data.nih`), as a folder or as the path of its Data_Entry file;
+2. a manifest: CSV (plain or ``.csv.gz``) or Parquet with one row per image and a path column;
+3. a plain folder of images (searched recursively; unlabelled).
+
+The class list is, in order of precedence: the ``classes`` argument; a ``classes.txt`` in the archive's
+root (one finding per line, ``#`` comments allowed); the 14 ChestX-ray14 findings (`miner.findings.CHESTXRAY14`).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from miner.data import nih
+from miner.data.image import IMAGE_SUFFIXES
+from miner.data.records import GroundTruthBox, Record
+from miner.errors import ArchiveError
+from miner.findings import CHESTXRAY14, canonical
+
+CLASSES_FILE = "classes.txt"
+MASKS_DIR = "masks"
+MANIFEST_NAMES: tuple[str, ...] = ("manifest.parquet", "manifest.csv", "manifest.csv.gz")
+
+_PATH_COLUMNS = ("path", "file", "filepath", "file_path", "image_path", "filename", "file_name")
+_ID_COLUMNS = ("image_id", "image index", "image_index", "id")
+_LABEL_COLUMNS = ("labels", "finding labels", "finding_labels", "findings")
+_SPLIT_COLUMNS = ("split", "subset", "fold")
+_PATIENT_COLUMNS = ("patient_id", "patient id", "patient")
+_SPLIT_ALIASES = {"train_val": "train", "trainval": "train", "training": "train", "testing": "test"}
+
+
+@dataclass
+class Archive:
+    """Records, boxes and the class list of one archive.
+
+    Attributes:
+        root: the archive's folder (the manifest's folder for a manifest).
+        classes: the class list in effect (the columns of `labels_matrix`).
+        records: one per image, in the archive's order.
+        boxes: every ground-truth box of the archive (BBox_List_2017 convention), in file order.
+        masks_dir: ``root/masks`` when it exists (phantom archives written with masks), else None.
+            Layout: ``masks/<image stem>_<Finding>.png``, 8-bit, 255 on the finding's lesions.
+        has_labels: False for a plain image folder or a manifest without label columns (labels unknown,
+            not "No Finding").
+        source: ``"release"``, ``"manifest"`` or ``"folder"``.
+    """
+
+    root: Path
+    classes: tuple[str, ...]
+    records: list[Record]
+    boxes: list[GroundTruthBox] = field(default_factory=list)
+    masks_dir: Path | None = None
+    has_labels: bool = True
+    source: str = "release"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def labels_matrix(self) -> np.ndarray:
+        """np.ndarray[N, C] float32: 1 where record n carries class c (labels outside `classes` ignored)."""
+        index = {name: c for c, name in enumerate(self.classes)}
+        out = np.zeros((len(self.records), len(self.classes)), dtype=np.float32)
+        for n, record in enumerate(self.records):
+            for label in record.labels:
+                c = index.get(label)
+                if c is not None:
+                    out[n, c] = 1.0
+        return out
+
+    def subset(self, split: str) -> Archive:
+        """The records of one split (``"train"`` or ``"test"``) and their boxes."""
+        records = [r for r in self.records if r.split == split]
+        ids = {r.image_id for r in records}
+        return replace(self, records=records, boxes=[b for b in self.boxes if b.image_id in ids])
+
+    def boxes_by_image(self) -> dict[str, list[GroundTruthBox]]:
+        """image_id -> its boxes, in file order."""
+        out: dict[str, list[GroundTruthBox]] = {}
+        for b in self.boxes:
+            out.setdefault(b.image_id, []).append(b)
+        return out
+
+    def mask_path(self, image_id: str, finding: str) -> Path | None:
+        """``masks/<stem>_<finding>.png`` when the archive has masks and this one exists, else None."""
+        if self.masks_dir is None:
+            return None
+        path = self.masks_dir / f"{Path(image_id).stem}_{finding}.png"
+        return path if path.is_file() else None
+
+    def load_mask(self, image_id: str, finding: str) -> np.ndarray | None:
+        """np.ndarray[H, W] bool: the finding's pixels in this image, or None without a mask file."""
+        import cv2
+
+        path = self.mask_path(image_id, finding)
+        if path is None:
+            return None
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ArchiveError(f"{path}: mask does not decode")
+        return mask > 127
+
+
+def read_classes_file(path: Path) -> tuple[str, ...]:
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(canonical(line))
+    if not names:
+        raise ArchiveError(f"{path}: no class names (one finding per line expected)")
+    if len(set(names)) != len(names):
+        raise ArchiveError(f"{path}: a class is listed twice")
+    return tuple(names)
+
+
+def _class_list(root: Path, classes: Sequence[str] | None) -> tuple[tuple[str, ...], bool]:
+    """(classes, declared): declared is False when the default list applies."""
+    if classes is not None:
+        names = tuple(canonical(c) for c in classes)
+        if not names or len(set(names)) != len(names):
+            raise ArchiveError(f"classes must be a non-empty list without repeats, got {list(classes)}")
+        return names, True
+    if (root / CLASSES_FILE).is_file():
+        return read_classes_file(root / CLASSES_FILE), True
+    return CHESTXRAY14, False
+
+
+def _check_labels(records: list[Record], classes: tuple[str, ...], declared: bool, where: Path) -> None:
+    if declared:
+        return  # an explicit list may be a subset; labels outside it are kept but not in labels_matrix()
+    known = set(classes)
+    for r in records:
+        for label in r.labels:
+            if label not in known:
+                raise ArchiveError(
+                    f"{where}: image {r.image_id} has finding {label!r}, not one of the 14 ChestX-ray14 findings; "
+                    f"declare the archive's classes in {CLASSES_FILE} (one per line) or pass classes="
+                )
+
+
+def _masks_dir(root: Path) -> Path | None:
+    return root / MASKS_DIR if (root / MASKS_DIR).is_dir() else None
+
+
+def _read_release(root: Path, data_entry: Path, classes: Sequence[str] | None) -> Archive:
+    class_list, declared = _class_list(root, classes)
+    rows = nih.read_data_entry(data_entry)
+    splits: dict[str, str] = {}
+    for name, split in ((nih.TRAIN_LIST_NAME, "train"), (nih.TEST_LIST_NAME, "test")):
+        found = nih.find_file(root, name)
+        if found is not None:
+            for image_id in nih.read_split_list(found):
+                splits[image_id] = split
+    folders = nih.image_folders(root)
+    location: dict[str, Path] = {}
+    if len(folders) > 1:  # images_001/images ... images_012/images: index them once
+        for folder in folders:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    location.setdefault(entry.name, folder)
+    default = folders[0] if folders else root / "images"
+    records = [
+        Record(
+            image_id=r.image_id,
+            path=str(location.get(r.image_id, default) / r.image_id),
+            labels=r.labels,
+            split=splits.get(r.image_id),
+            patient_id=r.patient_id,
+            follow_up=r.follow_up,
+            view=r.view,
+        )
+        for r in rows
+    ]
+    _check_labels(records, class_list, declared, data_entry)
+    bbox = nih.find_file(root, nih.BBOX_LIST_NAME)
+    boxes = nih.read_bbox_list(bbox) if bbox is not None else []
+    return Archive(root=root, classes=class_list, records=records, boxes=boxes,
+                   masks_dir=_masks_dir(root), has_labels=True, source="release")
+
+
+def _read_table(path: Path) -> tuple[list[str], list[dict[str, object]]]:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises ArrowInvalid/OSError for non-Parquet bytes
+            raise ArchiveError(f"{path}: not a readable Parquet file ({err})") from None
+        return list(table.column_names), table.to_pylist()
+    with nih.open_text(path) as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return [c for c in (reader.fieldnames or []) if c], rows
+
+
+def _pick(columns: list[str], candidates: Sequence[str]) -> str | None:
+    lowered = {c.strip().lower(): c for c in columns}
+    for cand in candidates:
+        if cand in lowered:
+            return lowered[cand]
+    return None
+
+
+def _truthy(value: object) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, (bool, int, float)):
+        return value == value and float(value) > 0  # NaN-safe; -1 (uncertain) counts as negative
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "y"):
+        return True
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+def _read_manifest(path: Path, classes: Sequence[str] | None) -> Archive:
+    root = path.parent.resolve()
+    class_list, declared = _class_list(root, classes)
+    columns, rows = _read_table(path)
+    path_col = _pick(columns, _PATH_COLUMNS)
+    if path_col is None:
+        raise ArchiveError(f"{path}: no path column (one of {', '.join(_PATH_COLUMNS)}); found {columns}")
+    id_col = _pick(columns, _ID_COLUMNS)
+    label_col = _pick(columns, _LABEL_COLUMNS)
+    split_col = _pick(columns, _SPLIT_COLUMNS)
+    patient_col = _pick(columns, _PATIENT_COLUMNS)
+    finding_cols = [(c, canonical(c)) for c in columns if canonical(c) in class_list] if label_col is None else []
+    has_labels = label_col is not None or bool(finding_cols)
+
+    paths = []
+    for n, row in enumerate(rows):
+        value = row.get(path_col)
+        if value is None or not str(value).strip():
+            raise ArchiveError(f"{path}: row {n + 1} has an empty {path_col!r}")
+        p = Path(str(value).strip())
+        paths.append((str(value).strip(), p if p.is_absolute() else root / p))
+    basenames = [p.name for _, p in paths]
+    unique_names = len(set(basenames)) == len(basenames)
+
+    records = []
+    for row, (written, full) in zip(rows, paths):
+        if label_col is not None:
+            labels = nih.split_labels(str(row.get(label_col) or ""))
+        else:
+            labels = tuple(name for col, name in finding_cols if _truthy(row.get(col)))
+        split = str(row.get(split_col) or "").strip().lower() if split_col else ""
+        patient = str(row.get(patient_col) or "").strip() if patient_col else ""
+        image_id = str(row.get(id_col) or "").strip() if id_col else ""
+        records.append(Record(
+            image_id=image_id or (full.name if unique_names else written),
+            path=str(full.resolve()),
+            labels=labels,
+            split=_SPLIT_ALIASES.get(split, split) or None,
+            patient_id=patient or None,
+        ))
+    ids = [r.image_id for r in records]
+    if len(set(ids)) != len(ids):
+        raise ArchiveError(f"{path}: image ids are not unique; add an image_id column")
+    if label_col is not None:
+        _check_labels(records, class_list, declared, path)
+    bbox = nih.find_file(root, nih.BBOX_LIST_NAME)
+    boxes = nih.read_bbox_list(bbox) if bbox is not None else []
+    return Archive(root=root, classes=class_list, records=records, boxes=boxes,
+                   masks_dir=_masks_dir(root), has_labels=has_labels, source="manifest")
+
+
+def _read_folder(root: Path, classes: Sequence[str] | None) -> Archive:
+    class_list, _ = _class_list(root, classes)
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and MASKS_DIR not in p.relative_to(root).parts[:1]
+    )
+    if not files:
+        raise ArchiveError(
+            f"{root}: no Data_Entry_2017.csv, manifest or image files ({', '.join(IMAGE_SUFFIXES)}) found"
+        )
+    names = [p.name for p in files]
+    unique = len(set(names)) == len(names)
+    records = [
+        Record(image_id=p.name if unique else p.relative_to(root).as_posix(), path=str(p.resolve()))
+        for p in files
+    ]
+    return Archive(root=root, classes=class_list, records=records, boxes=[], masks_dir=_masks_dir(root),
+                   has_labels=False, source="folder")
+
+
+def read_archive(path: str | Path, *, classes: Sequence[str] | None = None) -> Archive:
+    """Read an archive's records, boxes and class list (image files are not opened).
+
+    Args:
+        path: one of
+            - a ChestX-ray14 release folder (``Data_Entry_2017.csv`` or ``Data_Entry_2017_v2020.csv``, plain or
+              ``.gz``; optional ``BBox_List_2017.csv``, ``train_val_list.txt``, ``test_list.txt``; images under
+              ``images/`` or ``images_*/images/``), or the path of its Data_Entry file;
+            - a manifest file (``.csv``, ``.csv.gz``, ``.parquet``), or a folder holding ``manifest.parquet`` /
+              ``manifest.csv``: one row per image; a path column (``path``, ``file``, ...; relative paths are
+              relative to the manifest's folder); optional ``image_id``, ``split``, ``patient_id`` columns; labels
+              either as a ``labels`` / ``Finding Labels`` column (``|``-separated, ``No Finding``) or as one
+              column per finding (named like a class; values > 0, ``true`` or ``yes`` mean present). A
+              ``BBox_List_2017.csv`` beside the manifest is read too;
+            - any other folder: every image file below it (PNG, JPEG, TIFF, DICOM), unlabelled.
+        classes: the class list; default: ``classes.txt`` in the archive's root, else the 14 ChestX-ray14
+            findings. With the default list an unknown finding name is an error (a typo or a different
+            dataset); with a declared list, labels outside it are kept on the records but left out of
+            `Archive.labels_matrix`.
+
+    Raises:
+        ArchiveError: a path that is not an archive, or a file that cannot be read as one.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ArchiveError(f"{path}: no such file or folder; give an archive folder or a manifest file")
+    if path.is_file():
+        if path.name.startswith("Data_Entry"):
+            return _read_release(path.parent.resolve(), path, classes)
+        if path.name.lower().endswith((".csv", ".csv.gz", ".parquet")):
+            return _read_manifest(path, classes)
+        raise ArchiveError(f"{path}: not an archive; give a folder, a Data_Entry CSV or a CSV/Parquet manifest")
+    root = path.resolve()
+    data_entry = nih.find_data_entry(root)
+    if data_entry is not None:
+        return _read_release(root, data_entry, classes)
+    for name in MANIFEST_NAMES:
+        if (root / name).is_file():
+            return _read_manifest(root / name, classes)
+    return _read_folder(root, classes)

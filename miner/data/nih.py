@@ -1,0 +1,228 @@
+"""The ChestX-ray14 (NIH) release layout: its files, their headers and quirks, read and written.
+
+A release folder holds::
+
+    images/00000001_000.png ...       (or images_001/images/... as the tarballs unpack)
+    Data_Entry_2017.csv               (or Data_Entry_2017_v2020.csv; either may be gzipped: .csv.gz)
+    BBox_List_2017.csv                (optional; .csv.gz accepted)
+    train_val_list.txt, test_list.txt (optional; one image name per line)
+
+Quirks handled here:
+
+- ``Data_Entry_2017.csv`` has the header ``...,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],``
+  (the brackets hold commas, so it has more fields than names, and the 2017 file ends every line with a
+  comma); the v2020 file drops the trailing comma. Columns are found by name, so both read alike.
+- ``Finding Labels`` joins findings with ``|``; ``No Finding`` means none.
+- ``BBox_List_2017.csv`` has the header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` and spells
+  ``Infiltrate`` for the class ``Infiltration``.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from miner.data.records import GroundTruthBox
+from miner.errors import ArchiveError
+from miner.findings import NO_FINDING, canonical
+
+DATA_ENTRY_NAMES: tuple[str, ...] = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
+BBOX_LIST_NAME = "BBox_List_2017.csv"
+TRAIN_LIST_NAME = "train_val_list.txt"
+TEST_LIST_NAME = "test_list.txt"
+
+#: the header line of the 2017 release's Data_Entry_2017.csv (the phantom generator writes it)
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
+#: the header line of BBox_List_2017.csv
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+
+#: how the box file spells findings that the class list spells differently
+BBOX_SPELLING: dict[str, str] = {"Infiltration": "Infiltrate"}
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    """One line of Data_Entry_2017.csv."""
+
+    image_id: str
+    labels: tuple[str, ...]
+    follow_up: int | None
+    patient_id: str | None
+    age: int | None
+    gender: str | None
+    view: str | None
+    width: int | None = None
+    height: int | None = None
+    spacing_x: float | None = None
+    spacing_y: float | None = None
+
+
+def open_text(path: Path):
+    """Open a text file, gunzipping ``*.gz``."""
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def find_file(root: Path, name: str) -> Path | None:
+    """``root/name`` or ``root/name.gz``, whichever exists first."""
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_data_entry(root: Path) -> Path | None:
+    for name in DATA_ENTRY_NAMES:
+        found = find_file(root, name)
+        if found is not None:
+            return found
+    return None
+
+
+def is_release(root: Path) -> bool:
+    """Whether a folder holds a ChestX-ray14 release (it has a Data_Entry file)."""
+    return root.is_dir() and find_data_entry(root) is not None
+
+
+def split_labels(text: str) -> tuple[str, ...]:
+    """``"Cardiomegaly|Effusion"`` -> ("Cardiomegaly", "Effusion"); ``"No Finding"`` -> ()."""
+    out = []
+    for part in text.split("|"):
+        part = part.strip()
+        if part and part != NO_FINDING:
+            name = canonical(part)
+            if name not in out:
+                out.append(name)
+    return tuple(out)
+
+
+def _int(text: str) -> int | None:
+    digits = "".join(ch for ch in text.strip() if ch.isdigit())  # 2017 ages may read "058Y"
+    return int(digits) if digits else None
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_data_entry(path: Path) -> list[EntryRow]:
+    """All rows of a Data_Entry file (2017 or v2020 layout, plain or gzipped)."""
+    with open_text(path) as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ArchiveError(f"{path}: empty file; expected a Data_Entry_2017.csv header") from None
+        names = [h.strip() for h in header]
+        index = {name: i for i, name in enumerate(names) if name}
+        for required in ("Image Index", "Finding Labels"):
+            if required not in index:
+                raise ArchiveError(f"{path}: no {required!r} column in the header (found {names[:6]}...)")
+        i_id, i_lab = index["Image Index"], index["Finding Labels"]
+        i_fu, i_pid = index.get("Follow-up #"), index.get("Patient ID")
+        i_age, i_sex, i_view = index.get("Patient Age"), index.get("Patient Gender"), index.get("View Position")
+        i_w = index.get("OriginalImage[Width")
+        i_sx = index.get("OriginalImagePixelSpacing[x")
+        rows = []
+        for line_no, row in enumerate(reader, start=2):
+            if not row or not row[0].strip():
+                continue
+            if len(row) <= max(i_id, i_lab):
+                raise ArchiveError(f"{path}:{line_no}: {len(row)} fields, expected at least {max(i_id, i_lab) + 1}")
+
+            def field(i: int | None) -> str:
+                return row[i].strip() if i is not None and i < len(row) else ""
+
+            pid = field(i_pid)
+            rows.append(EntryRow(
+                image_id=row[i_id].strip(),
+                labels=split_labels(row[i_lab]),
+                follow_up=_int(field(i_fu)),
+                patient_id=str(int(pid)) if pid.isdigit() else (pid or None),
+                age=_int(field(i_age)),
+                gender=field(i_sex) or None,
+                view=field(i_view) or None,
+                width=_int(field(i_w)),
+                height=_int(field(None if i_w is None else i_w + 1)),
+                spacing_x=_float(field(i_sx)),
+                spacing_y=_float(field(None if i_sx is None else i_sx + 1)),
+            ))
+    return rows
+
+
+def read_bbox_list(path: Path) -> list[GroundTruthBox]:
+    """All boxes of a BBox_List_2017.csv (plain or gzipped), findings in class-list spelling."""
+    boxes = []
+    with open_text(path) as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if not row or not row[0].strip() or row[0].strip() == "Image Index":
+                continue
+            if len(row) < 6:
+                raise ArchiveError(f"{path}:{line_no}: {len(row)} fields, expected image,finding,x,y,w,h")
+            try:
+                x, y, w, h = (float(v) for v in row[2:6])
+            except ValueError:
+                raise ArchiveError(f"{path}:{line_no}: box values {row[2:6]} are not numbers") from None
+            boxes.append(GroundTruthBox(row[0].strip(), canonical(row[1]), x, y, w, h))
+    return boxes
+
+
+def read_split_list(path: Path) -> list[str]:
+    """Image names of train_val_list.txt / test_list.txt (one per line, blank lines ignored)."""
+    with open_text(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def image_folders(root: Path) -> list[Path]:
+    """Where a release keeps its PNGs: ``images/`` or the unpacked tarballs' ``images_*/images/``."""
+    if (root / "images").is_dir():
+        return [root / "images"]
+    return sorted(p / "images" for p in root.glob("images_*") if (p / "images").is_dir())
+
+
+# ----------------------------------------------------------------------------------------------
+# writing (the phantom generator writes exactly this layout)
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))
+
+
+def write_data_entry(path: Path, rows: Iterable[EntryRow]) -> None:
+    """Write Data_Entry_2017.csv in the 2017 layout (header and trailing commas as released)."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(DATA_ENTRY_HEADER + "\n")
+        for r in rows:
+            labels = "|".join(r.labels) if r.labels else NO_FINDING
+            fields = [
+                r.image_id, labels, str(r.follow_up if r.follow_up is not None else 0), str(r.patient_id or ""),
+                str(r.age if r.age is not None else ""), r.gender or "", r.view or "",
+                str(r.width or ""), str(r.height or ""),
+                _fmt(r.spacing_x) if r.spacing_x is not None else "",
+                _fmt(r.spacing_y) if r.spacing_y is not None else "",
+            ]
+            f.write(",".join(fields) + ",\n")
+
+
+def write_bbox_list(path: Path, boxes: Iterable[GroundTruthBox]) -> None:
+    """Write BBox_List_2017.csv: the release's odd header, ``Infiltrate`` spelling, six fields a row."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(BBOX_HEADER + "\n")
+        for b in boxes:
+            finding = BBOX_SPELLING.get(b.finding, b.finding)
+            f.write(f"{b.image_id},{finding},{_fmt(b.x)},{_fmt(b.y)},{_fmt(b.w)},{_fmt(b.h)}\n")
+
+
+def write_split_list(path: Path, image_ids: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("".join(f"{i}\n" for i in image_ids))
