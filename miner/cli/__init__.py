@@ -16,6 +16,7 @@ from miner.errors import MinerError
 
 # verb -> module (in the order `miner --help` lists them)
 VERBS: dict[str, str] = {
+    "phantoms": "miner.cli.phantoms",
     "bench": "miner.cli.bench",
 }
 
