@@ -50,3 +50,60 @@ class PhantomConfig:
     noise: float = 0.018
     masks: bool = False
     real_background: bool = False
+
+
+# --- training (miner.train, `miner train`; owner: models & training) -----------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Defaults for `miner train` (README "Training"). Stages follow Cai et al. Sec. 3.1-3.2."""
+
+    arch: str = "resnet50_msa"
+    #: constructor options of the model (width, upsample, head, ...)
+    model_options: dict = field(default_factory=dict)
+    input_size: int = 512
+    #: class list to train (None: the archive's classes.txt, else the 14 ChestX-ray14 findings)
+    classes: tuple[str, ...] | None = None
+    #: local torchvision-layout weights (ImageNet) for the trunk; never downloaded
+    init: str | None = None
+    #: stages to run, in order; "all" = base, msa-init, end2end, am for *_msa models, else base, am
+    stages: tuple[str, ...] = ("all",)
+    base_epochs: int = 10
+    msa_init_epochs: int = 3
+    end2end_epochs: int = 5
+    am_epochs: int = 3
+    optimizer: str = "sgd"  # sgd (momentum, nesterov) | adamw
+    lr: float = 0.01  # base and msa-init
+    finetune_lr: float = 0.001  # end2end and am
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine (per stage, per step) | constant
+    batch_size: int = 32
+    workers: int = 2
+    #: decode every image once into memory (float16) before training; for small archives
+    cache: bool = False
+    augment: bool = False
+    #: fraction of the train split held out (by patient) for per-epoch validation AUC
+    val_fraction: float = 0.1
+    class_weights: str = "none"  # none | balanced (Wang et al. W-CEL weights from the train split)
+    amp: bool = False  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    seed: int = 0
+    threads: int | None = None  # torch intra-op threads per process (None: cores / local processes)
+    device: str = "auto"  # auto | cpu | cuda
+    #: BatchNorm in eval mode (running statistics frozen) in every stage
+    freeze_bn: bool = False
+    # attention mining (AM) fine-tuning
+    am_steps: int = 2  # erasure depths 1..am_steps, cycled batch by batch (T-1 for inference T=3)
+    am_threshold: float = 0.5
+    am_connectivity: int = 8
+    am_fraction: float = 0.125  # n = max(1, floor(N * fraction)) images of a batch erased (KP-Vanilla / KP)
+    #: BatchNorm frozen during AM: the un-erased images must not feel the erased ones through batch statistics
+    am_freeze_bn: bool = True
+    kp: str = "kp"  # none (erase all N) | vanilla (erase first n) | kp (vanilla + L_KP)
+    kp_lambda: float = 0.5
+    kp_layers: tuple[str, ...] = ("layer3", "layer4", "msa", "logits")
+    kp_norm: str = "image"  # image: mean over images of ||g_A - g_B||_2 | batch: ||G_A - G_B||_F / (N-n)
+    #: stop each epoch after this many steps (quick runs, tests); None = whole epoch
+    max_steps: int | None = None
+    progress: bool = True
