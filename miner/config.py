@@ -107,3 +107,71 @@ class TrainConfig:
     #: stop each epoch after this many steps (quick runs, tests); None = whole epoch
     max_steps: int | None = None
     progress: bool = True
+
+
+# --- attention mining, boxes, evaluation (miner.mining, miner.boxes, miner.metrics; owner: maps) --------
+
+
+@dataclass
+class MiningConfig:
+    """Attention mining at inference (Cai et al. Sec. 3.2, Eq. 7-8; `miner.mining.attention_mining`).
+
+    Attributes:
+        steps: T, the number of maps fused (1 = the plain class map; the seed found 3 best).
+        threshold: binarisation level of each normalised step map H_t.
+        connectivity: 8 (diagonal neighbours join a component) or 4.
+        normalize: ``minmax`` (min-max over the positions still kept, erased positions 0) or ``relu-max``
+            (ReLU, then divide by the maximum); both keep erased positions at exactly 0 (see `miner.mining`).
+    """
+
+    steps: int = 3
+    threshold: float = 0.5
+    connectivity: int = 8
+    normalize: str = "minmax"
+
+
+@dataclass
+class BoxConfig:
+    """Boxes from fused heatmaps (`miner.boxes.boxes_from_maps`).
+
+    Attributes:
+        thresholds: levels on the fused map min-max-normalised per map; each level's components give boxes.
+            ``"wang"`` = (60/255, 180/255), Wang et al.'s levels on heatmaps scaled to [0, 255].
+        max_boxes: boxes kept per image and finding (ranked by mean fused heat inside the box).
+        upsample: working resolution = map size x upsample (bilinear, align_corners=False) ...
+        max_work_side: ... but no side above this unless the map itself is larger (then the map's own size).
+        min_area: smallest component kept, in map cells (one cell = upsample^2 working pixels).
+        dedup_iou: a box whose IoU with a better-ranked box of the same image and finding exceeds this is a
+            duplicate (the same region found at another level) and dropped.
+        connectivity: 8 or 4, for the components.
+    """
+
+    thresholds: tuple[float, ...] | str = (0.3, 0.5, 0.7)
+    max_boxes: int = 3
+    upsample: int = 4
+    max_work_side: int = 256
+    min_area: float = 1.0
+    dedup_iou: float = 0.8
+    connectivity: int = 8
+
+
+@dataclass
+class EvalConfig:
+    """The ChestX-ray14 localisation protocol (`miner.metrics.localization`, `miner eval`).
+
+    Attributes:
+        iou_thresholds: T(IoU) levels (Cai et al. Table 2, Wang et al. Table 3).
+        iobb_thresholds: T(IoBB) levels (intersection over the predicted box's area).
+        afp_bounds: JSON or CSV file of AFP bounds per finding and level; None = the built-in bounds
+            (`miner.metrics.bounds`: Wang et al.'s AFP for T(IoU) as Cai et al.'s Table 2 reports them; no
+            bound, i.e. every box, for T(IoBB)).
+        within_rank: order of the boxes of one rank in the list B: ``score`` (descending mean heat) or
+            ``image`` (image order, the seed's literal listing).
+        max_rank: boxes per image and finding that enter B (rank 1..max_rank).
+    """
+
+    iou_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    iobb_thresholds: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+    afp_bounds: str | None = None
+    within_rank: str = "score"
+    max_rank: int = 3

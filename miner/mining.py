@@ -1,0 +1,151 @@
+"""Attention mining at inference (Cai et al. MICCAI 2018, Sec. 3.2, Eq. 7-8), for a whole batch at once.
+
+With M_0 = 1 (nothing erased), for t = 1..T:
+
+    H_t  = map of the features erased by M_{t-1}                               (Eq. 7: (X * M_{t-1}) w^c)
+    H_t <- normalise(H_t) to [0, 1]
+    M_t  = M_{t-1}, with the connected component of (H_t >= 0.5) that holds H_t's global maximum set to 0
+    H_f  = 1/T sum_t [ H_t + sum_{t' < t} H_t' * (1 - M_t') ]                  (Eq. 8)
+
+**Normalisation.** Eq. 8 fills the erased positions of H_t from earlier maps: at a position erased at step s
+(0 in M_s), the bracket of step t > s holds H_t there plus H_s there (and H_t' there for s < t' < t). The
+fill-in is consistent -- every position counts exactly one map per step -- only if H_t is exactly 0 wherever
+M_{t-1} erased. A raw CAM (no ReLU) is 0 there but may be negative elsewhere, so min-max normalising the
+whole map would lift the erased positions to -min/(max - min) > 0 and count them twice. Both modes here map
+erased positions to exactly 0:
+
+- ``minmax`` (default): min-max over the positions still kept (M_{t-1} = 1), erased positions set to 0. At
+  t = 1 this is the usual CAM normalisation; for non-negative maps (every gradient method ends with ReLU) whose
+  kept minimum is 0 it equals ``relu-max``.
+- ``relu-max``: ReLU, then divide by the maximum; erased positions are 0 after the ReLU (the raw map is 0
+  there).
+
+A map with no signal (constant over its kept positions, or nothing kept) normalises to all zeros: nothing
+reaches the threshold, nothing is erased, no NaN.
+
+**Recomputation.** For a GAP + linear head (and CAM, Grad-CAM, HiRes-CAM, LayerCAM at its input), the map of
+the erased features is the first map masked: H_t = H_1 * M_{t-1} exactly (CAM(X * M) = sum_k w_k X_k M =
+M * CAM(X); `tests/test_mining.py` checks it against recomputation). That shortcut is used when `recompute`
+is None. For any other head pass ``recompute(masks) -> maps`` (e.g. ``ClassMapper.erased_maps`` bound to the
+batch's features, or a backend's `recompute(images)`), called once per step t >= 2 with all masks of the batch.
+
+Component work goes through `miner.kernels.erase_components` only (one batched call per step for all B * C
+maps; Triton on CUDA tensors, the batched CPU path otherwise), and everything stays on the maps' device.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from miner.errors import UsageError
+
+NORMALIZE_MODES = ("minmax", "relu-max")
+
+
+class MiningResult(NamedTuple):
+    """What attention mining returns (on the maps' device).
+
+    fused (Tensor[B, C, h, w], float32): H_f of Eq. 8, in [0, 1].
+    masks (Tensor[T, B, C, h, w], bool): M_1..M_T, True = kept (M_t has the components of steps 1..t erased).
+    step_maps (Tensor[T, B, C, h, w], float32): the normalised H_1..H_T (0 where M_{t-1} erased).
+    """
+
+    fused: Tensor
+    masks: Tensor
+    step_maps: Tensor
+
+
+def normalize_kept(maps: Tensor, kept: Tensor, *, mode: str = "minmax") -> Tensor:
+    """Normalise each [h, w] map to [0, 1] over its kept positions; erased positions become exactly 0.
+
+    Args:
+        maps: raw maps (Tensor[..., h, w]).
+        kept: Tensor[..., h, w] bool (True = kept), broadcastable to maps.
+        mode: ``minmax`` or ``relu-max`` (see the module docstring).
+    """
+    if mode not in NORMALIZE_MODES:
+        raise UsageError(f"mining normalisation must be one of {NORMALIZE_MODES}, got {mode!r}")
+    x = maps.float()
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    if mode == "relu-max":
+        x = torch.relu(x)
+        lo = torch.zeros_like(x[..., :1, :1])
+    else:
+        lo = torch.where(kept, x, torch.full_like(x, float("inf"))).amin(dim=(-2, -1), keepdim=True)
+    hi = torch.where(kept, x, torch.full_like(x, float("-inf"))).amax(dim=(-2, -1), keepdim=True)
+    span = hi - lo
+    ok = span > 0  # False for a constant map and for a map with nothing kept (span = -inf or nan)
+    safe_lo = torch.where(ok, lo, zero)
+    safe_span = torch.where(ok, span, torch.ones_like(span))
+    out = (x - safe_lo) / safe_span
+    return torch.where(kept & ok, out.clamp(0, 1), zero)
+
+
+def attention_mining(
+    maps: Tensor,
+    *,
+    steps: int = 3,
+    threshold: float = 0.5,
+    connectivity: int = 8,
+    recompute: Callable[[Tensor], Tensor] | None = None,
+    normalize: str = "minmax",
+) -> MiningResult:
+    """T steps of class-wise erasure and the fused map (Eq. 7-8) for every map of the batch.
+
+    Args:
+        maps: H_1, the raw class maps (Tensor[B, C, h, w]) of `miner.cam.class_maps` or a backend.
+        steps: T (>= 1).
+        threshold: binarisation level of the normalised H_t.
+        connectivity: 8 or 4.
+        recompute: ``masks (Tensor[B, C, h, w] float, 1 = keep) -> raw maps (Tensor[B, C, h, w])`` of the
+            erased features; None = the exact linear-head shortcut H_t = H_1 * M_{t-1}.
+        normalize: ``minmax`` or ``relu-max`` (module docstring).
+
+    Returns:
+        MiningResult(fused, masks, step_maps) on the maps' device.
+    """
+    from miner.kernels import erase_components
+
+    if maps.dim() != 4:
+        raise UsageError(f"maps must be Tensor[B, C, h, w], got shape {tuple(maps.shape)}")
+    if steps < 1:
+        raise UsageError(f"steps must be at least 1, got {steps}")
+    if connectivity not in (4, 8):
+        raise UsageError(f"connectivity must be 4 or 8, got {connectivity}")
+    b, c, h, w = maps.shape
+    first = maps.float()
+    kept = torch.ones(b, c, h, w, dtype=torch.bool, device=maps.device)
+    step_maps, masks = [], []
+    for t in range(steps):
+        if t == 0:
+            raw = first
+        elif recompute is None:
+            raw = first * kept
+        else:
+            raw = recompute(kept.to(first.dtype)).float()
+            if raw.shape != first.shape:
+                raise ValueError(f"recompute returned shape {tuple(raw.shape)}, expected {tuple(first.shape)}")
+        ht = normalize_kept(raw, kept, mode=normalize)
+        peak = ht.amax(dim=(-2, -1), keepdim=True) >= threshold
+        component = erase_components(ht.reshape(b * c, h, w), threshold=threshold, connectivity=connectivity)
+        kept = kept & ~(component.reshape(b, c, h, w) & peak)
+        step_maps.append(ht)
+        masks.append(kept)
+    return MiningResult(fuse(step_maps, masks), torch.stack(masks), torch.stack(step_maps))
+
+
+def fuse(step_maps: list[Tensor], masks: list[Tensor]) -> Tensor:
+    """Eq. 8: H_f = 1/T sum_t [H_t + sum_{t'<t} H_t' * (1 - M_t')], with a running fill-in sum.
+
+    step_maps: H_1..H_T (each Tensor[B, C, h, w]); masks: M_1..M_T (bool, True = kept; M_T is not used).
+    """
+    steps = len(step_maps)
+    total = torch.zeros_like(step_maps[0])
+    fill = torch.zeros_like(step_maps[0])  # sum_{t' < t} H_t' (1 - M_t')
+    for t in range(steps):
+        total = total + step_maps[t] + fill
+        fill = fill + step_maps[t] * (~masks[t]).to(step_maps[t].dtype)
+    return total / steps
