@@ -17,6 +17,7 @@ from miner.errors import MinerError
 # verb -> module (in the order `miner --help` lists them)
 VERBS: dict[str, str] = {
     "phantoms": "miner.cli.phantoms",
+    "inspect": "miner.cli.inspect",
     "train": "miner.cli.train",
     "bench": "miner.cli.bench",
 }

@@ -123,8 +123,6 @@ def render_image(plan: PlannedImage, config: PhantomConfig, *, background=None) 
     for finding in sorted(plan.lesions):
         if finding == "Cardiomegaly":
             found.append(heart_lesion(canvas))
-            if background is not None:
-                background.enlarge_heart(canvas)
             continue
         drawer = DRAWERS[finding]
         for _ in range(plan.lesions[finding]):

@@ -167,3 +167,37 @@ def test_cli_writes_and_refuses_a_non_empty_folder(tmp_path):
     assert len(read_archive(out)) == 6
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_real_background(tmp_path):
+    archive = make_phantoms(tmp_path / "real", images=12, size=96, seed=4, masks=True, real_background=True)
+    assert len(archive) == 12
+    by_image = archive.boxes_by_image()
+    for record in archive.records:
+        image = cv2.imread(record.path, cv2.IMREAD_UNCHANGED)
+        assert image.shape == (96, 96) and image.dtype == np.uint8
+        assert {b.finding for b in by_image.get(record.image_id, [])} == set(record.labels)
+        for finding in record.labels:
+            mask = archive.load_mask(record.image_id, finding)
+            covered = np.zeros_like(mask)
+            for b in by_image[record.image_id]:
+                if b.finding == finding:
+                    covered[int(b.y):int(b.y + b.h), int(b.x):int(b.x + b.w)] = True
+            assert mask.any() and not (mask & ~covered).any()
+    # the film shows through: its lungs are darker than its mediastinum in every image
+    for record in archive.records:
+        image = cv2.imread(record.path, cv2.IMREAD_UNCHANGED).astype(float)
+        assert image[20:60, 10:30].mean() < image[20:60, 44:52].mean()
+
+
+def test_real_background_without_pydicom_data_is_a_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from miner.errors import UsageError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "data_store" else real_find_spec(name, *a))
+    with pytest.raises(UsageError, match="pydicom-data"):
+        make_phantoms(tmp_path / "x", images=2, size=64, seed=0, real_background=True)
+    assert not (tmp_path / "x").exists()  # nothing written

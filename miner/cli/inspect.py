@@ -1,0 +1,92 @@
+"""`miner inspect ARCHIVE`: what an archive holds, and which of its files are missing or unreadable."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "summarise an archive: counts per finding and split, boxes, image sizes, missing or unreadable files"
+DESCRIPTION = (
+    "Read an archive (release folder, Data_Entry CSV, CSV/Parquet manifest or image folder) and print images per "
+    "finding and split, No Finding images, boxes per finding, image sizes (from file headers) and every file that "
+    "is missing, empty, truncated, corrupt or of an unsupported format. Exits 0 when bad files are found (they are "
+    "listed); 1 when the archive itself cannot be read."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("archive", metavar="ARCHIVE", help="release folder, Data_Entry CSV, manifest or image folder")
+    parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    parser.add_argument("--deep", action="store_true",
+                        help="decode every checked file fully (slower; also finds corrupt pixel data)")
+    parser.add_argument("--sample", type=int, default=None, metavar="N",
+                        help="check only N files drawn at random (counts still cover the whole archive)")
+    parser.add_argument("--workers", type=int, default=8, help="threads checking files (default 8)")
+    parser.add_argument("--classes", default=None,
+                        help="comma-separated class list (default: the archive's classes.txt, else ChestX-ray14)")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def format_report(report: dict) -> str:
+    out = [f"archive {report['archive']} ({report['source']}): {report['images']} images, "
+           f"{report['boxes']} boxes on {report['images_with_boxes']} images"]
+    splits = list(report["splits"])
+    if report["labelled"]:
+        rows = [[name, v["images"], *(v.get(s, 0) for s in splits), v["boxes"], v["images_with_boxes"]]
+                for name, v in report["findings"].items()]
+        nf = report["no_finding"]
+        rows.append(["No Finding", nf["images"], *(nf.get(s, 0) for s in splits), "", ""])
+        rows.append(["(all images)", report["images"], *(report["splits"][s] for s in splits), report["boxes"],
+                     report["images_with_boxes"]])
+        out.append(_table(rows, ["finding", "images", *splits, "boxes", "boxed images"]))
+    else:
+        out.append("unlabelled: " + ", ".join(f"{s} {n}" for s, n in report["splits"].items()))
+    if report["boxes_without_image"]:
+        out.append(f"boxes naming an image not in the archive: {report['boxes_without_image']}")
+    if report["boxes_outside_image"]:
+        out.append(f"boxes reaching outside their image: {report['boxes_outside_image']}")
+    sizes = report["sizes"]
+    if sizes["distinct"]:
+        shown = ", ".join(f"{s['height']}x{s['width']} ({s['images']})" for s in sizes["distinct"][:6])
+        more = len(sizes["distinct"]) - 6
+        out.append("image sizes (HxW): " + shown + (f", ... {more} more" if more > 0 else "")
+                   + f"; min {sizes['min'][0]}x{sizes['min'][1]}, max {sizes['max'][0]}x{sizes['max'][1]}")
+    if sizes["unknown"]:
+        out.append(f"image sizes not in the header: {sizes['unknown']}")
+    if report["formats"]:
+        out.append("formats: " + ", ".join(f"{k} {v}" for k, v in report["formats"].items()))
+    counts = report["problem_counts"]
+    total = sum(counts.values())
+    out.append(f"files checked: {report['checked']} ({report['check']}); "
+               + (f"{total} bad: " + ", ".join(f"{k} {v}" for k, v in counts.items()) if total else "none bad"))
+    for p in report["problems"]:
+        out.append(f"  {p['kind']:<11} {p['image_id']}  {p['path']}" + (f"  ({p['detail']})" if p["detail"] else ""))
+    if total > len(report["problems"]):
+        out.append(f"  ... {total - len(report['problems'])} more (see --json)")
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from miner.data import read_archive
+    from miner.data.survey import survey_archive
+    from miner.errors import UsageError
+
+    if args.sample is not None and args.sample < 1:
+        raise UsageError(f"--sample must be at least 1, got {args.sample}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    archive = read_archive(args.archive, classes=classes)
+    report = survey_archive(archive, deep=args.deep, sample=args.sample, workers=args.workers,
+                            progress=sys.stderr.isatty() and not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return 0
