@@ -110,3 +110,37 @@ def scipy_stats(labels: np.ndarray, values: np.ndarray, k: int):
             area[i] = ndimage.sum_labels(np.ones_like(values[i]), labels[i], index)
             total[i] = ndimage.sum_labels(values[i].astype(np.float64), labels[i], index)
     return bbox, area, total
+
+
+# Batches the kernels are checked on, shared by the interpreter and GPU tests: (id, mask [N, H, W] bool).
+# Sizes cover 1x1, single rows/columns, non-square, one block (<= 1024 px) and several blocks of 1024 lanes.
+LABEL_SHAPES = [(1, 1), (1, 17), (17, 1), (7, 12), (32, 32), (45, 37)]
+DENSITIES = (0.05, 0.15, 0.3, 0.45, 0.55, 0.6, 0.7, 0.85, 0.95)
+
+
+def label_batches(seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = [(f"mixed{h}x{w}", mixed_batch(rng, h, w)) for h, w in LABEL_SHAPES]
+    out.append(("densities24x40", np.stack([random_map(rng, 24, 40, d) for d in DENSITIES])))
+    out.append(("spiral64x64+checker", np.stack([spiral(64, 64), checkerboard(64, 64), border_frame(64, 64)])))
+    return out
+
+
+def erase_batches(seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(id, maps [N, H, W] float32 in [0, 1]): smooth heatmaps, noise, ties, flat and spiral-shaped maps."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for h, w in [(1, 1), (3, 11), (16, 16), (32, 32), (40, 33)]:
+        maps = [blobs(rng, h, w, sigma=s) for s in (0.5, 1.0, 2.0, 4.0)]
+        maps.append(rng.random((h, w)).astype(np.float32))
+        maps.append(np.zeros((h, w), np.float32))  # flat: argmax 0, every pixel below 0.5
+        tie = np.full((h, w), 0.7, np.float32)  # all tied: one component, the whole map
+        maps.append(tie)
+        two = rng.random((h, w)).astype(np.float32) * 0.4
+        two.flat[-1] = two.flat[0] = 1.0  # tie between the first and the last pixel
+        maps.append(two)
+        sp = spiral(h, w).astype(np.float32) * 0.6
+        sp.flat[int(np.flatnonzero(sp)[-1])] = 1.0  # maximum at the spiral's inner end
+        maps.append(sp)
+        out.append((f"maps{h}x{w}", np.stack(maps)))
+    return out
