@@ -137,6 +137,54 @@ def attention_mining(
     return MiningResult(fuse(step_maps, masks), torch.stack(masks), torch.stack(step_maps))
 
 
+def mine(
+    model,
+    images: Tensor,
+    *,
+    method: str = "cam",
+    layer: str | None = None,
+    classes=None,
+    config=None,
+) -> tuple[Tensor, MiningResult]:
+    """Class maps and attention mining for a batch, in eager PyTorch (pictures, evaluation, tests).
+
+    Uses the exact shortcut where it holds (`ClassMapper.shortcut_exact`) and otherwise recomputes the maps on
+    the erased features of this batch (one backbone pass for all steps).
+
+    Args:
+        model: a `miner.models` classifier; images: Tensor[B, in_chans, S, S] in [0, 1].
+        method, layer, classes: as `miner.cam.class_maps`.
+        config: `miner.config.MiningConfig` (None = defaults).
+
+    Returns:
+        (logits Tensor[B, C_all], MiningResult for the requested classes).
+    """
+    from miner.cam import ClassMapper, inference_state
+    from miner.config import MiningConfig
+
+    cfg = config or MiningConfig()
+    mapper = ClassMapper(model, method=method, layer=layer, classes=classes)
+    with inference_state(model):
+        if cfg.steps == 1 or mapper.shortcut_exact:
+            logits, maps = mapper(images)
+            recompute = None
+        elif mapper.mode == "hook":
+            raise UsageError(
+                f"attention mining with {mapper.method.name} at {', '.join(mapper.layers)} needs the maps of erased "
+                f"features: take the maps at the feature layer {getattr(model, 'feature_layer', '')!r}, or use steps=1"
+            )
+        else:
+            logits, maps = mapper(images)
+            features = mapper.features(images)
+
+            def recompute(masks: Tensor) -> Tensor:
+                return mapper.erased_maps(features, masks)
+
+        result = attention_mining(maps, steps=cfg.steps, threshold=cfg.threshold, connectivity=cfg.connectivity,
+                                  recompute=recompute, normalize=cfg.normalize)
+    return logits, result
+
+
 def fuse(step_maps: list[Tensor], masks: list[Tensor]) -> Tensor:
     """Eq. 8: H_f = 1/T sum_t [H_t + sum_{t'<t} H_t' * (1 - M_t')], with a running fill-in sum.
 

@@ -5,4 +5,6 @@ Each benchmark is a module here exposing ``HELP``, ``add_arguments(parser)`` and
 from __future__ import annotations
 
 # name -> module, in the order `miner bench --help` lists them
-BENCHES: dict[str, str] = {}
+BENCHES: dict[str, str] = {
+    "maps": "miner.bench.maps",
+}

@@ -19,6 +19,8 @@ VERBS: dict[str, str] = {
     "phantoms": "miner.cli.phantoms",
     "inspect": "miner.cli.inspect",
     "train": "miner.cli.train",
+    "eval": "miner.cli.eval",
+    "show": "miner.cli.show",
     "bench": "miner.cli.bench",
 }
 

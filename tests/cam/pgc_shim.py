@@ -1,63 +1,6 @@
-"""Import pytorch-grad-cam (the ``grad-cam`` package) as a test oracle without torchvision or scikit-learn.
-
-pytorch-grad-cam imports, at module level, names it uses only for pictures, test-time augmentation and
-factorisation methods: ``torchvision.transforms`` (Compose, Normalize, ToTensor),
-``torchvision.transforms.functional.resize``, ``torchvision`` itself (``ops.box_iou`` for detection targets)
-and ``sklearn.decomposition`` (KernelPCA, NMF). torchvision cannot be installed beside CPU torch here (its
-wheel pulls a CUDA torch; see NOTES.md), so the package is installed with ``pip install --no-deps grad-cam
-ttach`` and this module puts inert stand-ins for exactly those names into ``sys.modules`` while
-``pytorch_grad_cam`` is imported, then removes them again (other tests never see a fake torchvision). Every
-stand-in raises if called: the CAM computations compared in the tests (GradCAM, HiResCAM, XGradCAM,
-GradCAMPlusPlus, LayerCAM, SemanticSegmentationTarget) never touch them.
-"""
+"""pytorch-grad-cam for the tests: imported through `miner.bench.oracles` (stand-ins for torchvision names)."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
+from miner.bench.oracles import import_pytorch_grad_cam, reimplemented_gradcam
 
-
-def _inert(name: str):
-    def fn(*args, **kwargs):
-        raise RuntimeError(f"{name} is a test stand-in (torchvision/scikit-learn are not installed)")
-
-    fn.__name__ = name.rsplit(".", 1)[-1]
-    return fn
-
-
-_STAND_INS = {
-    "torchvision": {},
-    "torchvision.ops": {"box_iou": None},
-    "torchvision.transforms": {"Compose": None, "Normalize": None, "ToTensor": None},
-    "torchvision.transforms.functional": {"resize": None},
-    "sklearn": {},
-    "sklearn.decomposition": {"KernelPCA": None, "NMF": None},
-}
-
-
-def import_pytorch_grad_cam() -> types.ModuleType:
-    """The ``pytorch_grad_cam`` package, or ImportError when ``grad-cam``/``ttach`` are not installed."""
-    if "pytorch_grad_cam" in sys.modules:
-        return sys.modules["pytorch_grad_cam"]
-    for needed in ("pytorch_grad_cam", "ttach"):
-        if importlib.util.find_spec(needed) is None:
-            raise ImportError(f"{needed} is not installed (pip install --no-deps grad-cam ttach)")
-    missing_roots = {root for root in ("torchvision", "sklearn") if importlib.util.find_spec(root) is None}
-    added = []
-    for name, attrs in _STAND_INS.items():
-        if name.split(".")[0] not in missing_roots:
-            continue  # the real package is installed: pytorch-grad-cam uses it
-        module = types.ModuleType(name)
-        for attr in attrs:
-            setattr(module, attr, _inert(f"{name}.{attr}"))
-        sys.modules[name] = module
-        added.append(name)
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, module)
-    try:
-        return importlib.import_module("pytorch_grad_cam")
-    finally:
-        for name in added:
-            sys.modules.pop(name, None)
+__all__ = ["import_pytorch_grad_cam", "reimplemented_gradcam"]

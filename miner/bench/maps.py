@@ -1,0 +1,194 @@
+"""`miner bench maps`: all class maps in one call vs pytorch-grad-cam and torchcam; mining + boxes vs the forward.
+
+Measured side by side in one process on the same model (ResNet-50, random weights, 14 classes by default),
+the same images (batch 4 at 512 x 512) and the same threads:
+
+- **forward**: ``model(images)`` under inference mode (logits only) -- the unit every figure is divided by;
+- **here**: `miner.cam.class_maps` with all 14 classes (``cam`` and ``gradcam``; for a GAP + linear head both
+  come from one forward pass and the head weights);
+- **pytorch-grad-cam** the way its users compute 14 maps: one ``GradCAM(model, [layer4])`` call per class, each a
+  full forward and backward pass (parameters require grad, as in a user's model). When the ``grad-cam`` package
+  is not installed, a faithful re-implementation of one such call (`miner.bench.oracles.reimplemented_gradcam`)
+  is timed instead and labelled so;
+- **torchcam** the way its API allows: one forward pass, then 14 ``GradCAM`` extractor calls with
+  ``retain_graph=True`` (each a gradient to layer4);
+- **mining + boxes**: `miner.mining.attention_mining` (T = 3) and `miner.boxes.boxes_from_maps` for all 14
+  findings of the batch, as a share of the forward time.
+
+Goals (issue 4): here >= 40x faster than pytorch-grad-cam, >= 1.15x faster than torchcam, mining + boxes <=
+3 % of the forward time. The maps of the three implementations are also compared (max difference after the
+same normalisation), so the speed-up is between equal outputs.
+
+glibc's malloc must be tuned at process start (NOTES.md: with its defaults torch eager inference is ~2.5x
+slower from page faults), so the command re-executes itself with the MALLOC_* variables when they are
+missing, and says so.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "all class maps here vs pytorch-grad-cam and torchcam; mining + boxes vs the forward pass"
+
+MALLOC_TUNED = {
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "68719476736",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
+_REEXEC_FLAG = "MINER_BENCH_MAPS_REEXEC"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="resnet50", help="model (default resnet50, random weights)")
+    parser.add_argument("--size", type=int, default=512, help="input side (default 512)")
+    parser.add_argument("--batch", type=int, default=4, help="images per batch (default 4)")
+    parser.add_argument("--classes", type=int, default=14, help="classes = maps per image (default 14)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds of the fast measurements (default 5)")
+    parser.add_argument("--pgc-repeats", type=int, default=1,
+                        help="timed rounds of pytorch-grad-cam (about 45 forward passes each; default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--steps", type=int, default=3, help="attention-mining steps T (default 3)")
+    parser.add_argument("--no-reexec", dest="reexec", action="store_false",
+                        help="do not restart with tuned MALLOC_* variables (measure the environment as it is)")
+
+
+def _reexec(args: argparse.Namespace) -> None:
+    tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNED.items())
+    if tuned or not args.reexec or os.environ.get(_REEXEC_FLAG):
+        return
+    env = dict(os.environ, **MALLOC_TUNED, **{_REEXEC_FLAG: "1"})
+    print("re-executing with " + " ".join(f"{k}={v}" for k, v in MALLOC_TUNED.items())
+          + " (glibc malloc tuned for torch: NOTES.md)", flush=True)
+    os.execve(sys.executable, [sys.executable, "-m", "miner", *sys.argv[1:]], env)
+
+
+def run(args: argparse.Namespace) -> int:
+    _reexec(args)
+    import statistics
+    import time
+
+    import numpy as np
+    import torch
+
+    from miner.bench.oracles import import_pytorch_grad_cam, reimplemented_gradcam
+    from miner.boxes import boxes_from_maps
+    from miner.cam import class_maps, normalize_maps
+    from miner.config import BoxConfig
+    from miner.mining import attention_mining
+    from miner.models import create_model
+
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_model(args.arch, num_classes=args.classes).eval()
+    layer_name = model.feature_layer
+    layer = model.get_submodule(layer_name)
+    images = torch.rand(args.batch, model.in_chans, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    n_cls = len(model.classes)
+    malloc = "tuned" if all(os.environ.get(k) == v for k, v in MALLOC_TUNED.items()) else "glibc defaults"
+    print(f"{args.arch}, random weights, {n_cls} classes, batch {args.batch} x {model.in_chans} x {args.size} x "
+          f"{args.size}, layer {layer_name}, torch {torch.__version__}, {threads} threads, malloc {malloc}")
+
+    def timed(fn, repeats):
+        times = []
+        out = None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times), out
+
+    def forward():
+        with torch.inference_mode():
+            return model(images)
+
+    def here(method):
+        return lambda: class_maps(model, images, method=method)
+
+    import torchcam.methods as tc
+
+    def torchcam_all():
+        with tc.GradCAM(model, target_layer=layer_name) as extractor:
+            scores = model(images)
+            maps = [extractor(class_idx=c, scores=scores, retain_graph=c < n_cls - 1)[0] for c in range(n_cls)]
+        return torch.stack(maps, 1)
+
+    try:
+        pgc = import_pytorch_grad_cam()
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        pgc_label = "pytorch-grad-cam GradCAM, one call per class"
+
+        def pgc_all():
+            with pgc.GradCAM(model=model, target_layers=[layer]) as cam:
+                return np.stack([cam(input_tensor=images, targets=[ClassifierOutputTarget(c)] * args.batch)
+                                 for c in range(n_cls)], 1)
+    except ImportError:
+        pgc_label = "pytorch-grad-cam NOT INSTALLED: faithful re-implementation of its GradCAM call, one per class"
+
+        def pgc_all():
+            return np.stack([reimplemented_gradcam(model, layer, images, c) for c in range(n_cls)], 1)
+
+    # warm-up (first-call allocations, lazy imports) -- not timed
+    forward()
+    class_maps(model, images, method="cam")
+    box_cfg = BoxConfig()
+    sizes = [(1024, 1024)] * args.batch
+
+    def post(maps):
+        mined = attention_mining(maps, steps=args.steps)
+        return boxes_from_maps(mined.fused, original_sizes=sizes, config=box_cfg)
+
+    results: dict[str, list[float]] = {"forward": [], "cam": [], "gradcam": [], "torchcam": [], "post": []}
+    maps_cam = maps_grad = tc_maps = None
+    for _ in range(args.repeats):  # interleaved rounds: machine noise hits every implementation alike
+        results["forward"].append(timed(forward, 1)[0])
+        t, (_, maps_cam) = timed(here("cam"), 1)
+        results["cam"].append(t)
+        t, (_, maps_grad) = timed(here("gradcam"), 1)
+        results["gradcam"].append(t)
+        t, tc_maps = timed(torchcam_all, 1)
+        results["torchcam"].append(t)
+        results["post"].append(timed(lambda: post(maps_cam), 5)[0])
+    t_pgc, pgc_maps = timed(pgc_all, max(1, args.pgc_repeats))
+    med = {k: statistics.median(v) for k, v in results.items()}
+    boxes = post(maps_cam)
+
+    # the maps agree (same normalisation: ReLU, min-max; pytorch-grad-cam's resize to the input size)
+    ours_tc = normalize_maps(maps_grad, eps=1e-8)
+    diff_tc = float((ours_tc - tc_maps).abs().max())
+    import cv2
+
+    ours_pgc = np.empty_like(pgc_maps)
+    for b in range(args.batch):
+        for c in range(n_cls):
+            m = np.maximum(maps_grad[b, c].numpy(), 0)
+            m = m - m.min()
+            m = cv2.resize(np.float32(m / (1e-7 + m.max())), (args.size, args.size))
+            m = m - m.min()
+            ours_pgc[b, c] = m / (1e-7 + m.max())
+    diff_pgc = float(np.abs(ours_pgc - pgc_maps).max())
+
+    f = med["forward"]
+    best = med["gradcam"]  # the same method as theirs (for this head it costs what cam costs)
+    n_boxes = sum(len(v) for v in boxes)
+    print(f"{'':44s} {'time':>10s} {'x forward':>10s}")
+    rows = [
+        ("forward pass (logits only)", f),
+        (f"here: all {n_cls} maps, cam", med["cam"]),
+        (f"here: all {n_cls} maps, gradcam", med["gradcam"]),
+        (f"torchcam: 1 forward + {n_cls} gradient calls", med["torchcam"]),
+        (f"{pgc_label[:40]}", t_pgc),
+        (f"mining (T={args.steps}) + boxes, {args.batch}x{n_cls} maps", med["post"]),
+    ]
+    for label, t in rows:
+        print(f"{label:44s} {t * 1e3:8.1f}ms {t / f:9.2f}x")
+    if not pgc_label.startswith("pytorch-grad-cam GradCAM"):
+        print(f"  ({pgc_label})")
+    print(f"speed-up vs pytorch-grad-cam: {t_pgc / best:6.1f}x   (goal >= 40x)   max map difference {diff_pgc:.1e}")
+    print(f"speed-up vs torchcam:         {med['torchcam'] / best:6.2f}x   (goal >= 1.15x) max map difference {diff_tc:.1e}")
+    print(f"mining + boxes / forward:     {100 * med['post'] / f:6.2f} %  (goal <= 3 %)   {n_boxes} boxes")
+    print(f"medians of {args.repeats} interleaved rounds ({max(1, args.pgc_repeats)} for pytorch-grad-cam); "
+          f"mining + boxes: median of 5 calls per round")
+    return 0
