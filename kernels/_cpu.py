@@ -1,30 +1,35 @@
 """Batched CPU path of the component operations: the reference the kernels are tested against.
 
-No Python loop runs per map. A batch of N maps of H x W is written into ONE tall uint8 image of N * (H + 1) rows
-and W columns (each map followed by one zero row, so no component crosses from one map into the next, for either
-connectivity) and labelled by a single ``cv2.connectedComponentsWithAlgorithm`` call per chunk of about
-``_CHUNK_PIXELS`` pixels.
+No Python loop runs per map. A chunk of maps (about ``_CHUNK_PIXELS`` pixels: many small maps, or one large one) is
+written into ONE tall uint8 image of n * (H + 1) rows and W columns (each map followed by one zero row, so no
+component crosses from one map into the next, for either connectivity) and labelled by a single
+``cv2.connectedComponentsWithAlgorithm`` call; every later step is a vectorised numpy pass over the chunk. Chunks are
+sized to stay in cache, which is what makes the batch faster than one OpenCV call per map.
 
 Raster order. OpenCV's SAUF (Wu) algorithm numbers labels in the order their first pixel is met in a raster scan
 (its union-find keeps the smaller provisional label as the root, and provisional labels grow with the scan; the
 parallel variant labels stripes with increasing label ranges and merges with the same rule). In the tall image the
 raster order is map-major, then row, then column, so the global labels of map n are exactly
 ``offset[n] + 1 .. offset[n] + count[n]`` in the map's own raster order, with ``offset[n]`` the number of components
-in maps before n. Subtracting the offset therefore gives scipy.ndimage.label's numbering exactly. This property is
-checked on every call by a cheap monotonicity test; if it ever fails (another OpenCV build), the labels are
-renumbered by first pixel (``_renumber_by_first_pixel``), so the result never depends on it.
+in maps before n. Subtracting the offset therefore gives scipy.ndimage.label's numbering exactly. The property is
+checked once per process on a batch built to break scan orders that are not raster (``_sauf_is_raster``); if an
+OpenCV build ever fails it, every call renumbers by first pixel instead (``_renumber_by_first_pixel``, slower), so
+the result never depends on it.
 
-Statistics are vectorised reductions over the foreground pixels keyed by ``n * K + label - 1``: ``np.bincount`` for
-area and sum (sum accumulated in float64, then rounded to float32) and ``np.minimum.at``/``np.maximum.at`` for the
-bounding boxes.
+Statistics work on horizontal runs (maximal stretches of one label in a row), found with one vectorised comparison
+of each pixel with its left neighbour: a run's start holds its smallest x, its end the largest, every row of a
+component holds a run, and a run's value sum is a difference of one float64 prefix sum over the chunk. Runs are then
+reduced per key ``n * K + label - 1`` with ``np.bincount`` (area, sum) and ``np.minimum.at`` / ``np.maximum.at``
+(boxes): smooth maps have far fewer runs than pixels, so only three passes touch every pixel.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-# Pixels per cv2 call: bounds the int32 label image of one chunk to ~64 MiB.
-_CHUNK_PIXELS = 1 << 24
+# Pixels per chunk (one cv2 call and one round of numpy passes): 2**18 keeps a chunk's int32 labels (1 MiB) in cache;
+# measured on 2 cores it beat 2**16 (call overhead) and 2**20..2**24 (cache misses) on 32x32 and 256x256 batches.
+_CHUNK_PIXELS = 1 << 18
 
 
 def _chunks(n: int, pixels_per_map: int) -> list[tuple[int, int]]:
@@ -71,6 +76,24 @@ def _renumber_by_first_pixel(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
+_SAUF_RASTER: dict[int, bool] = {}
+
+
+def _sauf_is_raster(connectivity: int) -> bool:
+    """Once per process and connectivity: does this OpenCV's SAUF number a large multi-threaded batch in raster
+    order? The probe holds components whose first pixels are on odd rows left of others on even rows (what 2x2-block
+    scans number out of order) and is tall enough for OpenCV's parallel stripes."""
+    ok = _SAUF_RASTER.get(connectivity)
+    if ok is None:
+        rng = np.random.default_rng(12345)
+        probe = rng.random((2048, 33, 16)) < 0.45
+        probe[:, 32] = False
+        labels = _cv2_label(probe.reshape(-1, 16).view(np.uint8), connectivity, raster=True)
+        ok = _is_raster_ordered(labels)
+        _SAUF_RASTER[connectivity] = ok
+    return ok
+
+
 def label_cpu(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
     """Label every map of a batch; see ``miner.kernels.label_components``.
 
@@ -81,9 +104,10 @@ def label_cpu(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarr
     counts = np.zeros(n, np.int32)
     if n == 0 or h == 0 or w == 0:
         return labels, counts
+    raster = _sauf_is_raster(connectivity)
     for s, e in _chunks(n, (h + 1) * w):
         glob = _cv2_label(_stack(mask[s:e]), connectivity, raster=True)
-        if not _is_raster_ordered(glob):  # pragma: no cover - defensive, never seen with OpenCV 4.x/5.x SAUF
+        if not raster:  # an OpenCV whose SAUF numbering is not raster order
             glob = _renumber_by_first_pixel(glob)
         glob3 = glob.reshape(e - s, h + 1, w)
         top = glob3.reshape(e - s, -1).max(axis=1)
@@ -136,34 +160,61 @@ def stats_cpu(
     mean = np.zeros((n, k), np.float32)
     if n == 0 or k == 0 or h == 0 or w == 0:
         return bbox, area, total, mean
-    flat = labels.reshape(-1)
-    pos = np.flatnonzero((flat > 0) & (flat <= k))
-    if pos.size == 0:
-        return bbox, area, total, mean
-    lab = flat[pos].astype(np.int64)
-    per_map = h * w
-    m = pos // per_map
-    pix = pos - m * per_map
-    y = pix // w
-    x = pix - y * w
-    key = m * k + lab - 1
+    for s, e in _chunks(n, h * w):
+        _stats_chunk(labels[s:e], values[s:e], k, bbox[s:e], area[s:e], total[s:e], mean[s:e])
+    return bbox, area, total, mean
+
+
+def _stats_chunk(
+    labels: np.ndarray, values: np.ndarray, k: int, bbox: np.ndarray, area: np.ndarray, total: np.ndarray,
+    mean: np.ndarray,
+) -> None:
+    """stats_cpu on one chunk of maps, written into the given output slices (run-based, see the module docstring)."""
+    n, h, w = labels.shape
+    lab = labels.reshape(n * h, w)
+    # every run (maximal stretch of one label in a row, background included) starts at column 0 or at a change
+    first = np.empty(lab.shape, bool)
+    first[:, 0] = True
+    np.not_equal(lab[:, 1:], lab[:, :-1], out=first[:, 1:])
+    start = np.flatnonzero(first)
+    stop = np.empty_like(start)  # a run ends where the next one starts (rows start runs, so runs never wrap)
+    stop[:-1] = start[1:]
+    stop[-1] = lab.size
+    run_label = lab.reshape(-1)[start]
+    keep = (run_label >= 1) & (run_label <= k)
+    if not keep.any():
+        return
+    start, stop, run_label = start[keep], stop[keep], run_label[keep].astype(np.int64)
+    row = start // w
+    x0 = start - row * w
+    x1 = stop - row * w
+    m = row // h
+    y = row - m * h
+    key = m * k + run_label - 1
     cells = n * k
-    cnt = np.bincount(key, minlength=cells)
-    acc = np.bincount(key, weights=values.reshape(-1)[pos].astype(np.float64), minlength=cells)
-    x0 = np.full(cells, w, np.int64)
-    y0 = np.full(cells, h, np.int64)
-    x1 = np.full(cells, -1, np.int64)
-    y1 = np.full(cells, -1, np.int64)
-    np.minimum.at(x0, key, x)
-    np.minimum.at(y0, key, y)
-    np.maximum.at(x1, key, x)
-    np.maximum.at(y1, key, y)
+    cnt = np.bincount(key, weights=x1 - x0, minlength=cells).astype(np.int64)
+    # run sums as differences of one float64 prefix sum over the chunk (rounding ~1e-16 of the chunk's total, ~1e-11
+    # for maps in [0, 1]); a non-finite value would poison every later difference, so such chunks sum run by run
+    prefix = np.empty(lab.size + 1, np.float64)
+    prefix[0] = 0.0
+    np.cumsum(values.reshape(-1), dtype=np.float64, out=prefix[1:])
+    if np.isfinite(prefix[-1]):
+        run_sum = prefix[stop] - prefix[start]
+    else:
+        bounds = np.stack([start, stop], axis=1).reshape(-1)
+        run_sum = np.add.reduceat(values.reshape(-1), bounds[:-1] if bounds[-1] == lab.size else bounds,
+                                  dtype=np.float64)[0::2]
+    acc = np.bincount(key, weights=run_sum, minlength=cells)
+    x0_, y0_ = np.full(cells, w, np.int64), np.full(cells, h, np.int64)
+    x1_, y1_ = np.zeros(cells, np.int64), np.zeros(cells, np.int64)
+    np.minimum.at(x0_, key, x0)
+    np.minimum.at(y0_, key, y)
+    np.maximum.at(x1_, key, x1)
+    np.maximum.at(y1_, key, y + 1)
     present = cnt > 0
-    box = np.stack([x0, y0, x1 + 1, y1 + 1], axis=1)
+    box = np.stack([x0_, y0_, x1_, y1_], axis=1)
     box[~present] = 0
     bbox[:] = box.reshape(n, k, 4)
     area[:] = cnt.reshape(n, k)
     total[:] = acc.reshape(n, k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean[:] = np.where(present, acc / np.maximum(cnt, 1), 0.0).reshape(n, k)
-    return bbox, area, total, mean
+    mean[:] = np.where(present, acc / np.maximum(cnt, 1), 0.0).reshape(n, k)

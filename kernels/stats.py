@@ -34,8 +34,9 @@ def component_stats(labels: Tensor, values: Tensor, *, num_labels: int | None = 
 
     ``num_labels=None`` reads the largest label back to the host (one synchronisation on CUDA); pass it (for instance
     ``int(counts.max())`` once per batch, or a fixed cap) to keep a CUDA batch free of host round trips. Labels above
-    K and below 1 are ignored. ``sum`` is accumulated in float64 on CPU and in float32 on CUDA (atomic adds in
-    nondeterministic order), so the two agree to float32 rounding, not bit for bit; bbox and area are exact.
+    K and below 1 are ignored. ``sum`` is accumulated in float32 within each horizontal run and in float64 across runs
+    on CPU, and in float32 on CUDA (atomic adds in nondeterministic order), so the two agree to float32 rounding, not
+    bit for bit; bbox and area are exact on both.
     """
     lab, shape = flatten_maps(labels, "labels", floating=False, dtype=torch.int32)
     if values.shape != labels.shape:

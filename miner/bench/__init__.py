@@ -6,5 +6,6 @@ from __future__ import annotations
 
 # name -> module, in the order `miner bench --help` lists them
 BENCHES: dict[str, str] = {
+    "kernels": "miner.bench.kernels",
     "maps": "miner.bench.maps",
 }

@@ -53,13 +53,17 @@ def test_label_hand_case_and_leading_dims():
 def test_label_large_batch_spans_several_chunks(monkeypatch):
     from miner.kernels import _cpu
 
-    monkeypatch.setattr(_cpu, "_CHUNK_PIXELS", 300)  # ~9 maps of 8x4 per cv2 call
+    monkeypatch.setattr(_cpu, "_CHUNK_PIXELS", 300)  # ~9 maps of 8x4 per chunk
     rng = np.random.default_rng(5)
     mask = rng.random((40, 8, 4)) < 0.5
     labels, counts = label_components(torch.from_numpy(mask))
     ref, ref_counts = cases.scipy_label(mask, 8)
     np.testing.assert_array_equal(labels.numpy(), ref)
     np.testing.assert_array_equal(counts.numpy(), ref_counts)
+    values = rng.random(mask.shape).astype(np.float32)
+    _check_stats(ref, values, int(ref_counts.max()), component_stats(labels, torch.from_numpy(values)))
+    maps = torch.from_numpy(values)
+    np.testing.assert_array_equal(erase_components(maps).numpy(), cases.scipy_erase(values, 0.5, 8))
 
 
 def test_label_one_big_batch_multithreaded_cv2_call():
@@ -70,6 +74,20 @@ def test_label_one_big_batch_multithreaded_cv2_call():
         ref, ref_counts = cases.scipy_label(mask, connectivity)
         np.testing.assert_array_equal(counts.numpy(), ref_counts)
         np.testing.assert_array_equal(labels.numpy(), ref)
+
+
+def test_sauf_numbers_in_raster_order_here_and_fallback_agrees(monkeypatch):
+    from miner.kernels import _cpu
+
+    assert _cpu._sauf_is_raster(4) and _cpu._sauf_is_raster(8)
+    monkeypatch.setattr(_cpu, "_SAUF_RASTER", {4: False, 8: False})  # as on an OpenCV that numbers otherwise
+    rng = np.random.default_rng(9)
+    mask = np.concatenate([rng.random((30, 21, 13)) < 0.5, cases.mixed_batch(rng, 21, 13)])
+    for connectivity in (4, 8):
+        labels, counts = label_components(torch.from_numpy(mask), connectivity=connectivity)
+        ref, ref_counts = cases.scipy_label(mask, connectivity)
+        np.testing.assert_array_equal(labels.numpy(), ref)
+        np.testing.assert_array_equal(counts.numpy(), ref_counts)
 
 
 def test_renumber_fallback_gives_raster_order():
@@ -149,6 +167,17 @@ def test_stats_num_labels_pads_and_truncates():
     assert st2.area[0].tolist() == [2, 3]
     empty = component_stats(torch.zeros(2, 3, 3, dtype=torch.int32), torch.ones(2, 3, 3))
     assert empty.bbox.shape == (2, 0, 4)
+
+
+def test_stats_non_finite_value_stays_in_its_component():
+    labels = torch.tensor([[[1, 1, 0, 2], [0, 0, 0, 2]], [[3, 0, 1, 1], [3, 0, 0, 0]]], dtype=torch.int32)
+    values = torch.ones(2, 2, 4)
+    values[0, 0, 0] = float("nan")
+    values[1, 0, 0] = float("inf")
+    st = component_stats(labels, values, num_labels=3)
+    assert torch.isnan(st.sum[0, 0]) and st.sum[0, 1] == 2.0 and st.sum[0, 2] == 0.0
+    assert st.sum[1, 0] == 2.0 and st.sum[1, 1] == 0.0 and torch.isinf(st.sum[1, 2])
+    assert st.area.tolist() == [[2, 2, 0], [2, 0, 2]]
 
 
 def test_bad_inputs_raise_usage_errors():
