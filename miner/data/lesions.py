@@ -36,7 +36,7 @@ PHANTOM_FINDINGS: tuple[str, ...] = (
 )
 #: peak density added by each finding (before `contrast`); negative = more lucent
 AMPLITUDE = {"Nodule": 0.30, "Mass": 0.26, "Pneumonia": 0.22, "Infiltration": 0.17, "Atelectasis": 0.22,
-             "Effusion": 0.34, "Pneumothorax": -0.16}
+             "Effusion": 0.34, "Pneumothorax": -0.13}
 
 
 @dataclass

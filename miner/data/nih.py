@@ -104,8 +104,11 @@ def split_labels(text: str) -> tuple[str, ...]:
 
 
 def _int(text: str) -> int | None:
-    digits = "".join(ch for ch in text.strip() if ch.isdigit())  # 2017 ages may read "058Y"
-    return int(digits) if digits else None
+    try:
+        return int(text)
+    except ValueError:
+        digits = "".join(ch for ch in text if ch.isdigit())  # 2017 ages may read "058Y"
+        return int(digits) if digits else None
 
 
 def _float(text: str) -> float | None:
@@ -129,33 +132,38 @@ def read_data_entry(path: Path) -> list[EntryRow]:
             if required not in index:
                 raise ArchiveError(f"{path}: no {required!r} column in the header (found {names[:6]}...)")
         i_id, i_lab = index["Image Index"], index["Finding Labels"]
-        i_fu, i_pid = index.get("Follow-up #"), index.get("Patient ID")
-        i_age, i_sex, i_view = index.get("Patient Age"), index.get("Patient Gender"), index.get("View Position")
-        i_w = index.get("OriginalImage[Width")
-        i_sx = index.get("OriginalImagePixelSpacing[x")
+        blank = len(names)  # rows are padded with one empty field: absent columns read it
+        i_fu, i_pid = index.get("Follow-up #", blank), index.get("Patient ID", blank)
+        i_age, i_sex, i_view = (index.get(k, blank) for k in ("Patient Age", "Patient Gender", "View Position"))
+        i_w, i_sx = index.get("OriginalImage[Width"), index.get("OriginalImagePixelSpacing[x")
+        i_h = blank if i_w is None else i_w + 1  # the bracketed names span two fields each
+        i_w = blank if i_w is None else i_w
+        i_sy = blank if i_sx is None else i_sx + 1
+        i_sx = blank if i_sx is None else i_sx
+        width = blank + 1
         rows = []
         for line_no, row in enumerate(reader, start=2):
             if not row or not row[0].strip():
                 continue
             if len(row) <= max(i_id, i_lab):
                 raise ArchiveError(f"{path}:{line_no}: {len(row)} fields, expected at least {max(i_id, i_lab) + 1}")
-
-            def field(i: int | None) -> str:
-                return row[i].strip() if i is not None and i < len(row) else ""
-
-            pid = field(i_pid)
+            if len(row) < width:
+                row += [""] * (width - len(row))
+            else:
+                row[blank] = ""
+            pid = row[i_pid].strip()
             rows.append(EntryRow(
                 image_id=row[i_id].strip(),
                 labels=split_labels(row[i_lab]),
-                follow_up=_int(field(i_fu)),
+                follow_up=_int(row[i_fu]) if row[i_fu] else None,
                 patient_id=str(int(pid)) if pid.isdigit() else (pid or None),
-                age=_int(field(i_age)),
-                gender=field(i_sex) or None,
-                view=field(i_view) or None,
-                width=_int(field(i_w)),
-                height=_int(field(None if i_w is None else i_w + 1)),
-                spacing_x=_float(field(i_sx)),
-                spacing_y=_float(field(None if i_sx is None else i_sx + 1)),
+                age=_int(row[i_age]) if row[i_age] else None,
+                gender=row[i_sex].strip() or None,
+                view=row[i_view].strip() or None,
+                width=_int(row[i_w]) if row[i_w] else None,
+                height=_int(row[i_h]) if row[i_h] else None,
+                spacing_x=_float(row[i_sx]) if row[i_sx] else None,
+                spacing_y=_float(row[i_sy]) if row[i_sy] else None,
             ))
     return rows
 
