@@ -31,6 +31,7 @@ class PhantomConfig:
         noise: standard deviation of the pixel noise (fraction of the full range).
         masks: also write ``masks/<image stem>_<Finding>.png`` (255 on the finding's lesions).
         real_background: use the pydicom-data radiograph (randomly cropped and warped) as the chest.
+        workers: processes drawing images; 0 = one per CPU (at most 8) for 200 images or more, else 1.
     """
 
     images: int = 1000
@@ -50,6 +51,7 @@ class PhantomConfig:
     noise: float = 0.018
     masks: bool = False
     real_background: bool = False
+    workers: int = 0
 
 
 # --- training (miner.train, `miner train`; owner: models & training) -----------------------------------

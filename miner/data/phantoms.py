@@ -132,12 +132,39 @@ def render_image(plan: PlannedImage, config: PhantomConfig, *, background=None) 
                     found.append(lesion)
                     break
     image = chest.density + chest.texture
-    image += rng.normal(0.0, config.noise, size=image.shape).astype(np.float32)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(config.noise)
     # exposure: contrast, brightness and gamma vary a little between images
     image = (image - 0.5) * np.float32(rng.uniform(0.9, 1.1)) + np.float32(0.5 + rng.uniform(-0.03, 0.03))
     np.clip(image, 0.0, 1.0, out=image)
     image **= np.float32(rng.uniform(0.85, 1.15))
     return (image * 255.0 + 0.5).astype(np.uint8), found
+
+
+def _draw_and_write(plan: PlannedImage, config: PhantomConfig, out: Path) -> tuple[tuple[str, ...], list[GroundTruthBox]]:
+    """Render one image, write it (and its masks); return its labels and boxes. Runs in worker processes."""
+    background = None
+    if config.real_background:
+        from miner.data.background import RealBackground
+
+        background = RealBackground.load()  # cached per process
+    image, found = render_image(plan, config, background=background)
+    _write_png(out / "images" / plan.image_id, image)
+    labels = tuple(sorted({lesion.finding for lesion in found}))
+    boxes = [GroundTruthBox(plan.image_id, lesion.finding, *lesion.box) for lesion in found]
+    if config.masks:
+        stem = Path(plan.image_id).stem
+        for finding in labels:
+            mask = np.zeros((config.size, config.size), dtype=bool)
+            for lesion in found:
+                if lesion.finding == finding:
+                    lesion.paste(mask)
+            _write_png(out / "masks" / f"{stem}_{finding}.png", mask.astype(np.uint8) * 255)
+    return labels, boxes
+
+
+def _draw_chunk(args: tuple[list[PlannedImage], PhantomConfig, Path]) -> list:
+    plans, config, out = args
+    return [_draw_and_write(plan, config, out) for plan in plans]
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -171,6 +198,7 @@ def make_phantoms(
     config: PhantomConfig | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    workers: int | None = None,
 ) -> Archive:
     """Write a phantom archive in the ChestX-ray14 release layout (see the module docstring).
 
@@ -180,13 +208,17 @@ def make_phantoms(
             the fields of `config` (whose other fields tune prevalence, lesion counts, contrast and noise).
         overwrite: allow a non-empty `out` (its images/ and masks/ are replaced).
         progress: show a progress bar.
+        workers: processes drawing images (None: `config.workers`; 0 there = one per CPU for 200 images or
+            more, else 1). The bytes do not depend on it.
 
     Returns:
         the archive as `read_archive(out)` reads it back.
     """
-    config = replace(config or PhantomConfig(), images=images, size=size, seed=seed, masks=masks,
+    base = config or PhantomConfig()
+    config = replace(base, images=images, size=size, seed=seed, masks=masks,
+                     workers=base.workers if workers is None else workers,
                      real_background=real_background,
-                     findings=tuple(findings) if findings is not None else (config or PhantomConfig()).findings)
+                     findings=tuple(findings) if findings is not None else base.findings)
     if config.images < 1:
         raise UsageError(f"--images must be at least 1, got {config.images}")
     if config.size < 32:
@@ -194,40 +226,49 @@ def make_phantoms(
     unknown = [f for f in config.findings if f not in PHANTOM_FINDINGS]
     if unknown:
         raise UsageError(f"cannot draw findings {unknown}; choose from {', '.join(PHANTOM_FINDINGS)}")
-    background = None
     if config.real_background:
-        from miner.data.background import RealBackground
+        from miner.data.background import radiograph_path
 
-        background = RealBackground.load()
+        radiograph_path()  # a clear error before anything is written
     out = Path(out)
     _prepare_out(out, overwrite)
     if config.masks:
         (out / "masks").mkdir(exist_ok=True)
 
     plans = plan_archive(config)
-    rows: list[EntryRow] = []
-    boxes: list[GroundTruthBox] = []
-    iterator = plans
+    workers = config.workers or (min(os.cpu_count() or 1, 8) if config.images >= 200 else 1)
+    chunk = 16
+    chunks = [(plans[i:i + chunk], config, out) for i in range(0, len(plans), chunk)]
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(plans, desc="phantoms", unit="img")
+        bar = tqdm(total=len(plans), desc="phantoms", unit="img")
+    results: list[tuple[tuple[str, ...], list[GroundTruthBox]]] = []
+    if workers > 1 and len(chunks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: safe whatever the caller has started (threads, torch); images do not depend on the worker
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for part in pool.map(_draw_chunk, chunks):
+                results += part
+                if bar is not None:
+                    bar.update(len(part))
+    else:
+        for item in chunks:
+            part = _draw_chunk(item)
+            results += part
+            if bar is not None:
+                bar.update(len(part))
+    if bar is not None:
+        bar.close()
+
     spacing = 0.143 * 1024 / config.size
-    for plan in iterator:
-        image, found = render_image(plan, config, background=background)
-        _write_png(out / "images" / plan.image_id, image)
-        labels = tuple(sorted({lesion.finding for lesion in found}))
-        for lesion in found:
-            x, y, w, h = lesion.box
-            boxes.append(GroundTruthBox(plan.image_id, lesion.finding, x, y, w, h))
-        if config.masks:
-            stem = Path(plan.image_id).stem
-            for finding in labels:
-                mask = np.zeros((config.size, config.size), dtype=bool)
-                for lesion in found:
-                    if lesion.finding == finding:
-                        lesion.paste(mask)
-                _write_png(out / "masks" / f"{stem}_{finding}.png", mask.astype(np.uint8) * 255)
+    rows: list[EntryRow] = []
+    boxes: list[GroundTruthBox] = []
+    for plan, (labels, image_boxes) in zip(plans, results, strict=True):
+        boxes += image_boxes
         rows.append(EntryRow(
             image_id=plan.image_id, labels=labels, follow_up=plan.follow_up, patient_id=str(plan.patient_id),
             age=plan.age, gender=plan.gender, view=plan.view, width=config.size, height=config.size,

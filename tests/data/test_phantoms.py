@@ -111,6 +111,12 @@ def test_same_seed_same_bytes_other_seed_other_bytes(phantom, tmp_path):
     assert _folder_digest(other) != _folder_digest(out)
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    make_phantoms(tmp_path / "one", images=40, size=64, seed=9, masks=True, workers=1)
+    make_phantoms(tmp_path / "two", images=40, size=64, seed=9, masks=True, workers=2)
+    assert _folder_digest(tmp_path / "one") == _folder_digest(tmp_path / "two")
+
+
 def test_archive_statistics(tmp_path):
     # a bigger archive at a small size: prevalence, multi-label, multi-lesion, lesion sizes per finding
     archive = make_phantoms(tmp_path / "a", images=300, size=64, seed=3)
