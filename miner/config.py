@@ -9,6 +9,50 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass
+class JobConfig:
+    """Options of the mining job (`miner mine`, `miner.job.run_job`).
+
+    Output-affecting options (``shard_size``, ``classes``, ``prob_threshold``, ``backend``) are recorded in the
+    manifest, and a rerun on the same OUT with different values is refused unless it overwrites; the others
+    (``batch_size``, workers and their resources) only change speed.
+
+    Attributes:
+        shard_size: images per shard, the unit of atomic output and of resume (shard k holds archive
+            records ``[k * shard_size, (k + 1) * shard_size)``).
+        batch_size: images per model call.
+        backend: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt`` (see `miner.backends.open_backend`).
+        classes: which findings get boxes for an image: ``labels`` (its archive labels), ``predicted``
+            (probability >= ``prob_threshold``) or ``all``.
+        prob_threshold: probability at which a finding counts as predicted.
+        workers: model actors; None = one per GPU where the cluster has GPUs, else one per
+            ``cpus_per_worker`` CPUs of the cluster.
+        cpus_per_worker: CPUs each model actor reserves; also its torch/OpenMP thread count.
+        gpus_per_worker: GPUs each model actor reserves; None = 1 where the cluster has GPUs, else 0.
+        decode_cpus: CPUs each decode task reserves; 0 = decode tasks are not counted against the
+            cluster's CPUs and run beside the actor that consumes them (node affinity), at most
+            ``prefetch`` batches ahead of each actor.
+        prefetch: batches queued per actor (decoding ahead of the model); None = 2 for CPU actors, 8 for
+            GPU actors (a GPU consumes a batch faster than one CPU decodes it).
+        malloc: ``tuned`` (raise glibc's mmap/trim thresholds in the workers: no page-fault storm in torch
+            inference on CPU) or ``default`` (leave glibc's defaults; for comparisons).
+        start_timeout: seconds to wait for the first model actor to start before giving up.
+    """
+
+    shard_size: int = 1024
+    batch_size: int = 16
+    backend: str = "auto"
+    classes: str = "labels"
+    prob_threshold: float = 0.5
+    workers: int | None = None
+    cpus_per_worker: int = 1
+    gpus_per_worker: float | None = None
+    decode_cpus: float = 0.0
+    prefetch: int | None = None
+    malloc: str = "tuned"
+    start_timeout: float = 600.0
+
+
 # --- phantom archives (miner.data.phantoms, `miner phantoms`; owner: data) -----------------------------
 
 
