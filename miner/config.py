@@ -221,3 +221,68 @@ class EvalConfig:
     afp_bounds: str | None = None
     within_rank: str = "score"
     max_rank: int = 3
+
+
+# --- export and backends (miner.export, miner.backends, `miner export`; owner: export) ----------------
+
+
+@dataclass
+class ExportConfig:
+    """Defaults for `miner export onnx` / `miner export trt` (README "Export and backends").
+
+    Attributes:
+        method: class-map method baked into the graph (`miner.cam.list_methods()`); None = ``cam`` for
+            GAP + linear heads, ``gradcam`` for other classifiers, ``seg-gradcam`` for segmentation nets,
+            ``pyramid-gradcam`` for DC-FPN.
+        layer: module the maps are taken at; None = the method's default (the model's feature layer).
+        opset: ONNX opset of the graph.
+        masks_input: give non-linear-head graphs a ``masks`` input for attention mining's erasure steps
+            (None = wherever the method supports class-wise erasure).
+        external_data: weights in a side file ``<name>.onnx.data``; None = only for graphs over ~1.8 GB
+            (protobuf's 2 GB limit); below that one self-contained file.
+        check: compare ONNX Runtime with eager PyTorch after export.
+        atol: the check's tolerance (max abs difference of logits and maps).
+        trace_batch: batch of the example inputs used for tracing (>= 2; the graph's batch is dynamic).
+        min_batch, opt_batch, max_batch: TensorRT optimisation profile.
+        workspace_gb: TensorRT workspace memory pool limit (GiB).
+    """
+
+    method: str | None = None
+    layer: str | None = None
+    opset: int = 18
+    masks_input: bool | None = None
+    external_data: bool | None = None
+    check: bool = True
+    atol: float = 1e-4
+    trace_batch: int = 2
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    workspace_gb: float = 4.0
+
+
+@dataclass
+class BackendConfig:
+    """Defaults for `miner.backends.open_backend`.
+
+    Attributes:
+        backend: ``auto`` (by file type: ``.pt`` -> torch, ``.onnx`` -> onnxruntime, ``.engine``/``.plan`` ->
+            tensorrt; onnxruntime then takes the best provider that loads), or one of ``torch``,
+            ``onnxruntime``, ``tensorrt``.
+        provider: onnxruntime providers: ``auto`` (TensorRT EP, CUDA EP, CPU: first that loads), ``tensorrt``,
+            ``cuda`` or ``cpu`` (a named provider that does not load is an error).
+        device: ``cpu``, ``cuda``, ``cuda:N``; None = the backend's best.
+        intra_op_threads: CPU threads for onnxruntime / torch; None = the cores of the affinity mask.
+        spinning: let idle onnxruntime threads spin (lower latency; off when sharing cores).
+        torch_compile: torch backend: run the traced map graph through `torch.compile`.
+        method, layer: torch backend on a checkpoint: the map method and layer (as `ExportConfig`).
+    """
+
+    backend: str = "auto"
+    provider: str = "auto"
+    device: str | None = None
+    intra_op_threads: int | None = None
+    spinning: bool = True
+    torch_compile: bool = False
+    method: str | None = None
+    layer: str | None = None

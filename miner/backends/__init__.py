@@ -1,1 +1,102 @@
-"""Inference backends with one interface: run(images) -> (logits, maps)."""
+"""Inference backends with one interface: ``run(images) -> (logits, maps)`` (see `miner.backends.base`).
+
+    from miner.backends import open_backend
+    backend = open_backend("model.onnx")              # backend="auto": by file type, best provider
+    print(backend.describe())                         # which backend and provider actually run
+    logits, maps = backend.run(images)                # images [B, in_chans, S, S] in [0, 1]
+
+File types: ``.pt``/``.pth``/``.ckpt`` checkpoints -> ``torch``; ``.onnx`` -> ``onnxruntime``;
+``.engine``/``.plan`` -> ``tensorrt``. Importing this package imports torch but neither onnxruntime nor
+tensorrt (each backend module imports its runtime when opened).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from miner.backends.base import BACKENDS, Backend, BackendMeta
+from miner.errors import ModelError, UsageError
+
+__all__ = ["BACKENDS", "Backend", "BackendMeta", "backend_for_path", "open_backend"]
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def backend_for_path(path: str | Path) -> str:
+    """The backend a model file is opened with under ``backend="auto"``."""
+    suffix = Path(path).suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "torch"
+    if suffix in ONNX_SUFFIXES:
+        return "onnxruntime"
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    raise UsageError(
+        f"{path}: unknown model file type {suffix or '(none)'}; expected a checkpoint "
+        f"({', '.join(CHECKPOINT_SUFFIXES)}), an ONNX graph (.onnx) or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})"
+    )
+
+
+def open_backend(
+    model_path: str | Path,
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    provider: str | None = None,
+    intra_op_threads: int | None = None,
+    spinning: bool = True,
+    compile: bool = False,
+    method: str | None = None,
+    layer: str | None = None,
+    input_size: Any = None,
+) -> Backend:
+    """Open a model file with the backend that runs it.
+
+    Args:
+        model_path: a checkpoint, ``.onnx`` graph or TensorRT engine.
+        backend: ``auto`` (by file type; for ``.onnx`` the best onnxruntime provider that loads: TensorRT EP,
+            CUDA EP, then CPU) or ``torch``, ``onnxruntime``, ``tensorrt`` (must fit the file type).
+        device: ``cpu``, ``cuda``, ``cuda:N`` (default: the backend's best).
+        provider: onnxruntime provider (``auto``, ``tensorrt``, ``cuda``, ``cpu``); default ``auto`` under
+            ``backend="auto"``, else ``cpu`` when `device` is cpu, else ``auto``. A provider asked for by name that
+            does not load raises `BackendUnavailable`.
+        intra_op_threads, spinning: onnxruntime CPU threads (see `session_options`); torch threads are left
+            to the process.
+        compile: torch backend: `torch.compile` the traced map graph.
+        method, layer, input_size: torch backend: the map method/layer and image size (defaults from the
+            model and checkpoint). Graphs and engines carry their own.
+
+    Returns:
+        the `Backend`; ``backend.describe()`` says which backend and provider run.
+    """
+    path = Path(model_path)
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if not path.exists():
+        raise ModelError(f"{path}: model file not found")
+    kind = backend_for_path(path)
+    if backend != "auto" and backend != kind:
+        hint = {"torch": "a checkpoint", "onnxruntime": "an .onnx graph (miner export onnx)",
+                "tensorrt": "an engine (miner export trt)"}[backend]
+        raise UsageError(f"{path}: backend {backend!r} needs {hint}, not a {path.suffix} file")
+    if kind != "torch" and (method or layer or input_size):
+        raise UsageError(f"{path}: method/layer/input size are fixed in the {kind} model; export it again to change them")
+    if kind == "torch":
+        from miner.backends.torch_backend import TorchBackend
+
+        return TorchBackend.from_checkpoint(
+            path, input_size=input_size, method=method, layer=layer, device=device, compile=compile
+        )
+    if kind == "onnxruntime":
+        from miner.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        if provider is None:
+            provider = "cpu" if device is not None and str(device).startswith("cpu") and backend != "auto" else "auto"
+        return OnnxRuntimeBackend(
+            path, provider=provider, device=device, intra_op_threads=intra_op_threads, spinning=spinning
+        )
+    from miner.backends.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(path, device=device)

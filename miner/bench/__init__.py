@@ -6,6 +6,7 @@ from __future__ import annotations
 
 # name -> module, in the order `miner bench --help` lists them
 BENCHES: dict[str, str] = {
+    "export": "miner.bench.export",
     "kernels": "miner.bench.kernels",
     "maps": "miner.bench.maps",
 }

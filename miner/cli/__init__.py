@@ -22,6 +22,7 @@ VERBS: dict[str, str] = {
     "eval": "miner.cli.eval",
     "show": "miner.cli.show",
     "bench": "miner.cli.bench",
+    "export": "miner.cli.export",
 }
 
 

@@ -1,0 +1,166 @@
+"""The one interface every inference backend implements: ``run(images) -> (logits, maps)``.
+
+A backend holds one map-producing model (a checkpoint, an ONNX graph or a TensorRT engine), fixed at
+open time to one map method and layer, and answers on its own device:
+
+    backend = open_backend("model.onnx")                   # miner.backends.open_backend
+    logits, maps = backend.run(images)                     # images [B, in_chans, S, S] in [0, 1]
+    recompute = backend.recompute(images)                  # None for GAP + linear heads
+    mining = attention_mining(maps, recompute=recompute)   # miner.mining
+
+Mining (Cai et al.) looks again at features erased class-wise by the masks M of the previous step. For a
+GAP + linear head that equals masking the first map, so no second pass is needed and `recompute` returns
+None. For any other head the maps of the erased features differ; `recompute(images)` returns a callable
+``masks [B, C, h, w] -> maps [B, C, h, w]`` bound to that batch (masks: 1 keeps, 0 erases).
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from miner.errors import UsageError
+
+#: backend names accepted by `open_backend`
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class BackendMeta:
+    """What a backend's model computes (from the checkpoint, the ONNX metadata or the engine's side file).
+
+    Attributes:
+        classes: class names in output order (C of them).
+        input_size: (H, W) the model takes; `run` expects images of exactly this size.
+        in_chans: image channels the model takes (grey batches are replicated for 3-channel models).
+        method: the map method (``cam``, ``gradcam``, ...); layer: the module the maps are taken at.
+        mean, std: normalisation applied inside the model (inputs are in [0, 1]).
+        head_is_linear: GAP + linear head (mining masks the first map; no recompute needed).
+        map_size: (h, w) of the maps.
+        masks_input: the graph takes class-wise erasure masks (`recompute` available).
+    """
+
+    classes: tuple[str, ...]
+    input_size: tuple[int, int]
+    in_chans: int
+    method: str
+    layer: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    head_is_linear: bool
+    map_size: tuple[int, int]
+    masks_input: bool = False
+    arch: str = ""
+    model_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def from_graph_meta(cls, meta: Any) -> BackendMeta:
+        """From a `miner.export.metadata.GraphMeta`."""
+        return cls(
+            classes=tuple(meta.classes),
+            input_size=tuple(meta.input_size),
+            in_chans=int(meta.in_chans),
+            method=meta.method,
+            layer=meta.layer,
+            mean=tuple(meta.mean),
+            std=tuple(meta.std),
+            head_is_linear=bool(meta.head_is_linear),
+            map_size=tuple(meta.map_size),
+            masks_input=bool(meta.masks_input),
+            arch=meta.arch,
+            model_hash=meta.model_hash,
+        )
+
+
+class Backend(abc.ABC):
+    """Base class: subclasses set `name`, `device`, `meta`, `provider` and implement `_run`."""
+
+    #: ``torch`` | ``onnxruntime`` | ``tensorrt``
+    name: str = ""
+    #: what actually executes (e.g. ``CPUExecutionProvider``, ``torch eager``, ``TensorRT 10.x``)
+    provider: str = ""
+    device: torch.device
+    meta: BackendMeta
+
+    def run(self, images: Tensor, *, masks: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits and the maps of every class for one batch.
+
+        Args:
+            images: Tensor[B, in_chans (or 1), H, W], float in [0, 1], H x W = `meta.input_size`; moved to
+                the backend's device if needed.
+            masks: Tensor[B, C, h, w] class-wise erasure masks (1 keep, 0 erase), only where
+                `meta.masks_input` (non-linear heads); None = nothing erased.
+
+        Returns:
+            (logits Tensor[B, C] float32, maps Tensor[B, C, h, w] float32), on `device`.
+        """
+        images = self._check_images(images)
+        if masks is not None:
+            if not self.meta.masks_input:
+                raise UsageError(
+                    f"{self.name} backend: this model takes no erasure masks (GAP + linear head: mask the maps instead)"
+                )
+            masks = self._check_masks(masks, images.shape[0])
+        return self._run(images, masks)
+
+    def recompute(self, images: Tensor) -> Callable[[Tensor], Tensor] | None:
+        """For non-linear heads: ``masks [B, C, h, w] -> maps [B, C, h, w]`` of `images` with features erased.
+
+        Returns None for GAP + linear heads (erasing features == masking the first maps). Each call runs
+        the model again on `images` with the masks (an ONNX graph or engine cannot keep features between
+        runs); the torch backend reuses the features of this batch.
+        """
+        if not self.meta.masks_input:
+            return None
+        images = self._check_images(images)
+
+        def recompute(masks: Tensor) -> Tensor:
+            return self.run(images, masks=masks)[1]
+
+        return recompute
+
+    @abc.abstractmethod
+    def _run(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+        """images on `device`, checked; masks checked or None."""
+
+    def describe(self) -> str:
+        """One line: backend, provider, device and what the model computes."""
+        m = self.meta
+        return (
+            f"{self.name} ({self.provider}) on {self.device}: {m.arch or 'model'} {m.input_size[0]}x{m.input_size[1]}, "
+            f"{m.num_classes} classes, maps {m.method} at {m.layer} {m.map_size[0]}x{m.map_size[1]}"
+        )
+
+    def _check_images(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor):
+            images = torch.as_tensor(images)
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        h, w = self.meta.input_size
+        if images.dim() != 4 or tuple(images.shape[2:]) != (h, w) or images.shape[1] not in (1, self.meta.in_chans):
+            raise UsageError(
+                f"{self.name} backend: images must be [B, {self.meta.in_chans}, {h}, {w}], got {tuple(images.shape)}"
+                " (resize with miner.data.to_model_input)"
+            )
+        if images.shape[1] != self.meta.in_chans:
+            images = images.expand(-1, self.meta.in_chans, -1, -1)
+        return images.to(device=self.device, dtype=torch.float32).contiguous()
+
+    def _check_masks(self, masks: Tensor, batch: int) -> Tensor:
+        h, w = self.meta.map_size
+        want = (batch, self.meta.num_classes, h, w)
+        if tuple(masks.shape) != want:
+            raise UsageError(f"{self.name} backend: masks must be {list(want)}, got {list(masks.shape)}")
+        return masks.to(device=self.device, dtype=torch.float32).contiguous()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"

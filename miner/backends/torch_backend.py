@@ -1,0 +1,144 @@
+"""Torch backend: eager PyTorch on a checkpoint, through `miner.cam` itself (the reference the graphs match).
+
+With ``compile=True`` the map function is first traced into one ATen graph (`miner.export.grad_graph`,
+the same graph the ONNX export writes, gradients included) and that graph goes through `torch.compile`
+(dynamic batch); the first call of each new batch size compiles.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from miner.backends.base import Backend, BackendMeta
+from miner.errors import UsageError
+
+
+class TorchBackend(Backend):
+    """Eager (or compiled) PyTorch.
+
+    Args:
+        model: a `miner.models` model.
+        input_size: (H, W) of the images `run` takes.
+        method, layer, target, scales: the map method, as `miner.cam.class_maps` (method default:
+            `miner.export.onnx.default_method`).
+        device: ``cpu``, ``cuda``, ``cuda:N`` (default: cuda when available, else cpu).
+        compile: trace the map function and run it through `torch.compile`.
+        model_hash: recorded in `meta` (e.g. the checkpoint's sha256).
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        input_size: tuple[int, int],
+        method: str | None = None,
+        layer: str | None = None,
+        device: str | torch.device | None = None,
+        compile: bool = False,
+        model_hash: str = "",
+        target: Any = None,
+        scales: Any = None,
+    ) -> None:
+        from miner.export.onnx import MapGraph, default_method
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            from miner.errors import BackendUnavailable
+
+            raise BackendUnavailable(f"torch backend: device {self.device} asked for, but no CUDA device is visible")
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.graph = MapGraph(self.model, method=method or default_method(model), layer=layer, target=target,
+                              scales=scales)
+        self.mapper = self.graph.mapper
+        erasable = self.mapper.mode in ("analytic", "split") and not self.mapper.shortcut_exact
+        self._compiled: Callable[..., tuple[Tensor, Tensor]] | None = None
+        self.compile = bool(compile)
+        self.provider = "torch.compile" if compile else "torch eager"
+        h, w = input_size
+        with torch.no_grad():
+            probe = torch.zeros(2, int(getattr(model, "in_chans", 1)), h, w, device=self.device)
+            map_size = tuple(int(v) for v in self.mapper(probe)[1].shape[-2:])
+        self.meta = BackendMeta(
+            classes=tuple(getattr(model, "classes", ())),
+            input_size=(int(h), int(w)),
+            in_chans=int(getattr(model, "in_chans", 1)),
+            method=self.graph.method,
+            layer=",".join(self.graph.layers),
+            mean=tuple(getattr(model, "mean", ())),
+            std=tuple(getattr(model, "std", ())),
+            head_is_linear=bool(getattr(model, "head_is_linear", False)),
+            map_size=map_size,  # type: ignore[arg-type]
+            masks_input=erasable,
+            arch=str(getattr(model, "arch", type(model).__name__)),
+            model_hash=model_hash,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, input_size: tuple[int, int] | None = None, **options: Any
+    ) -> TorchBackend:
+        """Open a checkpoint (`miner.models.save_checkpoint`); input size from its metadata by default."""
+        from miner.export.metadata import file_hash
+        from miner.export.onnx import parse_size
+        from miner.models import load_checkpoint
+
+        device = options.get("device")
+        model, meta = load_checkpoint(path, map_location="cpu")
+        size = parse_size(input_size) or parse_size(meta.get("input_size"))
+        if size is None:
+            raise UsageError(f"{path} records no input_size: pass input_size=")
+        options["device"] = device
+        return cls(model, input_size=size, model_hash=file_hash(path), **options)
+
+    def _run(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.compile:
+            return self._run_compiled(images, masks)
+        if masks is None:
+            return self.mapper(images)
+        features = self.mapper.features(images)
+        with torch.no_grad():
+            logits = self.model.forward_head(features)
+        return logits, self.mapper.erased_maps(features, masks)
+
+    def recompute(self, images: Tensor) -> Callable[[Tensor], Tensor] | None:
+        """Maps of erased features, reusing this batch's features (one backbone pass for all mining steps)."""
+        if not self.meta.masks_input:
+            return None
+        images = self._check_images(images)
+        features = self.mapper.features(images)
+        batch = images.shape[0]
+
+        def recompute(masks: Tensor) -> Tensor:
+            return self.mapper.erased_maps(features, self._check_masks(masks, batch))
+
+        return recompute
+
+    def _run_compiled(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self._compiled is None:
+            from miner.export.grad_graph import trace_graph
+
+            # the traced graph keeps the masks input only where erasure matters
+            self.graph.masks_input = self.meta.masks_input
+            b = max(2, images.shape[0])
+            example = [torch.rand(b, *images.shape[1:], device=self.device)]
+            if self.meta.masks_input:
+                example.append(torch.ones(b, self.meta.num_classes, *self.meta.map_size, device=self.device))
+            gm = trace_graph(self.graph, example)
+            self._compiled = torch.compile(gm, dynamic=True)
+        args = [images]
+        if self.meta.masks_input:
+            if masks is None:
+                masks = torch.ones(images.shape[0], self.meta.num_classes, *self.meta.map_size, device=self.device)
+            args.append(masks)
+        logits, maps = self._compiled(*args)
+        return logits, maps

@@ -1,0 +1,198 @@
+"""`miner bench export`: ONNX Runtime (fp32 and int8) vs torch eager on the same model, images and threads.
+
+Measures, in one process and interleaved round by round (so machine noise hits every backend alike):
+
+- torch eager `miner.cam.class_maps` (logits + all maps),
+- ONNX Runtime CPU on the graph `miner export onnx` writes for the same model,
+- ONNX Runtime CPU on its int8 QDQ version (`miner.export.quantize`, static, phantom calibration),
+
+and how far the int8 maps move from fp32: max abs and relative difference, Spearman rank correlation per
+map, and the IoU of the rank-1 box of each image and class when `miner.boxes` is present.
+
+glibc's malloc must be tuned before the process starts (NOTES.md: a page-fault storm otherwise makes
+torch eager ~2.5x slower on CPU), so the benchmark re-executes itself with the MALLOC_* variables set when
+they are missing, and says so.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "onnxruntime (fp32, int8) vs torch eager throughput with all class maps, and int8 map drift"
+
+#: glibc malloc settings for torch CPU inference (NOTES.md "Model cost here")
+MALLOC_TUNED = {
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "68719476736",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
+_REEXEC_FLAG = "MINER_BENCH_EXPORT_REEXEC"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="resnet50_msa", help="model (default resnet50_msa)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="trained checkpoint to use instead of random weights (BN statistics adapted)")
+    parser.add_argument("--size", type=int, default=512, help="input side (default 512)")
+    parser.add_argument("--batch", type=int, default=4, help="images per batch (default 4)")
+    parser.add_argument("--classes", type=int, default=14, help="classes, i.e. maps per image (default 14)")
+    parser.add_argument("--method", default="cam", help="map method (default cam)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per backend (default 5)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every backend (default: all cores)")
+    parser.add_argument("--no-int8", dest="int8", action="store_false", help="skip the int8 graph")
+    parser.add_argument("--workdir", default=None, help="where the graphs go (default: a temporary folder)")
+    parser.add_argument("--no-reexec", dest="reexec", action="store_false",
+                        help="do not restart with tuned MALLOC_* variables (measure the environment as it is)")
+
+
+def _malloc_tuned() -> bool:
+    return all(os.environ.get(k) == v for k, v in MALLOC_TUNED.items())
+
+
+def _reexec(args: argparse.Namespace) -> None:
+    """Restart this command with the MALLOC_* variables (glibc reads them once, at process start)."""
+    if _malloc_tuned() or not args.reexec or os.environ.get(_REEXEC_FLAG):
+        return
+    env = dict(os.environ, **MALLOC_TUNED, **{_REEXEC_FLAG: "1"})
+    argv = [sys.executable, "-m", "miner", *sys.argv[1:]]
+    print(f"re-executing with {' '.join(f'{k}={v}' for k, v in MALLOC_TUNED.items())} (glibc malloc tuned for torch)",
+          flush=True)
+    os.execve(sys.executable, argv, env)
+
+
+def run(args: argparse.Namespace) -> int:
+    _reexec(args)
+    import statistics
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from miner.backends.onnxruntime_backend import OnnxRuntimeBackend, available_threads
+    from miner.cam import class_maps
+    from miner.export.onnx import export_model
+    from miner.export.parity import phantom_image
+    from miner.export.quantize import calibration_images, quantize_onnx, rank_correlation
+    from miner.models import create_model, load_checkpoint
+
+    threads = args.threads or available_threads()
+    torch.set_num_threads(threads)
+    size = (args.size, args.size)
+    print(f"malloc: {'tuned' if _malloc_tuned() else 'glibc default'}; threads: {threads}; "
+          f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+    if args.checkpoint:
+        model, _ = load_checkpoint(args.checkpoint)
+        weights = f"checkpoint {args.checkpoint}"
+    else:
+        torch.manual_seed(0)
+        model = create_model(args.arch, num_classes=args.classes)
+        _adapt_batchnorm(model, [phantom_image(size, seed=500 + i) for i in range(8)])
+        weights = "random weights, BN statistics adapted on 8 phantoms"
+    model.eval()
+    images = torch.cat([phantom_image(size, in_chans=model.in_chans, seed=i) for i in range(args.batch)])
+    print(f"model: {getattr(model, 'arch', args.arch)} ({weights}), {size[0]}x{size[1]}, batch {args.batch}, "
+          f"{len(model.classes)} classes, {args.method} maps")
+
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="miner-bench-export-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = export_model(model, work / "model.onnx", input_size=size, method=args.method, check=False)
+    print(f"export fp32: {time.perf_counter() - t0:.1f} s, {result.size_bytes / 1e6:.1f} MB")
+    runners = {"torch eager": lambda: class_maps(model, images, method=args.method)}
+    fp32 = OnnxRuntimeBackend(result.path, provider="cpu", intra_op_threads=threads)
+    runners["onnxruntime fp32"] = lambda: fp32.run(images)
+    if args.int8:
+        t0 = time.perf_counter()
+        kind = quantize_onnx(result.path, work / "model.int8.onnx",
+                             images=calibration_images(size, model.in_chans, count=16))
+        print(f"quantize int8 ({kind}, QDQ, Conv only, 16 phantom calibration images): {time.perf_counter() - t0:.1f} s")
+        int8 = OnnxRuntimeBackend(work / "model.int8.onnx", provider="cpu", intra_op_threads=threads)
+        runners["onnxruntime int8"] = lambda: int8.run(images)
+
+    outputs = {name: fn() for name, fn in runners.items()}  # warm-up (and the outputs compared below)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["torch eager"])
+    print()
+    print(f"{'backend':<18} {'ms/batch':>9} {'min':>8} {'images/s':>9} {'vs torch':>9}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:<18} {med * 1e3:9.1f} {min(ts) * 1e3:8.1f} {args.batch / med:9.2f} {base / med:8.2f}x")
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+    ref_logits, ref_maps = (t.float() for t in outputs["torch eager"])
+    print()
+    for name in [n for n in outputs if n != "torch eager"]:
+        logits, maps = outputs[name]
+        dl = float((logits - ref_logits).abs().max())
+        dm = float((maps - ref_maps).abs().max())
+        peak = float(ref_maps.abs().max())
+        flat_ref = ref_maps.flatten(0, 1)
+        rho = rank_correlation(maps.flatten(0, 1), flat_ref)
+        line = (f"{name} vs torch: logits max|diff| {dl:.3g}; maps max|diff| {dm:.3g} (relative {dm / peak:.3g}), "
+                f"rank correlation mean {float(rho.mean()):.4f} min {float(rho.min()):.4f}")
+        iou = _rank1_box_iou(ref_maps, maps, model.classes, size)
+        if iou is not None:
+            line += f"; rank-1 box IoU mean {iou[0]:.3f} min {iou[1]:.3f} over {iou[2]} boxes"
+        print(line)
+    return 0
+
+
+def _adapt_batchnorm(model, images) -> None:
+    """Re-estimate BatchNorm running statistics on `images` (random weights: keeps activations in range)."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(images), 2):
+            model(torch.cat(images[i : i + 2]))
+    model.eval()
+
+
+def _rank1_box_iou(ref_maps, maps, classes, size):
+    """(mean, min, count) IoU of rank-1 boxes from `maps` vs `ref_maps` via `miner.boxes`, or None without it."""
+    try:
+        from miner.boxes import boxes_from_maps  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    import torch
+
+    from miner.cam.normalize import normalize_maps  # type: ignore[import-not-found]
+
+    def rank1(m):
+        rows = boxes_from_maps(normalize_maps(m), original_sizes=[size] * m.shape[0], classes=classes)
+        out = {}
+        for r in rows:
+            r = r if isinstance(r, dict) else r._asdict()
+            if int(r["rank"]) == 1:
+                out[(int(r.get("batch_index", r.get("image", 0))), r["finding"])] = (
+                    float(r["x"]), float(r["y"]), float(r["x"]) + float(r["w"]), float(r["y"]) + float(r["h"]))
+        return out
+
+    a, b = rank1(ref_maps), rank1(maps)
+    ious = []
+    for key, box in a.items():
+        other = b.get(key)
+        if other is None:
+            ious.append(0.0)
+            continue
+        ix = max(0.0, min(box[2], other[2]) - max(box[0], other[0]))
+        iy = max(0.0, min(box[3], other[3]) - max(box[1], other[1]))
+        inter = ix * iy
+        union = (box[2] - box[0]) * (box[3] - box[1]) + (other[2] - other[0]) * (other[3] - other[1]) - inter
+        ious.append(inter / union if union > 0 else 0.0)
+    if not ious:
+        return None
+    t = torch.tensor(ious)
+    return float(t.mean()), float(t.min()), len(ious)
