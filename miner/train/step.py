@@ -117,19 +117,28 @@ class StepLosses:
 class KnowledgePreservation:
     """The frozen reference N_A and the taps on N_B's layers K (Eq. 4-5).
 
-    Both networks must run with the same BatchNorm behaviour for L_KP to be 0 before the first update: the
-    trainer runs AM with BatchNorm in eval mode (``am_freeze_bn``), and N_A is always in eval mode.
+    N_A sees the same whole batch as N_B and mirrors N_B's BatchNorm mode at every step: where N_B normalises
+    with batch statistics, so does N_A (its BN momentum is 0, so its running statistics never move). L_KP is
+    then exactly 0 before the first update in either mode. Batch statistics do not carry the erasure from the
+    first n images to the others: erasure acts on X, after the last BatchNorm (the heads have none).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, norm: str = "image",
                  reference_state: dict | None = None) -> None:
         self.layers = tuple(layers)
         self.norm = norm
+        self.model = model
         self.reference = copy.deepcopy(model).eval()
         if reference_state is not None:
             self.reference.load_state_dict(reference_state)
         for p in self.reference.parameters():
             p.requires_grad_(False)
+        self._bn_pairs = [
+            (a, b) for a, b in zip(self.reference.modules(), model.modules())
+            if isinstance(a, nn.modules.batchnorm._BatchNorm)
+        ]
+        for a, _ in self._bn_pairs:
+            a.momentum = 0.0
         module_layers = [name for name in self.layers if name != "logits"]
         self.tap_b = LayerTap(model, module_layers)
         self.tap_a = LayerTap(self.reference, module_layers)
@@ -139,6 +148,8 @@ class KnowledgePreservation:
 
     @torch.no_grad()
     def reference_outputs(self, images: Tensor) -> dict[str, Tensor]:
+        for a, b in self._bn_pairs:
+            a.train(b.training)
         self.tap_a.pop()
         logits = self.reference(images)
         out = self.tap_a.pop()

@@ -347,6 +347,9 @@ class Trainer:
                 losses = training_losses(
                     forward, images, targets, am=stage == "am", kp_mode=cfg.kp, fraction=cfg.am_fraction,
                     depth=depth, kp=kp, kp_lambda=cfg.kp_lambda, w_pos=self.w_pos, w_neg=self.w_neg)
+            if not torch.isfinite(losses.loss.detach()):
+                raise MinerError(f"[{stage}] epoch {epoch + 1} step {done + 1}: loss is {float(losses.loss)}; "
+                                 f"lower the learning rate (--lr / --finetune-lr) or use --optimizer adamw")
             opt.zero_grad(set_to_none=True)
             scaler.scale(losses.loss).backward()
             scaler.step(opt)

@@ -86,13 +86,15 @@ def test_kp_vanilla_erases_exactly_n_of_n():
         assert torch.allclose(logits[:n], model.forward_head(feats, masks=masks), atol=1e-6)
 
 
-def test_kp_loss_zero_at_first_am_step_then_positive():
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_kp_loss_zero_at_first_am_step_then_positive(freeze_bn):
     torch.manual_seed(0)
     model = create_model("resnet18_msa", width=0.125, num_classes=2)
     model.train()
     model(torch.rand(8, 1, 64, 64))  # non-trivial BN statistics
-    set_train_mode(model, "am", TrainConfig())  # BN frozen during AM
+    set_train_mode(model, "am", TrainConfig(am_freeze_bn=freeze_bn))  # batch-statistics BN, or frozen
     kp = KnowledgePreservation(model, ("layer3", "layer4", "msa", "logits"))
+    reference_before = {k: v.clone() for k, v in kp.reference.state_dict().items()}
     forward = TrainForward(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     images, targets = torch.rand(16, 1, 64, 64), (torch.rand(16, 2) > 0.5).float()
@@ -106,7 +108,9 @@ def test_kp_loss_zero_at_first_am_step_then_positive():
     second = training_losses(forward, images, targets, **kw)
     assert second.kp.item() > 0
     assert second.loss.item() == pytest.approx(second.cls.item() + 0.5 * second.kp.item(), rel=1e-6)
-    # the reference N_A did not move
-    for (name, p), q in zip(model.named_parameters(), kp.reference.parameters()):
-        assert not q.requires_grad
+    # the reference N_A did not move (weights and BatchNorm statistics)
+    assert all(not q.requires_grad for q in kp.reference.parameters())
+    for key, value in kp.reference.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, reference_before[key]), key
     kp.remove()
