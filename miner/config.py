@@ -144,8 +144,9 @@ class TrainConfig:
     am_threshold: float = 0.5
     am_connectivity: int = 8
     am_fraction: float = 0.125  # n = max(1, floor(N * fraction)) images of a batch erased (KP-Vanilla / KP)
-    #: BatchNorm frozen during AM: the un-erased images must not feel the erased ones through batch statistics
-    am_freeze_bn: bool = True
+    #: BatchNorm in eval mode during AM. Off by default: a net trained with batch statistics has small,
+    #: scale-free conv weights, and fine-tuning it with frozen statistics diverges easily
+    am_freeze_bn: bool = False
     kp: str = "kp"  # none (erase all N) | vanilla (erase first n) | kp (vanilla + L_KP)
     kp_lambda: float = 0.5
     kp_layers: tuple[str, ...] = ("layer3", "layer4", "msa", "logits")
