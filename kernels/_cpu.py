@@ -18,9 +18,10 @@ the result never depends on it.
 
 Statistics work on horizontal runs (maximal stretches of one label in a row), found with one vectorised comparison
 of each pixel with its left neighbour: a run's start holds its smallest x, its end the largest, every row of a
-component holds a run, and a run's value sum is a difference of one float64 prefix sum over the chunk. Runs are then
+component holds a run, and run value sums come from one float64 ``np.add.reduceat`` over the chunk. Runs are then
 reduced per key ``n * K + label - 1`` with ``np.bincount`` (area, sum) and ``np.minimum.at`` / ``np.maximum.at``
-(boxes): smooth maps have far fewer runs than pixels, so only three passes touch every pixel.
+(boxes): smooth maps have far fewer runs than pixels, so only three passes touch every pixel. A NaN or inf value
+stays inside its own run's sum.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def _chunks(n: int, pixels_per_map: int) -> list[tuple[int, int]]:
 def _stack(mask: np.ndarray) -> np.ndarray:
     """mask (ndarray[n, H, W], bool) -> ndarray[n * (H + 1), W] uint8 with a zero row after every map."""
     n, h, w = mask.shape
-    tall = np.zeros((n, h + 1, w), np.uint8)
-    tall[:, :h] = mask
+    tall = np.zeros((n, (h + 1) * w), np.uint8)
+    tall[:, : h * w] = mask.reshape(n, h * w)  # a map's rows are contiguous: copy h * w values at a time
     return tall.reshape(n * (h + 1), w)
 
 
@@ -109,15 +110,15 @@ def label_cpu(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarr
         glob = _cv2_label(_stack(mask[s:e]), connectivity, raster=True)
         if not raster:  # an OpenCV whose SAUF numbering is not raster order
             glob = _renumber_by_first_pixel(glob)
-        glob3 = glob.reshape(e - s, h + 1, w)
-        top = glob3.reshape(e - s, -1).max(axis=1)
+        glob2 = glob.reshape(e - s, (h + 1) * w)  # map i: its h * w pixels, then its zero gap row
+        top = glob2.max(axis=1)
         # labels grow map after map: the offset of map i is the largest label of any earlier map
         offset = np.zeros(e - s, np.int32)
         if e - s > 1:
             offset[1:] = np.maximum.accumulate(top)[:-1]
         counts[s:e] = np.maximum(top - offset, 0)
-        out = labels[s:e]
-        np.subtract(glob3[:, :h], offset[:, None, None], out=out)
+        out = labels[s:e].reshape(e - s, h * w)
+        np.subtract(glob2[:, : h * w], offset[:, None], out=out)
         np.maximum(out, 0, out=out)
     return labels, counts
 
@@ -135,12 +136,15 @@ def erase_cpu(maps: np.ndarray, threshold: float, connectivity: int) -> np.ndarr
     for s, e in _chunks(n, (h + 1) * w):
         chunk = maps[s:e]
         seed = chunk.reshape(e - s, -1).argmax(axis=1)  # first maximum in raster order, as torch.argmax
-        glob = _cv2_label(_stack(chunk >= thr), connectivity, raster=False)
-        glob3 = glob.reshape(e - s, h + 1, w)
-        seed_label = glob3.reshape(e - s, -1)[np.arange(e - s), seed]
+        tall = np.zeros((e - s, (h + 1) * w), np.uint8)
+        # threshold straight into the stacked image (a map's rows are contiguous there)
+        np.greater_equal(chunk.reshape(e - s, h * w), thr, out=tall[:, : h * w].view(bool))
+        glob = _cv2_label(tall.reshape(-1, w), connectivity, raster=False)
+        glob2 = glob.reshape(e - s, (h + 1) * w)
+        seed_label = glob2[np.arange(e - s), seed]
         # label 0 (max below threshold, or NaN) matches background: clear it
         seed_label[seed_label == 0] = -1
-        np.equal(glob3[:, :h], seed_label[:, None, None], out=out[s:e])
+        np.equal(glob2[:, : h * w], seed_label[:, None], out=out[s:e].reshape(e - s, h * w))
     return out
 
 
@@ -173,14 +177,16 @@ def _stats_chunk(
     n, h, w = labels.shape
     lab = labels.reshape(n * h, w)
     # every run (maximal stretch of one label in a row, background included) starts at column 0 or at a change
-    first = np.empty(lab.shape, bool)
-    first[:, 0] = True
-    np.not_equal(lab[:, 1:], lab[:, :-1], out=first[:, 1:])
+    flat = lab.reshape(-1)
+    first = np.empty(flat.size, bool)  # compared as one 1-D array (fast), then every row start set
+    first[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=first[1:])
+    first.reshape(n * h, w)[:, 0] = True
     start = np.flatnonzero(first)
     stop = np.empty_like(start)  # a run ends where the next one starts (rows start runs, so runs never wrap)
     stop[:-1] = start[1:]
     stop[-1] = lab.size
-    run_label = lab.reshape(-1)[start]
+    run_label = flat[start]
     keep = (run_label >= 1) & (run_label <= k)
     if not keep.any():
         return
@@ -193,17 +199,13 @@ def _stats_chunk(
     key = m * k + run_label - 1
     cells = n * k
     cnt = np.bincount(key, weights=x1 - x0, minlength=cells).astype(np.int64)
-    # run sums as differences of one float64 prefix sum over the chunk (rounding ~1e-16 of the chunk's total, ~1e-11
-    # for maps in [0, 1]); a non-finite value would poison every later difference, so such chunks sum run by run
-    prefix = np.empty(lab.size + 1, np.float64)
-    prefix[0] = 0.0
-    np.cumsum(values.reshape(-1), dtype=np.float64, out=prefix[1:])
-    if np.isfinite(prefix[-1]):
-        run_sum = prefix[stop] - prefix[start]
-    else:
-        bounds = np.stack([start, stop], axis=1).reshape(-1)
-        run_sum = np.add.reduceat(values.reshape(-1), bounds[:-1] if bounds[-1] == lab.size else bounds,
-                                  dtype=np.float64)[0::2]
+    # run sums: one reduceat over [start0, stop0, start1, stop1, ...] (the odd slots are the gaps between runs)
+    bounds = np.empty(2 * start.size, np.int64)
+    bounds[0::2] = start
+    bounds[1::2] = stop
+    if bounds[-1] == flat.size:
+        bounds = bounds[:-1]
+    run_sum = np.add.reduceat(values.reshape(-1), bounds, dtype=np.float64)[0::2]
     acc = np.bincount(key, weights=run_sum, minlength=cells)
     x0_, y0_ = np.full(cells, w, np.int64), np.full(cells, h, np.int64)
     x1_, y1_ = np.zeros(cells, np.int64), np.zeros(cells, np.int64)
