@@ -349,6 +349,10 @@ def class_maps(
         the logits are the pixel-set scores y^c.
     """
     mapper = maps_function(model, method, layer, classes, target=target, scales=scales)
-    with inference_state(model):
+    # eager only: no autograd at all on the analytic path (inference mode skips version counters too)
+    quiet = torch.inference_mode() if mapper.mode == "analytic" else contextlib.nullcontext()
+    with inference_state(model), quiet:
         logits, maps = mapper(images)
+    if mapper.mode == "analytic" and not torch.is_inference_mode_enabled():
+        logits, maps = logits.clone(), maps.clone()  # ordinary tensors again (small: no feature map)
     return logits, maps
