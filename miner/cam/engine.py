@@ -196,12 +196,15 @@ class ClassMapper:
         c = len(self.classes)
         if masks.shape != (b, c, h, w):
             raise ValueError(f"masks must be {(b, c, h, w)}, got {tuple(masks.shape)}")
-        erased = features.unsqueeze(1) * masks.to(features.dtype).unsqueeze(2)  # [B, C, K, h, w]
         if self.mode == "analytic":
             with torch.no_grad():
+                erased = features.unsqueeze(1) * masks.to(features.dtype).unsqueeze(2)  # [B, C, K, h, w]
                 return self._analytic(features, erased)
         with _grad_enabled():
-            leaf = erased.detach().reshape(b * c, *features.shape[1:]).requires_grad_(True)
+            if features.is_inference():  # computed under inference mode: an ordinary copy can start a graph
+                features, masks = features.clone(), masks.clone()
+            erased = features.detach().unsqueeze(1) * masks.to(features.dtype).unsqueeze(2)  # [B, C, K, h, w]
+            leaf = erased.reshape(b * c, *features.shape[1:]).requires_grad_(True)
             logits = self.model.forward_head(leaf).view(b, c, -1)
             index = torch.tensor(self.classes, device=logits.device).view(1, c, 1).expand(b, c, 1)
             y = logits.gather(2, index).sum()

@@ -159,3 +159,16 @@ def test_usage_errors(images):
         class_maps(model, images, method="gradcam", layer="layer1.relu")  # the block's ReLU runs twice
     with pytest.raises(UsageError, match="pyramid"):
         class_maps(model, images, method="pyramid-gradcam")
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_erased_maps_under_inference_mode(images, head):
+    """Backends call recompute inside torch.inference_mode(): the gradient path must still work there."""
+    model = TinyClassifier(head=head, seed=1)
+    mapper = ClassMapper(model, method="xgradcam")
+    masks = (torch.rand(2, len(model.classes), 8, 8, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    with inference_state(model):
+        ref = mapper.erased_maps(mapper.features(images), masks)
+        with torch.inference_mode():
+            got = mapper.erased_maps(mapper.features(images), masks)
+    torch.testing.assert_close(got, ref)
