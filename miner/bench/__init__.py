@@ -9,4 +9,5 @@ BENCHES: dict[str, str] = {
     "export": "miner.bench.export",
     "kernels": "miner.bench.kernels",
     "maps": "miner.bench.maps",
+    "mine": "miner.bench.mine",
 }

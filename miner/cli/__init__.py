@@ -23,6 +23,7 @@ VERBS: dict[str, str] = {
     "show": "miner.cli.show",
     "bench": "miner.cli.bench",
     "export": "miner.cli.export",
+    "mine": "miner.cli.mine",
 }
 
 

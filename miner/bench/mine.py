@@ -1,0 +1,219 @@
+"""`miner bench mine`: the Ray mining job against a plain in-process loop, on the same phantom images.
+
+Cases, run one after another in one command (same images, model, batch size and options):
+
+- ``loop``: decode + pipeline in one process, torch using every core (a fresh process with glibc malloc tuned);
+- ``job2``: ``miner mine``'s job with 2 CPU actors x 1 CPU, torch backend;
+- ``job1``: the same with 1 actor x 1 CPU (how the job scales with actors);
+- ``onnx2``: 2 CPU actors, onnxruntime on the graph ``miner export onnx`` writes for the same checkpoint;
+- ``default2``: 2 CPU actors, torch, glibc's default malloc (the allocator effect).
+
+Every figure is a steady-state rate: images per second while every worker is busy, from the moment the last
+worker finishes its first batch to the moment the first worker finishes its last one (`miner.job.steady_rate`;
+model loading, warm-up and the tail are excluded). Wall-clock rates with start-up are printed beside them.
+
+The phantom archive and the model are made once and kept under ``--cache`` (default
+``~/.cache/attention-miner/bench-mine``). Timings on a shared machine are noisy: the load average is printed
+before and after each case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "Ray mining job vs an in-process loop (steady-state images/s): actors, backends, malloc"
+CASES = ("loop", "job2", "job1", "onnx2", "default2")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=2000, help="phantom images (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=512, help="phantom side in pixels (default %(default)s)")
+    parser.add_argument("--input-size", type=int, default=256, help="model input side (default %(default)s)")
+    parser.add_argument("--arch", default="resnet18", help="model (default %(default)s, random weights)")
+    parser.add_argument("--width", type=float, default=1.0, help="model width multiplier (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default %(default)s)")
+    parser.add_argument("--shard-size", type=int, default=100, help="images per shard (default %(default)s)")
+    parser.add_argument("--classes", default="labels", choices=("labels", "predicted", "all"),
+                        help="findings that get boxes (default %(default)s)")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"comma-separated subset of {', '.join(CASES)} (default: all)")
+    parser.add_argument("--cache", default=None,
+                        help="where the phantom archive and the model are kept (default ~/.cache/attention-miner/"
+                             "bench-mine)")
+    parser.add_argument("--archive", default=None,
+                        help="an existing archive to use instead of the cached phantoms (its first --images images)")
+
+
+def _load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def _prepare(args: argparse.Namespace, cases: list[str]) -> tuple[Path, Path, Path | None]:
+    """(archive, checkpoint, onnx graph or None), made once under the cache folder."""
+    import torch
+
+    from miner.data import make_phantoms
+    from miner.findings import CHESTXRAY14
+    from miner.models import create_model, save_checkpoint
+
+    cache = Path(args.cache or Path.home() / ".cache" / "attention-miner" / "bench-mine").expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    if args.archive:
+        archive = Path(args.archive)
+    else:
+        archive = cache / f"phantoms-{args.images}-{args.image_size}"
+        if not (archive / "Data_Entry_2017.csv").is_file():
+            print(f"writing {args.images} phantom images ({args.image_size} px) to {archive} (once)", flush=True)
+            make_phantoms(archive, images=args.images, size=args.image_size, seed=0, overwrite=True, progress=True)
+    stem = f"{args.arch}-w{args.width:g}-{args.input_size}"
+    checkpoint = cache / f"{stem}.pt"
+    if not checkpoint.is_file():
+        torch.manual_seed(0)
+        model = create_model(args.arch, classes=CHESTXRAY14, width=args.width)
+        save_checkpoint(checkpoint, model, meta={"input_size": args.input_size})
+    graph = None
+    if "onnx2" in cases:
+        graph = cache / f"{stem}.onnx"
+        if not graph.is_file():
+            from miner.export.onnx import export_checkpoint
+
+            print(f"exporting {checkpoint.name} to ONNX (once)", flush=True)
+            export_checkpoint(checkpoint, graph)
+    return archive, checkpoint, graph
+
+
+def _subset(archive: Path, images: int, workdir: Path) -> Path:
+    """A manifest of the archive's first `images` records (so that every case mines the same images)."""
+    import csv
+
+    from miner.data import read_archive
+
+    arch = read_archive(archive)
+    records = arch.records[:images]
+    manifest = workdir / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "path", "labels"])
+        for r in records:
+            writer.writerow([r.image_id, r.path, "|".join(r.labels) or "No Finding"])
+    return manifest
+
+
+def loop_worker(spec_json: str) -> None:
+    """The in-process baseline (run in a fresh process): decode + pipeline over every batch; prints JSON."""
+    spec = json.loads(spec_json)
+    import torch
+
+    from miner.backends import open_backend
+    from miner.data import read_archive
+    from miner.pipeline import Pipeline, decode_batch
+
+    torch.set_num_threads(spec["threads"])
+    arch = read_archive(spec["archive"])
+    backend = open_backend(spec["model"], backend="torch", device="cpu")
+    pipeline = Pipeline(backend, classes=spec["classes"])
+    size = backend.meta.input_size
+    records = [(r.image_id, r.path, r.labels) for r in arch.records]
+    events = []
+    started = time.time()
+    for lo in range(0, len(records), spec["batch_size"]):
+        t0 = time.time()
+        batch = decode_batch(records[lo:lo + spec["batch_size"]], input_size=size)
+        out = pipeline.run(batch)
+        events.append([t0, out.finished, len(batch) + len(batch.errors)])
+    print(json.dumps({"events": events, "seconds": time.time() - started}))
+
+
+def _run_loop(manifest: Path, checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from miner.job import BatchEvent, steady_rate
+    from miner.job.cluster import worker_env
+
+    threads = os.cpu_count() or 1
+    spec = {"archive": str(manifest), "model": str(checkpoint), "classes": args.classes, "threads": threads,
+            "batch_size": args.batch_size}
+    env = {**os.environ, **worker_env(threads=threads, malloc="tuned")}
+    code = "import sys; from miner.bench.mine import loop_worker; loop_worker(sys.argv[1])"
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env, capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"loop worker failed:\n{result.stderr[-3000:]}")
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    events = [BatchEvent(0, s, f, n) for s, f, n in data["events"]]
+    images = sum(e.images for e in events)
+    return {"steady": steady_rate(events), "wall": images / data["seconds"], "images": images,
+            "label": f"loop in one process, torch, {threads} threads"}
+
+
+def _run_job(manifest: Path, model: Path, args: argparse.Namespace, *, workers: int, backend: str, malloc: str,
+             workdir: Path, name: str) -> dict[str, Any]:
+    from miner.config import JobConfig
+    from miner.job import run_job
+
+    config = JobConfig(shard_size=args.shard_size, batch_size=args.batch_size, backend=backend,
+                       classes=args.classes, workers=workers, cpus_per_worker=1, malloc=malloc)
+    summary = run_job(manifest, model, workdir / name, config=config, progress=False, log=lambda text: None)
+    return {"steady": summary.steady_rate, "wall": summary.rate, "images": summary.images_run,
+            "startup": summary.startup_seconds,
+            "label": f"job, {workers} CPU actor{'s' if workers > 1 else ''} x 1 CPU, {backend}"
+                     + (", default malloc" if malloc == "default" else "")}
+
+
+def run(args: argparse.Namespace) -> int:
+    from miner.errors import UsageError
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise UsageError(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    archive, checkpoint, graph = _prepare(args, cases)
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-mine-") as tmp:
+        workdir = Path(tmp)
+        manifest = _subset(archive, args.images, workdir)
+        cores = os.cpu_count()
+        print(f"miner bench mine: {args.images} phantom images ({args.image_size} px) -> {args.arch} "
+              f"(width {args.width:g}) at {args.input_size} px, batch {args.batch_size}, shards of "
+              f"{args.shard_size}, --classes {args.classes}; {cores} cores", flush=True)
+        session = None
+        for case in cases:
+            before = _load()
+            if case == "loop":
+                results[case] = _run_loop(manifest, checkpoint, args)
+            else:
+                if session is None:
+                    from miner.job.cluster import connect
+
+                    session = connect(None, num_cpus=cores)
+                    session.__enter__()
+                workers = 1 if case == "job1" else 2
+                backend = "onnxruntime" if case == "onnx2" else "torch"
+                model = graph if case == "onnx2" else checkpoint
+                results[case] = _run_job(manifest, model, args, workers=workers, backend=backend,
+                                         malloc="default" if case == "default2" else "tuned", workdir=workdir,
+                                         name=case)
+            results[case]["load"] = f"{before} -> {_load()}"
+            r = results[case]
+            steady = f"{r['steady']:.2f}" if r["steady"] else "n/a"
+            print(f"  {case:9s} {r['label']:48s} steady {steady:>7s} img/s   wall {r['wall']:6.2f} img/s   "
+                  f"load {r['load']}", flush=True)
+        if session is not None:
+            session.__exit__(None, None, None)
+
+    def ratio(a: str, b: str) -> str:
+        if a in results and b in results and results[a]["steady"] and results[b]["steady"]:
+            return f"{results[a]['steady'] / results[b]['steady']:.2f}x"
+        return "n/a"
+
+    print("side by side (steady-state images/s):")
+    print(f"  job (2 actors) / loop:             {ratio('job2', 'loop')}   (goal >= 0.90x)")
+    print(f"  2 actors / 1 actor:                {ratio('job2', 'job1')}")
+    print(f"  onnxruntime / torch (2 actors):    {ratio('onnx2', 'job2')}")
+    print(f"  tuned / default malloc (2 actors): {ratio('job2', 'default2')}")
+    return 0

@@ -1,0 +1,106 @@
+"""`miner mine ARCHIVE --model MODEL --out OUT`: mine a whole archive into Parquet boxes on Ray."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, fields, replace
+
+from miner.config import BoxConfig, JobConfig, MiningConfig
+
+HELP = "mine a whole archive into Parquet boxes (Ray actors; resumable)"
+DESCRIPTION = """\
+Mine every image of ARCHIVE with MODEL: decode (Ray CPU tasks), class maps, T-step attention mining and
+ranked boxes (Ray model actors: one per GPU, or CPU actors), written as Parquet under OUT as the job goes:
+OUT/boxes/, OUT/errors/ (one row per file that failed), OUT/images/ (one row per mined image) and
+OUT/_manifest.json. Rerunning the same command on the same OUT resumes (finished shards are skipped); a
+different archive, model or output option on the same OUT is refused unless --overwrite.
+
+Attaches to a Ray cluster given by --address or RAY_ADDRESS (as `ray job submit` sets it), else starts a
+local one. ARCHIVE and MODEL must be readable on every node; OUT is written by the driver.
+"""
+
+_DEFAULTS = {f.name: f.default for f in fields(JobConfig)}
+_MINING = MiningConfig()
+_BOXES = BoxConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("archive", metavar="ARCHIVE",
+                        help="release folder (ChestX-ray14 layout), CSV/Parquet manifest, or image folder")
+    parser.add_argument("--model", required=True, metavar="MODEL",
+                        help="a checkpoint (.pt), an ONNX graph (.onnx) or a TensorRT engine")
+    parser.add_argument("--out", required=True, metavar="OUT", help="output folder (created; resumed if it exists)")
+    what = parser.add_argument_group("what to mine")
+    what.add_argument("--backend", default=_DEFAULTS["backend"], choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                      help="inference backend (default: %(default)s, by file type and device)")
+    what.add_argument("--method", default=None,
+                      help="map method of a checkpoint (cam, gradcam, hirescam, ...; default: the model's); "
+                           "ONNX graphs and engines carry their own")
+    what.add_argument("--layer", default=None, help="layer of a checkpoint's maps (default: the model's)")
+    what.add_argument("--steps", type=int, default=_MINING.steps,
+                      help="attention-mining steps T (default: %(default)s)")
+    what.add_argument("--mining-threshold", type=float, default=_MINING.threshold,
+                      help="binarisation level of each normalised step map (default: %(default)s)")
+    what.add_argument("--box-thresholds", default=",".join(f"{v:g}" for v in _BOXES.thresholds),
+                      help="levels on the normalised fused map that give boxes, or 'wang' (default: %(default)s)")
+    what.add_argument("--max-boxes", type=int, default=_BOXES.max_boxes,
+                      help="boxes per image and finding (default: %(default)s)")
+    what.add_argument("--classes", default=_DEFAULTS["classes"], choices=("labels", "predicted", "all"),
+                      help="findings that get boxes: the image's labels, the predicted ones, or all "
+                           "(default: %(default)s)")
+    what.add_argument("--prob-threshold", type=float, default=_DEFAULTS["prob_threshold"],
+                      help="probability at which a finding counts as predicted (default: %(default)s)")
+    scale = parser.add_argument_group("scale")
+    scale.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"],
+                       help="images per model call (default: %(default)s)")
+    scale.add_argument("--shard-size", type=int, default=_DEFAULTS["shard_size"],
+                       help="images per shard, the unit of output files and of resume (default: %(default)s)")
+    scale.add_argument("--workers", type=int, default=None,
+                       help="model actors (default: one per GPU, else one per --cpus-per-worker CPUs)")
+    scale.add_argument("--cpus-per-worker", type=int, default=_DEFAULTS["cpus_per_worker"],
+                       help="CPUs (and compute threads) of each model actor (default: %(default)s)")
+    scale.add_argument("--gpus-per-worker", type=float, default=None,
+                       help="GPUs of each model actor (default: 1 where the cluster has GPUs, else 0)")
+    scale.add_argument("--decode-cpus", type=float, default=_DEFAULTS["decode_cpus"],
+                       help="CPUs each decode task reserves (default: %(default)s: not reserved, decoding runs "
+                            "beside its actor, --prefetch batches ahead)")
+    scale.add_argument("--prefetch", type=int, default=None,
+                       help="batches queued per actor (default: 2 on CPU, 8 on GPU)")
+    scale.add_argument("--malloc", default=_DEFAULTS["malloc"], choices=("tuned", "default"),
+                       help="glibc malloc thresholds of the workers (default: %(default)s; 'default' is for "
+                            "comparisons: torch on CPU page-faults much more)")
+    ray_group = parser.add_argument_group("Ray")
+    ray_group.add_argument("--address", default=None,
+                           help="Ray cluster to attach to (default: RAY_ADDRESS, else start a local one)")
+    ray_group.add_argument("--num-cpus", type=int, default=None,
+                           help="logical CPUs of a local cluster (default: all cores)")
+    parser.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start afresh")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from miner.job import run_job
+
+    config = JobConfig(
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        classes=args.classes,
+        prob_threshold=args.prob_threshold,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        decode_cpus=args.decode_cpus,
+        prefetch=args.prefetch,
+        malloc=args.malloc,
+    )
+    from miner.boxes import resolve_thresholds
+
+    mining = replace(_MINING, steps=args.steps, threshold=args.mining_threshold)
+    boxes = replace(_BOXES, thresholds=resolve_thresholds(args.box_thresholds), max_boxes=args.max_boxes)
+    summary = run_job(args.archive, args.model, args.out, config=config,
+                      backend_options={"method": args.method, "layer": args.layer},
+                      pipeline_options={"mining": asdict(mining), "boxes": asdict(boxes)},
+                      address=args.address, num_cpus=args.num_cpus, overwrite=args.overwrite,
+                      progress=not args.no_progress)
+    print(summary.line(), flush=True)
+    return 0

@@ -1,0 +1,235 @@
+"""The per-batch mining pipeline, in process: files -> pixels -> backend -> attention mining -> boxes -> rows.
+
+    batch = decode_batch(records, input_size=backend.meta.input_size)    # CPU; one error row per bad file
+    output = Pipeline(backend, mining=MiningConfig(steps=3)).run(batch)  # the backend's device
+    output.boxes, output.errors, output.images                          # pyarrow tables (miner.io schemas)
+
+The Ray job runs `decode_batch` in decode tasks and `Pipeline.run` in model actors; the benchmark's baseline
+loop and ``miner demo`` call both in one process. Nothing here imports Ray.
+
+Failures are contained per row. A file that does not decode becomes an error row of its `ImageError` kind
+(missing, empty, truncated, corrupt, unsupported; ``decode`` for any other exception). If the model stage
+raises for a batch, each image is run alone so that only the images that fail alone become error rows
+(kind ``model``); when every image of a batch of several fails alone the fault is not the images' (a
+broken model, an exhausted device) and the error is raised for the job to stop.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from miner.io import BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA, empty_table, table_from_rows
+
+#: findings that get boxes for an image (see `Pipeline`)
+CLASS_MODES = ("labels", "predicted", "all")
+
+
+@dataclass
+class DecodedBatch:
+    """Images of one batch, decoded and resized, plus an error row per file that did not decode.
+
+    Attributes:
+        image_ids, paths, labels: one per decoded image (labels: canonical finding names).
+        images: np.ndarray[B, 1, H, W] float32 in [0, 1] (the model's input size).
+        sizes: np.ndarray[B, 2] int32, original (height, width).
+        errors: rows of `miner.io.ERRORS_SCHEMA` (image_id, path, kind, error).
+        seconds: time spent decoding.
+    """
+
+    image_ids: list[str]
+    paths: list[str]
+    labels: list[tuple[str, ...]]
+    images: np.ndarray
+    sizes: np.ndarray
+    errors: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def take(self, index: Sequence[int]) -> DecodedBatch:
+        """The images at `index` (no error rows)."""
+        index = list(index)
+        return DecodedBatch([self.image_ids[i] for i in index], [self.paths[i] for i in index],
+                            [self.labels[i] for i in index], self.images[index], self.sizes[index])
+
+
+def error_row(image_id: str, path: str, kind: str, error: str) -> dict[str, str]:
+    return {"image_id": image_id, "path": path, "kind": kind, "error": error}
+
+
+def decode_batch(records: Sequence[tuple[str, str, Sequence[str]]], *,
+                 input_size: tuple[int, int] | int) -> DecodedBatch:
+    """Decode ``(image_id, path, labels)`` records and resize them for the model (`miner.data.to_model_input`).
+
+    Returns:
+        A `DecodedBatch` of the files that decoded, in record order, and an error row for every other one.
+    """
+    from miner.data import load_image, to_model_input
+    from miner.errors import ImageError
+
+    started = time.perf_counter()
+    size = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[0]), int(input_size[1]))
+    ids: list[str] = []
+    paths: list[str] = []
+    labels: list[tuple[str, ...]] = []
+    pixels: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+    errors: list[dict[str, str]] = []
+    for image_id, path, record_labels in records:
+        try:
+            image, original = load_image(path)
+            pixels.append(to_model_input(image, size))
+        except ImageError as err:
+            errors.append(error_row(image_id, path, err.kind, str(err)))
+            continue
+        except Exception as err:  # one bad file never fails the job
+            errors.append(error_row(image_id, path, "decode", f"{type(err).__name__}: {err}"))
+            continue
+        ids.append(image_id)
+        paths.append(path)
+        labels.append(tuple(record_labels))
+        sizes.append(original)
+    images = np.stack(pixels) if pixels else np.zeros((0, 1, *size), np.float32)
+    return DecodedBatch(ids, paths, labels, np.ascontiguousarray(images, dtype=np.float32),
+                        np.asarray(sizes, dtype=np.int32).reshape(-1, 2), errors,
+                        time.perf_counter() - started)
+
+
+@dataclass
+class BatchOutput:
+    """Rows of one batch (tables with the `miner.io` schemas) and when it ran (``time.time()`` stamps)."""
+
+    boxes: pa.Table
+    errors: pa.Table
+    images: pa.Table
+    started: float
+    finished: float
+
+
+class Pipeline:
+    """Backend -> attention mining -> boxes for decoded batches, on the backend's device.
+
+    Args:
+        backend: a `miner.backends.Backend` (its `meta` gives classes, input size, head type).
+        mining: `miner.config.MiningConfig` (or its fields as a dict; None = defaults: T = 3 steps).
+        boxes: `miner.config.BoxConfig` (or its fields as a dict; None = defaults).
+        classes: which findings of an image get boxes: ``labels`` (the archive's labels of the image that are
+            in the model's class list), ``predicted`` (probability >= `prob_threshold`) or ``all``.
+        prob_threshold: see `classes`.
+
+    Only images with at least one selected finding go through mining and boxes; every decoded image gets a
+    row in ``images`` (its size, number of boxes and the probabilities of all classes).
+    """
+
+    def __init__(self, backend: Any, *, mining: Any = None, boxes: Any = None, classes: str = "labels",
+                 prob_threshold: float = 0.5) -> None:
+        from miner.config import BoxConfig, MiningConfig
+        from miner.errors import UsageError
+
+        if classes not in CLASS_MODES:
+            raise UsageError(f"--classes must be one of {', '.join(CLASS_MODES)} (got {classes!r})")
+        self.backend = backend
+        self.mining = MiningConfig(**mining) if isinstance(mining, dict) else (mining or MiningConfig())
+        self.box_config = BoxConfig(**boxes) if isinstance(boxes, dict) else (boxes or BoxConfig())
+        if self.mining.steps < 1:
+            raise UsageError(f"--steps must be at least 1 (got {self.mining.steps})")
+        self.classes = classes
+        self.prob_threshold = prob_threshold
+        self.class_names: tuple[str, ...] = tuple(backend.meta.classes)
+        self._class_index = {name: i for i, name in enumerate(self.class_names)}
+
+    # -- one batch ---------------------------------------------------------------------------------------
+    def run(self, batch: DecodedBatch) -> BatchOutput:
+        """Rows of `batch`: boxes of its selected findings, one images row per image, and error rows (the
+        batch's decode errors plus images the model stage failed on alone)."""
+        from miner.errors import MinerError
+
+        started = time.time()
+        errors = list(batch.errors)
+        boxes: dict[str, np.ndarray] | None = None
+        image_rows: list[dict[str, Any]] = []
+        if len(batch):
+            try:
+                boxes, image_rows = self._rows(batch)
+            except MinerError:
+                raise
+            except Exception as batch_error:
+                parts: list[dict[str, np.ndarray]] = []
+                failed: list[tuple[int, BaseException]] = []
+                for i in range(len(batch)):
+                    try:
+                        one_boxes, one_images = self._rows(batch.take([i]))
+                    except Exception as err:  # noqa: BLE001 - contained per row
+                        failed.append((i, err))
+                        continue
+                    parts.append(one_boxes)
+                    image_rows += one_images
+                if len(batch) > 1 and len(failed) == len(batch):
+                    raise batch_error
+                boxes = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
+                for i, err in failed:
+                    last = traceback.format_exception_only(type(err), err)[-1].strip()
+                    errors.append(error_row(batch.image_ids[i], batch.paths[i], "model", last))
+        return BatchOutput(
+            boxes=pa.table(boxes, schema=BOXES_SCHEMA) if boxes else empty_table(BOXES_SCHEMA),
+            errors=table_from_rows(errors, ERRORS_SCHEMA),
+            images=table_from_rows(image_rows, IMAGES_SCHEMA),
+            started=started,
+            finished=time.time(),
+        )
+
+    def select(self, probs: np.ndarray, labels: Sequence[Sequence[str]]) -> np.ndarray:
+        """np.ndarray[B, C] bool: which (image, class) pairs get boxes under `classes`."""
+        from miner.boxes import select_classes
+
+        matrix = None
+        if self.classes == "labels":
+            matrix = np.zeros(probs.shape, dtype=bool)
+            for b, names in enumerate(labels):
+                for name in names:
+                    c = self._class_index.get(name)
+                    if c is not None:
+                        matrix[b, c] = True
+        return select_classes(self.classes, probs=probs, labels=matrix, prob_threshold=self.prob_threshold)
+
+    def _rows(self, batch: DecodedBatch, *, select: str | None = None) -> tuple[dict[str, np.ndarray],
+                                                                                list[dict[str, Any]]]:
+        """Box columns (`miner.boxes.box_columns`) and images rows of one batch (`select` overrides
+        `classes`)."""
+        import torch
+
+        from miner.boxes import box_columns, boxes_from_maps
+        from miner.mining import attention_mining
+
+        per_image: list[list[dict[str, Any]]] = [[] for _ in range(len(batch))]
+        with torch.inference_mode():
+            images = torch.from_numpy(np.require(batch.images, requirements="W"))  # Ray hands read-only arrays
+            logits, maps = self.backend.run(images)
+            probs = torch.sigmoid(logits.float()).cpu().numpy()
+            chosen = np.ones(probs.shape, dtype=bool) if select == "all" else self.select(probs, batch.labels)
+            rows = np.flatnonzero(chosen.any(axis=1))
+            if rows.size:
+                # mining and boxes only for the images with a selected finding
+                index = torch.as_tensor(rows, device=maps.device)
+                sub_maps = maps if rows.size == len(batch) else maps.index_select(0, index)
+                sub_images = images if rows.size == len(batch) else images[torch.as_tensor(rows)]
+                m = self.mining
+                mined = attention_mining(sub_maps, steps=m.steps, threshold=m.threshold,
+                                         connectivity=m.connectivity, normalize=m.normalize,
+                                         recompute=self.backend.recompute(sub_images))
+                sizes = [tuple(batch.sizes[r].tolist()) for r in rows]
+                for r, found in zip(rows, boxes_from_maps(mined.fused, original_sizes=sizes, classes=chosen[rows],
+                                                          config=self.box_config)):
+                    per_image[r] = found
+        columns = box_columns(per_image, image_ids=batch.image_ids, classes=self.class_names, probs=probs)
+        image_rows = [{"image_id": image_id, "height": int(batch.sizes[b, 0]), "width": int(batch.sizes[b, 1]),
+                       "boxes": len(per_image[b]), "probs": probs[b].astype(np.float32).tolist()}
+                      for b, image_id in enumerate(batch.image_ids)]
+        return columns, image_rows

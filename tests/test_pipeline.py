@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from miner.backends import open_backend
+from miner.boxes import boxes_from_maps
+from miner.cam import class_maps
+from miner.config import BoxConfig, MiningConfig
+from miner.data import load_image, make_phantoms, to_model_input
+from miner.data.bad_files import inject_bad_files
+from miner.findings import CHESTXRAY14
+from miner.io import BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA
+from miner.mining import attention_mining
+from miner.models import create_model
+from miner.models.checkpoint import load_checkpoint, save_checkpoint
+from miner.pipeline import DecodedBatch, Pipeline, decode_batch
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    make_phantoms(root, images=12, size=160, seed=3)
+    bad = inject_bad_files(root, seed=1)
+    from miner.data import read_archive
+
+    return read_archive(root), bad
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("resnet18_msa", classes=CHESTXRAY14, width=0.125)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", model, meta={"input_size": SIZE})
+
+
+def _records(arch):
+    return [(r.image_id, r.path, r.labels) for r in arch.records]
+
+
+def test_decode_batch_keeps_order_and_reports_each_bad_file(archive):
+    arch, bad = archive
+    batch = decode_batch(_records(arch), input_size=SIZE)
+    bad_ids = set(bad.values())
+    good = [r for r in arch.records if r.image_id not in bad_ids]
+    assert batch.image_ids == [r.image_id for r in good]
+    assert batch.images.shape == (len(good), 1, SIZE, SIZE) and batch.images.dtype == np.float32
+    # pixels are exactly the one resize of the data module; sizes are the original ones
+    image, original = load_image(good[0].path)
+    np.testing.assert_array_equal(batch.images[0], to_model_input(image, SIZE))
+    assert tuple(batch.sizes[0]) == original == (160, 160)
+    assert {row["image_id"]: row["kind"] for row in batch.errors} == {v: k for k, v in bad.items()}
+
+
+def _reference_rows(checkpoint, batch: DecodedBatch, chosen: np.ndarray, mining: MiningConfig, boxes: BoxConfig):
+    """Boxes computed without the pipeline: the checkpoint's model through miner.cam directly."""
+    model, _ = load_checkpoint(checkpoint)
+    model.eval()
+    logits, maps = class_maps(model, torch.from_numpy(batch.images.copy()), method="cam")
+    probs = torch.sigmoid(logits).detach().numpy()
+    mined = attention_mining(maps.detach(), steps=mining.steps, threshold=mining.threshold)
+    per_image = boxes_from_maps(mined.fused, original_sizes=[tuple(s) for s in batch.sizes.tolist()],
+                                classes=chosen, config=boxes)
+    rows = []
+    for b, found in enumerate(per_image):
+        for box in found:
+            c = box["class_index"]
+            rows.append((batch.image_ids[b], CHESTXRAY14[c], c, box["rank"], float(box["x"]), float(box["y"]),
+                         float(box["w"]), float(box["h"]), float(box["score"]), float(probs[b, c])))
+    return probs, rows
+
+
+@pytest.mark.parametrize("mode", ["labels", "all"])
+def test_pipeline_rows_match_the_parts(archive, checkpoint, mode):
+    arch, _ = archive
+    batch = decode_batch(_records(arch), input_size=SIZE)
+    backend = open_backend(checkpoint, backend="torch", device="cpu", method="cam")
+    mining, boxes = MiningConfig(steps=2), BoxConfig()
+    out = Pipeline(backend, mining=mining, boxes=boxes, classes=mode).run(batch)
+    assert out.boxes.schema == BOXES_SCHEMA and out.errors.schema == ERRORS_SCHEMA
+    assert out.images.schema == IMAGES_SCHEMA
+    if mode == "all":
+        chosen = np.ones((len(batch), len(CHESTXRAY14)), bool)
+    else:
+        chosen = np.array([[name in labels for name in CHESTXRAY14] for labels in batch.labels])
+        assert chosen.any() and not chosen.all()  # the phantom archive has labelled and unlabelled images
+    probs, expected = _reference_rows(checkpoint, batch, chosen, mining, boxes)
+    got = out.boxes.to_pydict()
+    rows = list(zip(*(got[k] for k in ("image_id", "finding", "class_index", "rank", "x", "y", "w", "h", "score",
+                                       "prob"))))
+    assert len(rows) == len(expected) > 0
+    for row, ref in zip(rows, expected):
+        assert row[:4] == ref[:4]
+        np.testing.assert_allclose(row[4:], ref[4:], rtol=1e-5, atol=1e-5)
+    # every (image, finding) with boxes was selected; images rows count them and carry all probabilities
+    assert all(chosen[batch.image_ids.index(i), c] for i, c in zip(got["image_id"], got["class_index"]))
+    images = out.images.to_pydict()
+    assert images["image_id"] == batch.image_ids
+    assert images["boxes"] == [got["image_id"].count(i) for i in batch.image_ids]
+    np.testing.assert_allclose(np.array(images["probs"]), probs, rtol=1e-5, atol=1e-6)
+    assert out.errors.num_rows == len(batch.errors) == 5
+
+
+class _FlakyBackend:
+    """Wraps a backend; raises for any batch holding an image whose mean is above `limit`."""
+
+    def __init__(self, inner, limit):
+        self.inner, self.limit, self.meta = inner, limit, inner.meta
+
+    def run(self, images):
+        if (images.mean(dim=(1, 2, 3)) > self.limit).any():
+            raise RuntimeError("poisoned image")
+        return self.inner.run(images)
+
+    def recompute(self, images):
+        return self.inner.recompute(images)
+
+
+def test_pipeline_contains_a_failing_image(archive, checkpoint):
+    arch, _ = archive
+    batch = decode_batch(_records(arch)[:6], input_size=SIZE)
+    backend = open_backend(checkpoint, backend="torch", device="cpu")
+    means = batch.images.mean(axis=(1, 2, 3))
+    worst = int(np.argmax(means))
+    flaky = _FlakyBackend(backend, limit=float(np.sort(means)[-2]) + 1e-6)
+    out = Pipeline(flaky, classes="all").run(batch)
+    errors = out.errors.to_pydict()
+    model_errors = [(i, k) for i, k in zip(errors["image_id"], errors["kind"]) if k == "model"]
+    assert model_errors == [(batch.image_ids[worst], "model")]
+    assert "poisoned image" in errors["error"][errors["kind"].index("model")]
+    assert out.images.column("image_id").to_pylist() == [i for j, i in enumerate(batch.image_ids) if j != worst]
+    # the other images' rows equal a run without the poisoned one (up to float rounding: they ran one by one)
+    clean = Pipeline(backend, classes="all").run(batch.take([j for j in range(len(batch)) if j != worst]))
+    got, ref = out.boxes.to_pydict(), clean.boxes.to_pydict()
+    for key in ("image_id", "finding", "class_index", "rank"):
+        assert got[key] == ref[key]
+    for key in ("x", "y", "w", "h", "score", "prob", "threshold"):
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-5)
+    # when every image fails alone the fault is not the images': the batch raises
+    with pytest.raises(RuntimeError, match="poisoned"):
+        Pipeline(_FlakyBackend(backend, limit=-1.0), classes="all").run(batch)
+
+
+def test_pipeline_without_selection_gives_images_rows_only(archive, checkpoint):
+    arch, _ = archive
+    unlabelled = [(r.image_id, r.path, ()) for r in arch.records[:3]]
+    batch = decode_batch(unlabelled, input_size=SIZE)
+    backend = open_backend(checkpoint, backend="torch", device="cpu")
+    out = Pipeline(backend, classes="labels").run(batch)
+    assert out.boxes.num_rows == 0
+    assert out.images.column("boxes").to_pylist() == [0] * len(batch)
+    strict = Pipeline(backend, classes="predicted", prob_threshold=1.01).run(batch)
+    assert strict.boxes.num_rows == 0
+    every = Pipeline(backend, mining=replace(MiningConfig(), steps=1), classes="predicted",
+                     prob_threshold=0.0).run(batch)
+    assert set(every.boxes.column("class_index").to_pylist()) <= set(range(len(CHESTXRAY14)))
+    assert every.boxes.num_rows > 0
