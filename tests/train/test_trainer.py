@@ -98,9 +98,9 @@ def test_cli_train_kp_vanilla(toy, tmp_path, capsys):
     out = tmp_path / "cli.pt"
     rc = main(["train", str(toy), "--out", str(out), "--arch", "resnet18", "--width", "0.125", "--input-size", "64",
                "--epochs", "1", "--am-epochs", "1", "--batch-size", "16", "--workers", "0", "--cache",
-               "--kp", "vanilla", "--optimizer", "adamw", "--lr", "0.003", "--no-progress", "--threads", "1"])
+               "--kp", "vanilla", "--optimizer", "adamw", "--lr", "0.003", "--no-progress", "--threads", "1", "--amp"])
     assert rc == 0
     _, meta = load_checkpoint(out)
-    assert meta["config"]["kp"] == "vanilla" and meta["arch"] == "resnet18"
+    assert meta["config"]["kp"] == "vanilla" and meta["config"]["amp"] and meta["arch"] == "resnet18"
     text = capsys.readouterr().out
     assert "test AUC per finding" in text and "Mass" in text and "Effusion" in text
