@@ -4,7 +4,8 @@ No Python loop runs per map. A chunk of maps (about ``_CHUNK_PIXELS`` pixels: ma
 written into ONE tall uint8 image of n * (H + 1) rows and W columns (each map followed by one zero row, so no
 component crosses from one map into the next, for either connectivity) and labelled by a single
 ``cv2.connectedComponentsWithAlgorithm`` call; every later step is a vectorised numpy pass over the chunk. Chunks are
-sized to stay in cache, which is what makes the batch faster than one OpenCV call per map.
+sized to stay in cache, which is what makes the batch faster than one OpenCV call per map, and chunks run on
+``torch.get_num_threads()`` threads (each writes its own output slices), which a loop of tiny OpenCV calls cannot use.
 
 Raster order. OpenCV's SAUF (Wu) algorithm numbers labels in the order their first pixel is met in a raster scan
 (its union-find keeps the smaller provisional label as the root, and provisional labels grow with the scan; the
@@ -25,6 +26,9 @@ stays inside its own run's sum.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
 import cv2
 import numpy as np
 
@@ -36,6 +40,27 @@ _CHUNK_PIXELS = 1 << 18
 def _chunks(n: int, pixels_per_map: int) -> list[tuple[int, int]]:
     step = max(1, _CHUNK_PIXELS // max(1, pixels_per_map))
     return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _for_chunks(work: Callable[[int, int], None], n: int, pixels_per_map: int) -> None:
+    """Run ``work(s, e)`` on every chunk of maps; chunks write disjoint output slices, so with several chunks they run
+    on ``torch.get_num_threads()`` threads (cv2 and numpy release the GIL; Ray and OMP_NUM_THREADS set that count)."""
+    global _POOL
+    chunks = _chunks(n, pixels_per_map)
+    import torch
+
+    threads = min(torch.get_num_threads(), len(chunks))
+    if threads <= 1:
+        for s, e in chunks:
+            work(s, e)
+        return
+    if _POOL is None or _POOL._max_workers != threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="miner-kernels")
+    for future in [_POOL.submit(work, s, e) for s, e in chunks]:
+        future.result()
 
 
 def _stack(mask: np.ndarray) -> np.ndarray:
@@ -106,7 +131,8 @@ def label_cpu(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarr
     if n == 0 or h == 0 or w == 0:
         return labels, counts
     raster = _sauf_is_raster(connectivity)
-    for s, e in _chunks(n, (h + 1) * w):
+
+    def work(s: int, e: int) -> None:
         glob = _cv2_label(_stack(mask[s:e]), connectivity, raster=True)
         if not raster:  # an OpenCV whose SAUF numbering is not raster order
             glob = _renumber_by_first_pixel(glob)
@@ -120,6 +146,8 @@ def label_cpu(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarr
         out = labels[s:e].reshape(e - s, h * w)
         np.subtract(glob2[:, : h * w], offset[:, None], out=out)
         np.maximum(out, 0, out=out)
+
+    _for_chunks(work, n, (h + 1) * w)
     return labels, counts
 
 
@@ -133,7 +161,8 @@ def erase_cpu(maps: np.ndarray, threshold: float, connectivity: int) -> np.ndarr
     if n == 0 or h == 0 or w == 0:
         return out
     thr = np.float32(threshold) if maps.dtype == np.float32 else threshold
-    for s, e in _chunks(n, (h + 1) * w):
+
+    def work(s: int, e: int) -> None:
         chunk = maps[s:e]
         seed = chunk.reshape(e - s, -1).argmax(axis=1)  # first maximum in raster order, as torch.argmax
         tall = np.zeros((e - s, (h + 1) * w), np.uint8)
@@ -145,6 +174,8 @@ def erase_cpu(maps: np.ndarray, threshold: float, connectivity: int) -> np.ndarr
         # label 0 (max below threshold, or NaN) matches background: clear it
         seed_label[seed_label == 0] = -1
         np.equal(glob2[:, : h * w], seed_label[:, None], out=out[s:e].reshape(e - s, h * w))
+
+    _for_chunks(work, n, (h + 1) * w)
     return out
 
 
@@ -164,8 +195,11 @@ def stats_cpu(
     mean = np.zeros((n, k), np.float32)
     if n == 0 or k == 0 or h == 0 or w == 0:
         return bbox, area, total, mean
-    for s, e in _chunks(n, h * w):
+
+    def work(s: int, e: int) -> None:
         _stats_chunk(labels[s:e], values[s:e], k, bbox[s:e], area[s:e], total[s:e], mean[s:e])
+
+    _for_chunks(work, n, h * w)
     return bbox, area, total, mean
 
 

@@ -76,6 +76,27 @@ def test_label_one_big_batch_multithreaded_cv2_call():
         np.testing.assert_array_equal(labels.numpy(), ref)
 
 
+def test_threaded_chunks_give_the_same_results(monkeypatch):
+    from miner.kernels import _cpu
+
+    monkeypatch.setattr(_cpu, "_CHUNK_PIXELS", 2000)  # ~16 maps of 11x11 per chunk, 13 chunks
+    rng = np.random.default_rng(11)
+    maps = torch.from_numpy(np.stack([cases.blobs(rng, 11, 11, sigma=1.0) for _ in range(200)]))
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            labels, counts = label_components(maps >= 0.4)
+            results.append((erase_components(maps), labels, counts, component_stats(labels, maps)))
+    finally:
+        torch.set_num_threads(old)
+    (e1, l1, c1, s1), (e2, l2, c2, s2) = results
+    assert torch.equal(e1, e2) and torch.equal(l1, l2) and torch.equal(c1, c2)
+    assert all(torch.equal(a, b) for a, b in zip(s1, s2))
+    np.testing.assert_array_equal(l1.numpy(), cases.scipy_label(maps.numpy() >= np.float32(0.4), 8)[0])
+
+
 def test_sauf_numbers_in_raster_order_here_and_fallback_agrees(monkeypatch):
     from miner.kernels import _cpu
 
