@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +136,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def log(self, message: str) -> None:
+        """One line on stdout from rank 0 (progress bars, on stderr, are closed before it is printed)."""
         if self.rt.main:
-            print(message, file=sys.stderr if self.cfg.progress else sys.stdout, flush=True)
+            print(message, flush=True)
 
     def _data(self) -> None:
         from miner.data import read_archive
@@ -421,7 +421,8 @@ class Trainer:
         mean = float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
         seconds = time.perf_counter() - t0
         if self.rt.main:
-            meta = self._meta(plan[-1], 0, 0) | {f"{split}_auc": test_auc, "train_seconds": seconds}
+            last = stage_epochs(self.cfg, plan[-1])
+            meta = self._meta(plan[-1], last, last) | {f"{split}_auc": test_auc, "train_seconds": seconds}
             save_checkpoint(self.out, model, meta=meta)
             print(f"miner train: wrote {self.out} ({', '.join(plan)}; {split} mean AUC {mean:.4f}) in {seconds:.1f} s")
         D.barrier(self.rt)
