@@ -68,12 +68,17 @@ def interpreted_kernels() -> ModuleType:
     return module
 
 
+def _warps(block: int) -> int:
+    """One element or more per thread: no lane is replicated across threads (32 * warps <= BLOCK)."""
+    return max(1, min(8, block // 128))
+
+
 def _launch_config(pixels: int) -> tuple[int, int]:
     """(BLOCK, num_warps) for maps of `pixels` pixels: one block for maps up to 32x32, 1024-lane blocks above."""
     block = 64
     while block < min(pixels, 1024):
         block *= 2
-    return block, (8 if block >= 1024 else 4)
+    return block, _warps(block)
 
 
 def _kernels(kernels: ModuleType | None, device: torch.device) -> ModuleType:
@@ -179,7 +184,7 @@ def compile_all(*, arch: int = 90, warp_size: int = 32) -> dict[str, object]:
     target = GPUTarget("cuda", arch, warp_size)
     built: dict[str, object] = {}
     for block in (64, 1024):
-        warps = 8 if block >= 1024 else 4
+        warps = _warps(block)
         for conn8 in (False, True):
             sig = {
                 "mask_ptr": "*u8", "labels_ptr": "*i32", "scratch_ptr": "*i32", "counts_ptr": "*i32",
