@@ -73,6 +73,9 @@ def resolve_kp_layers(model: nn.Module, layers: Sequence[str], *, explicit: bool
             out.append(layer)
         elif explicit:
             raise UsageError(f"--kp-layers: {type(model).__name__} has no module {layer!r}")
+    if not explicit and all(layer == "logits" for layer in out):
+        # a model without ResNet stages (DC-FPN): its own map layers (per-scale features) stand in
+        out = [n for n in getattr(model, "map_layers", ()) if n in names] + out
     if not out:
         raise UsageError(f"no KP layer of {list(layers)} exists in {type(model).__name__}")
     return tuple(out)

@@ -192,6 +192,8 @@ class Trainer:
                 arch = arch[: -len("_msa")]
                 opts.pop("upsample", None)
             model = create_model(arch, classes=self.classes, **opts)
+            if getattr(model, "task", "classification") != "classification":
+                raise UsageError(f"--arch {arch}: miner train trains classifiers; {arch} is a {model.task} net")
             if cfg.init:
                 report = load_pretrained(model, cfg.init)
                 self.log(f"  init: {len(report['loaded'])} tensors from {cfg.init}")

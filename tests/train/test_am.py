@@ -114,3 +114,16 @@ def test_kp_loss_zero_at_first_am_step_then_positive(freeze_bn):
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(value, reference_before[key]), key
     kp.remove()
+
+
+def test_kp_layers_resolution():
+    from miner.errors import UsageError
+    from miner.train.step import resolve_kp_layers
+
+    default = TrainConfig().kp_layers
+    assert resolve_kp_layers(create_model("resnet18", width=0.125), default, explicit=False) == (
+        "layer3", "layer4", "logits")
+    dc = create_model("dcfpn", channels=2, depth=3)
+    assert resolve_kp_layers(dc, default, explicit=False) == ("dec1", "dec2", "enc3", "fuse", "logits")
+    with pytest.raises(UsageError, match="no module 'msa'"):
+        resolve_kp_layers(create_model("resnet18", width=0.125), ("msa",), explicit=True)

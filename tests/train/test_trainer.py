@@ -104,3 +104,15 @@ def test_cli_train_kp_vanilla(toy, tmp_path, capsys):
     assert meta["config"]["kp"] == "vanilla" and meta["config"]["amp"] and meta["arch"] == "resnet18"
     text = capsys.readouterr().out
     assert "test AUC per finding" in text and "Mass" in text and "Effusion" in text
+
+
+def test_dcfpn_base_and_am(toy, tmp_path):
+    out = tmp_path / "dc.pt"
+    result = train(toy, out, tiny_config(arch="dcfpn", model_options={"channels": 4, "depth": 3}, am_epochs=2))
+    assert result.stages == ["base", "am"]
+    rec = read_checkpoint(stage_path(out, "am"))
+    assert rec["arch"] == "dcfpn" and rec["stage_complete"]
+    # one step per epoch here: L_KP is 0 at the first AM step and positive at the second
+    assert [h["kp"] > 0 for h in rec["history"] if h["stage"] == "am"] == [False, True]
+    with pytest.raises(UsageError, match="segmentation net"):
+        train(toy, tmp_path / "u.pt", tiny_config(arch="unet", model_options={}))
