@@ -26,6 +26,7 @@ def flatten_maps(
     if x.device.type not in ("cpu", "cuda"):
         raise UsageError(f"{name}: device {x.device} is not supported; use a CPU or CUDA tensor")
     shape = x.shape
+    x = x.detach()  # no output of the component ops is differentiable
     if floating:
         if not x.is_floating_point():
             raise UsageError(f"{name}: expected a floating-point tensor, got {x.dtype}")

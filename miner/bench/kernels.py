@@ -127,70 +127,80 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         cv2.setNumThreads(args.threads)
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     conn = args.connectivity
     thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
     cuda = torch.cuda.is_available()
 
-    def timed(fn):
-        if cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        result = fn()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t, result
-
-    print(f"miner bench kernels: {os.cpu_count()} CPU cores, cv2 {cv2.__version__} with {cv2.getNumThreads()} "
-          f"threads, torch {torch.__version__} with {torch.get_num_threads()} threads, connectivity {conn}, "
-          f"median of {args.repeats} rounds" + (f", CUDA: {torch.cuda.get_device_name()}" if cuda else ", no CUDA"))
-
-    rows: list[tuple[str, float, float, float | None]] = []
-
-    # 1. mining workload
-    maps = smooth_maps(args.maps, args.size, seed=args.seed)
-    maps_np = maps.numpy()
-    masks_np = maps_np >= np.float32(0.5)
-    masks = torch.from_numpy(masks_np)
-    t_loop, t_ours, t_cuda = [], [], []
-    for _ in range(args.repeats):
-        dt, ref = timed(lambda: _loop_erase(maps_np, 0.5, conn))
-        t_loop.append(dt)
-        dt, got = timed(lambda: erase_components(maps, threshold=0.5, connectivity=conn))
-        t_ours.append(dt)
-        if not np.array_equal(got.numpy(), ref):
-            raise AssertionError("erase: batched CPU path differs from the OpenCV loop")
-    if cuda:
-        maps_gpu = maps.cuda()
-        erase_components(maps_gpu, threshold=0.5, connectivity=conn)  # compile
-        for _ in range(args.repeats):
-            dt, got = timed(lambda: erase_components(maps_gpu, threshold=0.5, connectivity=conn))
-            t_cuda.append(dt)
-        if not np.array_equal(got.cpu().numpy(), ref):
-            raise AssertionError("erase: CUDA path differs from the OpenCV loop")
-    rows.append((f"erase, {args.maps} maps {args.size}x{args.size}", _median_ms(t_loop), _median_ms(t_ours),
-                 _median_ms(t_cuda) if cuda else None))
+    def timed(fn, n_threads: int | None = None):
+        if n_threads is not None:
+            torch.set_num_threads(n_threads)
+        try:
+            if cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            result = fn()
+            if cuda:
+                torch.cuda.synchronize()
+            return time.perf_counter() - t, result
+        finally:
+            torch.set_num_threads(threads)
 
     def ours_label_stats(mask, values):
         labels, counts = label_components(mask, connectivity=conn)
         k = int(counts.max()) if counts.numel() else 0
         return counts, component_stats(labels, values, num_labels=k)
 
-    t_loop, t_ours, t_cuda = [], [], []
-    for _ in range(args.repeats):
-        dt, ref = timed(lambda: _loop_label_stats(masks_np, maps_np, conn))
-        t_loop.append(dt)
-        dt, (counts, st) = timed(lambda: ours_label_stats(masks, maps))
-        t_ours.append(dt)
-    _same_components(ref, st, counts.numpy(), check=500)
-    if cuda:
-        masks_gpu, maps_gpu = masks.cuda(), maps.cuda()
-        ours_label_stats(masks_gpu, maps_gpu)
+    def measure(name, loop_fn, ours_fn, check, cuda_args):
+        """Alternate the loop, the batched path on 1 thread and on all threads within every round; then CUDA."""
+        times: dict[str, list[float]] = {"loop": [], "1": [], "n": [], "cuda": []}
+        timed(ours_fn)  # warm-up: first-call costs (thread pool, OpenCV probe) are not part of the figures
         for _ in range(args.repeats):
-            dt, (counts, st) = timed(lambda: ours_label_stats(masks_gpu, maps_gpu))
-            t_cuda.append(dt)
-        _same_components(ref, st, counts.cpu().numpy(), check=500)
-    rows.append((f"label+stats, {args.maps} maps {args.size}x{args.size}", _median_ms(t_loop), _median_ms(t_ours),
-                 _median_ms(t_cuda) if cuda else None))
+            dt, ref = timed(loop_fn)
+            times["loop"].append(dt)
+            dt, got = timed(ours_fn, 1)
+            times["1"].append(dt)
+            check(ref, got)
+            if threads > 1:
+                dt, got = timed(ours_fn)
+                times["n"].append(dt)
+                check(ref, got)
+        if cuda:
+            gpu_inputs = [a.cuda() for a in cuda_args]
+            ours_fn(*gpu_inputs)  # compile
+            for _ in range(args.repeats):
+                dt, got = timed(lambda: ours_fn(*gpu_inputs))
+                times["cuda"].append(dt)
+            check(ref, got)
+        rows.append((name, *(_median_ms(times[k]) if times[k] else None for k in ("loop", "1", "n", "cuda"))))
+
+    print(f"miner bench kernels: {os.cpu_count()} CPU cores, cv2 {cv2.__version__} with {cv2.getNumThreads()} "
+          f"threads, torch {torch.__version__} with {threads} threads, connectivity {conn}, median of "
+          f"{args.repeats} rounds" + (f", CUDA: {torch.cuda.get_device_name()}" if cuda else ", no CUDA"))
+    rows: list[tuple] = []
+
+    # 1. mining workload
+    maps = smooth_maps(args.maps, args.size, seed=args.seed)
+    maps_np = maps.numpy()
+    masks_np = maps_np >= np.float32(0.5)
+    masks = torch.from_numpy(masks_np)
+
+    def check_erase(ref, got):
+        if not np.array_equal(got.cpu().numpy(), ref):
+            raise AssertionError("erase: batched path differs from the OpenCV loop")
+
+    measure(f"erase, {args.maps} maps {args.size}x{args.size}",
+            lambda: _loop_erase(maps_np, 0.5, conn),
+            lambda m=maps: erase_components(m, threshold=0.5, connectivity=conn),
+            check_erase, [maps])
+
+    def check_small(ref, got):
+        _same_components(ref, got[1], got[0].cpu().numpy(), check=500)
+
+    measure(f"label+stats, {args.maps} maps {args.size}x{args.size}",
+            lambda: _loop_label_stats(masks_np, maps_np, conn),
+            lambda m=masks, v=maps: ours_label_stats(m, v),
+            check_small, [masks, maps])
 
     # 2. boxes workload: every threshold of every map in one batch
     n_maps = args.images * args.findings
@@ -199,33 +209,29 @@ def run(args: argparse.Namespace) -> int:
     big_masks_np = np.concatenate([big_np >= np.float32(t) for t in thresholds])
     big_values_np = np.concatenate([big_np] * len(thresholds))
     big_masks, big_values = torch.from_numpy(big_masks_np), torch.from_numpy(big_values_np)
-    t_loop, t_ours, t_cuda = [], [], []
-    for _ in range(args.repeats):
-        dt, ref = timed(lambda: _loop_label_stats(big_masks_np, big_values_np, conn))
-        t_loop.append(dt)
-        dt, (counts, st) = timed(lambda: ours_label_stats(big_masks, big_values))
-        t_ours.append(dt)
-    _same_components(ref, st, counts.numpy(), check=len(ref))
-    if cuda:
-        bm, bv = big_masks.cuda(), big_values.cuda()
-        ours_label_stats(bm, bv)
-        for _ in range(args.repeats):
-            dt, (counts, st) = timed(lambda: ours_label_stats(bm, bv))
-            t_cuda.append(dt)
-        _same_components(ref, st, counts.cpu().numpy(), check=len(ref))
-    rows.append((f"label+stats, {len(thresholds)} thr x {args.findings} x {args.images} maps {args.big}x{args.big}",
-                 _median_ms(t_loop), _median_ms(t_ours), _median_ms(t_cuda) if cuda else None))
+
+    def check_big(ref, got):
+        _same_components(ref, got[1], got[0].cpu().numpy(), check=len(ref))
+
+    measure(f"label+stats, {len(thresholds)} thr x {args.findings} x {args.images} maps {args.big}x{args.big}",
+            lambda: _loop_label_stats(big_masks_np, big_values_np, conn),
+            lambda m=big_masks, v=big_values: ours_label_stats(m, v),
+            check_big, [big_masks, big_values])
 
     width = max(len(r[0]) for r in rows)
-    head = f"{'workload':<{width}}  {'OpenCV loop':>11}  {'batched CPU':>11}  {'speed-up':>8}"
+    head = f"{'workload':<{width}}  {'OpenCV loop':>11}  {'batched, 1 thread':>23}"
+    if threads > 1:
+        head += f"  {f'batched, {threads} threads':>23}"
     if cuda:
-        head += f"  {'CUDA':>9}  {'vs loop':>8}"
+        head += f"  {'CUDA (Triton)':>21}"
     print(head)
-    for name, loop_ms, ours_ms, cuda_ms in rows:
-        line = f"{name:<{width}}  {loop_ms:>8.1f} ms  {ours_ms:>8.1f} ms  {loop_ms / ours_ms:>7.2f}x"
+    for name, loop_ms, one_ms, n_ms, cuda_ms in rows:
+        line = f"{name:<{width}}  {loop_ms:>8.1f} ms  {one_ms:>8.1f} ms ({loop_ms / one_ms:>5.2f}x)"
+        if n_ms is not None:
+            line += f"  {n_ms:>8.1f} ms ({loop_ms / n_ms:>5.2f}x)"
         if cuda_ms is not None:
-            line += f"  {cuda_ms:>6.2f} ms  {loop_ms / cuda_ms:>7.1f}x"
+            line += f"  {cuda_ms:>7.2f} ms ({loop_ms / cuda_ms:>6.1f}x)"
         print(line)
-    print("outputs checked: erase masks identical; components (boxes, areas) identical as multisets, means within "
-          "float32 rounding")
+    print("speed-ups are against the OpenCV loop; outputs checked: erase masks identical, components (boxes, areas) "
+          "identical as multisets, means within float32 rounding")
     return 0

@@ -212,7 +212,7 @@ def test_bad_inputs_raise_usage_errors():
         label_components(torch.zeros(4, dtype=torch.bool))
 
 
-def test_ops_are_registered_custom_ops_with_fake_kernels():
+def test_ops_are_registered_torch_ops_with_fake_kernels():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     assert hasattr(torch.ops.miner, "label_components")
@@ -229,6 +229,15 @@ def test_ops_are_registered_custom_ops_with_fake_kernels():
         torch.ops.miner.component_stats.default,
         (torch.randint(0, 3, (2, 4, 4), dtype=torch.int32), torch.rand(2, 4, 4), 3),
     )
+
+
+def test_first_call_does_not_import_dynamo():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, miner.kernels as k; k.erase_components(torch.rand(2, 4, 4)); "
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_import_does_not_import_triton():
