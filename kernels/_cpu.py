@@ -53,7 +53,7 @@ def _for_chunks(work: Callable[[int, int], None], n: int, pixels_per_map: int) -
     import torch
 
     threads = min(torch.get_num_threads(), len(chunks))
-    if threads <= 1:
+    if threads <= 1 or len(chunks) < 4:  # a few chunks finish before a pool pays for itself
         for s, e in chunks:
             work(s, e)
         return
