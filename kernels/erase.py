@@ -1,7 +1,6 @@
 """Erase the connected component at each map's maximum (one attention-mining step), for a whole batch."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from miner.kernels._checks import check_connectivity, flatten_maps

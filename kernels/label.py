@@ -1,7 +1,6 @@
 """Connected-component labelling of a batch of binary maps, numbered exactly like scipy.ndimage.label."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from miner.kernels._checks import check_connectivity, flatten_maps
