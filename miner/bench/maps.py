@@ -90,13 +90,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.arch}, random weights, {n_cls} classes, batch {args.batch} x {model.in_chans} x {args.size} x "
           f"{args.size}, layer {layer_name}, torch {torch.__version__}, {threads} threads, malloc {malloc}")
 
-    def timed(fn, repeats):
-        times = []
+    cpu_used: dict[str, list[float]] = {}
+
+    def timed(fn, repeats, key=None):
+        """Median wall time of `repeats` calls (and the process CPU time per call, kept under `key`)."""
+        times, cpus = [], []
         out = None
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             out = fn()
             times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        if key:
+            cpu_used.setdefault(key, []).append(statistics.median(cpus))
         return statistics.median(times), out
 
     def forward():
@@ -145,16 +151,17 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, list[float]] = {"forward": [], "cam": [], "gradcam": [], "torchcam": [], "post": []}
     maps_cam = maps_grad = tc_maps = None
     for _ in range(args.repeats):  # interleaved rounds: machine noise hits every implementation alike
-        results["forward"].append(timed(forward, 1)[0])
-        t, (_, maps_cam) = timed(here("cam"), 1)
+        results["forward"].append(timed(forward, 1, "forward")[0])
+        t, (_, maps_cam) = timed(here("cam"), 1, "cam")
         results["cam"].append(t)
-        t, (_, maps_grad) = timed(here("gradcam"), 1)
+        t, (_, maps_grad) = timed(here("gradcam"), 1, "gradcam")
         results["gradcam"].append(t)
-        t, tc_maps = timed(torchcam_all, 1)
+        t, tc_maps = timed(torchcam_all, 1, "torchcam")
         results["torchcam"].append(t)
-        results["post"].append(timed(lambda: post(maps_cam), 5)[0])
-    t_pgc, pgc_maps = timed(pgc_all, max(1, args.pgc_repeats))
+        results["post"].append(timed(lambda: post(maps_cam), 5, "post")[0])
+    t_pgc, pgc_maps = timed(pgc_all, max(1, args.pgc_repeats), "pgc")
     med = {k: statistics.median(v) for k, v in results.items()}
+    cpu = {k: statistics.median(v) for k, v in cpu_used.items()}
     boxes = post(maps_cam)
 
     # the maps agree (same normalisation: ReLU, min-max; pytorch-grad-cam's resize to the input size)
@@ -175,20 +182,26 @@ def run(args: argparse.Namespace) -> int:
     f = med["forward"]
     best = med["gradcam"]  # the same method as theirs (for this head it costs what cam costs)
     n_boxes = sum(len(v) for v in boxes)
-    print(f"{'':44s} {'time':>10s} {'x forward':>10s}")
+    print(f"{'':44s} {'wall':>10s} {'x forward':>10s} {'CPU time':>10s} {'x forward':>10s}")
     rows = [
-        ("forward pass (logits only)", f),
-        (f"here: all {n_cls} maps, cam", med["cam"]),
-        (f"here: all {n_cls} maps, gradcam", med["gradcam"]),
-        (f"torchcam: 1 forward + {n_cls} gradient calls", med["torchcam"]),
-        (pgc_label, t_pgc),
-        (f"mining (T={args.steps}) + boxes, {args.batch}x{n_cls} maps", med["post"]),
+        ("forward pass (logits only)", "forward"),
+        (f"here: all {n_cls} maps, cam", "cam"),
+        (f"here: all {n_cls} maps, gradcam", "gradcam"),
+        (f"torchcam: 1 forward + {n_cls} gradient calls", "torchcam"),
+        (pgc_label, "pgc"),
+        (f"mining (T={args.steps}) + boxes, {args.batch}x{n_cls} maps", "post"),
     ]
-    for label, t in rows:
-        print(f"{label:44s} {t * 1e3:8.1f}ms {t / f:9.2f}x")
+    med["pgc"] = t_pgc
+    for label, key in rows:
+        t, c = med[key], cpu[key]
+        print(f"{label:44s} {t * 1e3:8.1f}ms {t / f:9.2f}x {c * 1e3:8.1f}ms {c / cpu['forward']:9.2f}x")
     print(f"speed-up vs pytorch-grad-cam: {t_pgc / best:6.1f}x   (goal >= 40x)   max map difference {diff_pgc:.1e}")
     print(f"speed-up vs torchcam:         {med['torchcam'] / best:6.2f}x   (goal >= 1.15x) max map difference {diff_tc:.1e}")
     print(f"mining + boxes / forward:     {100 * med['post'] / f:6.2f} %  (goal <= 3 %)   {n_boxes} boxes")
+    print(f"speed-ups in process CPU time: {cpu['pgc'] / cpu['gradcam']:.1f}x vs pytorch-grad-cam, "
+          f"{cpu['torchcam'] / cpu['gradcam']:.2f}x vs torchcam, mining + boxes {100 * cpu['post'] / cpu['forward']:.2f} %"
+          " (less sensitive to other processes on the machine)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"medians of {args.repeats} interleaved rounds ({max(1, args.pgc_repeats)} for pytorch-grad-cam); "
-          f"mining + boxes: median of 5 calls per round")
+          f"mining + boxes: median of 5 calls per round; load average at the end {load:.1f} on {os.cpu_count()} cores")
     return 0
