@@ -96,6 +96,65 @@ def _decompositions() -> dict[Any, Callable]:
     return {aten.diagonal_backward.default: diagonal_backward}
 
 
+def _axis_matrix(n_in: int, *, size: int | None, scale: float | None, align_corners: bool | None,
+                 recompute: bool | None) -> Tensor:
+    """The [n_out, n_in] matrix of 1-D bilinear interpolation along one axis, from PyTorch's own kernel.
+
+    Interpolating the basis vectors with the same size/scale arguments gives exactly the weights the
+    forward kernel uses (scale factors and align_corners included).
+    """
+    basis = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
+    if size is not None:
+        out = torch.nn.functional.interpolate(basis, size=(size, 1), mode="bilinear", align_corners=align_corners)
+    else:
+        out = torch.nn.functional.interpolate(
+            basis, scale_factor=(scale, 1.0), mode="bilinear", align_corners=align_corners,
+            recompute_scale_factor=recompute,
+        )
+    return out[:, 0, :, 0].t().contiguous()
+
+
+class SeparableUpsample(torch.overrides.TorchFunctionMode):
+    """While tracing, bilinear `F.interpolate` on [B, C, H, W] becomes ``Wh @ x @ Ww^T`` with constant matrices.
+
+    Traced as-is, bilinear upsampling (and its backward) decomposes into gathers and index_put scatters
+    with one int64 index tensor per output pixel, which the ONNX optimiser folds into constants for every
+    backward copy (hundreds of MB for a DC-FPN with 14 classes). Two matrix products express the same
+    linear map, their backward is two matrix products with the transposed matrices, and the constants are
+    [H_out, H] and [W, W_out] floats. Matches the kernel to float32 rounding (~1e-7 relative).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.interpolate:
+            result = self._interpolate(*args, **kwargs)
+            if result is not None:
+                return result
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                     recompute_scale_factor=None, antialias=False):
+        if mode != "bilinear" or antialias or not isinstance(input, Tensor) or input.dim() != 4:
+            return None
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+        h, w = int(input.shape[-2]), int(input.shape[-1])  # spatial sizes are fixed in the exported graph
+        sizes = [None, None] if size is None else ([size, size] if isinstance(size, int) else list(size))
+        scales = [None, None] if scale_factor is None else (
+            [scale_factor, scale_factor] if isinstance(scale_factor, (int, float)) else list(scale_factor)
+        )
+        with disable_proxy_modes_tracing(), unset_fake_temporarily():
+            mh = _axis_matrix(h, size=None if sizes[0] is None else int(sizes[0]), scale=scales[0],
+                              align_corners=align_corners, recompute=recompute_scale_factor)
+            mw = _axis_matrix(w, size=None if sizes[1] is None else int(sizes[1]), scale=scales[1],
+                              align_corners=align_corners, recompute=recompute_scale_factor)
+            mh = mh.to(input.dtype)
+            mwt = mw.t().contiguous().to(input.dtype)
+        return torch.matmul(torch.matmul(mh, input), mwt)
+
+
 def trace_graph(fn: Callable[..., Any], example_inputs: Sequence[Tensor]) -> torch.fx.GraphModule:
     """Trace `fn(*example_inputs)`, autograd included, into an FX graph of plain ATen ops.
 
@@ -114,7 +173,7 @@ def trace_graph(fn: Callable[..., Any], example_inputs: Sequence[Tensor]) -> tor
         raise ValueError("trace with a batch of at least 2: a batch of 1 is specialised by symbolic tracing")
     # No duck shaping: by default equal sizes share one symbol, so a batch of 2 beside 2 channels (or a 2x2
     # map) would be tied to them and specialised when the weights fix the channels.
-    with fx_config.patch(use_duck_shape=False), torch._dispatch.python.enable_python_dispatcher():
+    with fx_config.patch(use_duck_shape=False), torch._dispatch.python.enable_python_dispatcher(), SeparableUpsample():
         gm = make_fx(
             fn,
             decomposition_table=_decompositions(),

@@ -264,7 +264,14 @@ def export_model(
 
 
 def check_graph(path: str | Path, graph: MapGraph, meta: GraphMeta, *, atol: float = DEFAULT_ATOL) -> ParityReport:
-    """ONNX Runtime (CPU) vs eager PyTorch on a random batch of 3 and a phantom image (plus random masks)."""
+    """ONNX Runtime (CPU) vs eager PyTorch on a random batch of 3 and a phantom image (plus random masks).
+
+    The reference is eager float32 first. Where that differs by more than `atol`, eager PyTorch runs again in
+    float64 and decides: deep gradient graphs (a U-Net's Seg-Grad-CAM sums ~10^5 pixel scores, then cancels
+    channel contributions) carry float32 rounding of ~1e-4 relative in *both* runtimes, and the question
+    the check answers is whether the graph computes the same function, not whether two float32 roundings
+    agree. The report says which reference decided and what float32 gave.
+    """
     session = ort_session(path)
     cases: list[tuple[str, Tensor, Tensor | None]] = []
     for name, images in check_inputs(meta.input_size, meta.in_chans, batch=3):
@@ -280,7 +287,21 @@ def check_graph(path: str | Path, graph: MapGraph, meta: GraphMeta, *, atol: flo
             masks = torch.ones(images.shape[0], meta.num_classes, *meta.map_size)
         return run_session(session, images, masks)
 
-    return compare(run, graph.reference, cases, atol=atol)
+    report = compare(run, graph.reference, cases, atol=atol)
+    if report.ok:
+        return report
+    import copy
+
+    exact = MapGraph(copy.deepcopy(graph.model).double(), method=graph.method,
+                     layer=graph.layers if graph.mapper.method.pyramid else graph.layers[0],
+                     masks_input=graph.masks_input, target=graph.mapper.target)
+
+    def reference64(images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+        return exact.reference(images.double(), None if masks is None else masks.double())
+
+    report64 = compare(run, reference64, cases, atol=atol, reference_name="eager float64")
+    report64.note = "eager float32: " + ", ".join(f"{k} max|diff| {v:.2g}" for k, v in report.max_abs.items())
+    return report64
 
 
 def export_checkpoint(

@@ -26,6 +26,10 @@ class ParityReport:
     max_abs: dict[str, float] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)
     cases: list[str] = field(default_factory=list)
+    #: what the graph was compared with
+    reference: str = "eager float32"
+    #: a note on an earlier comparison (e.g. the float32 result when the float64 reference decided)
+    note: str = ""
 
     def bound(self, name: str) -> float:
         """`atol`, scaled by the output's largest magnitude where that exceeds 1.
@@ -58,7 +62,8 @@ class ParityReport:
             f"{k} max|diff| {v:.2g}" + (f" (max|ref| {self.scale[k]:.3g})" if self.scale.get(k, 0) > 1 else "")
             for k, v in self.max_abs.items()
         )
-        return f"{parts}; atol {self.atol:.0e}; inputs: {', '.join(self.cases)}"
+        line = f"{parts} vs {self.reference}; atol {self.atol:.0e}; inputs: {', '.join(self.cases)}"
+        return line + (f" ({self.note})" if self.note else "")
 
 
 def ort_session(
@@ -100,6 +105,7 @@ def compare(
     cases: Sequence[tuple[str, Tensor, Tensor | None]],
     *,
     atol: float = DEFAULT_ATOL,
+    reference_name: str = "eager float32",
 ) -> ParityReport:
     """Run `run` and `reference` on each (name, images, masks) case and collect the differences.
 
@@ -109,7 +115,7 @@ def compare(
         cases: named inputs (images [B, in_chans, H, W] in [0, 1]; masks [B, C, h, w] or None).
         atol: the tolerance `ParityReport.ok` checks.
     """
-    report = ParityReport(atol=float(atol))
+    report = ParityReport(atol=float(atol), reference=reference_name)
     for name, images, masks in cases:
         got = run(images, masks)
         with torch.no_grad():

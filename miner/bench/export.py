@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per backend (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every backend (default: all cores)")
     parser.add_argument("--no-int8", dest="int8", action="store_false", help="skip the int8 graph")
+    parser.add_argument("--calibrate", default="minmax", choices=("minmax", "percentile", "entropy"),
+                        help="int8 activation calibration (default minmax)")
     parser.add_argument("--workdir", default=None, help="where the graphs go (default: a temporary folder)")
     parser.add_argument("--no-reexec", dest="reexec", action="store_false",
                         help="do not restart with tuned MALLOC_* variables (measure the environment as it is)")
@@ -102,14 +104,16 @@ def run(args: argparse.Namespace) -> int:
     result = export_model(model, work / "model.onnx", input_size=size, method=args.method, check=False)
     print(f"export fp32: {time.perf_counter() - t0:.1f} s, {result.size_bytes / 1e6:.1f} MB")
     runners = {"torch eager": lambda: class_maps(model, images, method=args.method)}
-    fp32 = OnnxRuntimeBackend(result.path, provider="cpu", intra_op_threads=threads)
+    # spinning off: idle ORT threads would otherwise busy-wait into the next backend's timed run
+    fp32 = OnnxRuntimeBackend(result.path, provider="cpu", intra_op_threads=threads, spinning=False)
     runners["onnxruntime fp32"] = lambda: fp32.run(images)
     if args.int8:
         t0 = time.perf_counter()
-        kind = quantize_onnx(result.path, work / "model.int8.onnx",
+        kind = quantize_onnx(result.path, work / "model.int8.onnx", calibrate=args.calibrate,
                              images=calibration_images(size, model.in_chans, count=16))
-        print(f"quantize int8 ({kind}, QDQ, Conv only, 16 phantom calibration images): {time.perf_counter() - t0:.1f} s")
-        int8 = OnnxRuntimeBackend(work / "model.int8.onnx", provider="cpu", intra_op_threads=threads)
+        print(f"quantize int8 ({kind}, QDQ, Conv only, {args.calibrate} calibration on 16 phantoms): "
+              f"{time.perf_counter() - t0:.1f} s")
+        int8 = OnnxRuntimeBackend(work / "model.int8.onnx", provider="cpu", intra_op_threads=threads, spinning=False)
         runners["onnxruntime int8"] = lambda: int8.run(images)
 
     outputs = {name: fn() for name, fn in runners.items()}  # warm-up (and the outputs compared below)
@@ -127,20 +131,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<18} {med * 1e3:9.1f} {min(ts) * 1e3:8.1f} {args.batch / med:9.2f} {base / med:8.2f}x")
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
-    ref_logits, ref_maps = (t.float() for t in outputs["torch eager"])
     print()
-    for name in [n for n in outputs if n != "torch eager"]:
-        logits, maps = outputs[name]
+    pairs = [("onnxruntime fp32", "torch eager")]
+    if "onnxruntime int8" in outputs:
+        pairs.append(("onnxruntime int8", "onnxruntime fp32"))
+    for name, ref_name in pairs:
+        (logits, maps), (ref_logits, ref_maps) = outputs[name], outputs[ref_name]
         dl = float((logits - ref_logits).abs().max())
         dm = float((maps - ref_maps).abs().max())
         peak = float(ref_maps.abs().max())
-        flat_ref = ref_maps.flatten(0, 1)
-        rho = rank_correlation(maps.flatten(0, 1), flat_ref)
-        line = (f"{name} vs torch: logits max|diff| {dl:.3g}; maps max|diff| {dm:.3g} (relative {dm / peak:.3g}), "
-                f"rank correlation mean {float(rho.mean()):.4f} min {float(rho.min()):.4f}")
-        iou = _rank1_box_iou(ref_maps, maps, model.classes, size)
+        rho = rank_correlation(maps.flatten(0, 1), ref_maps.flatten(0, 1))
+        line = (f"{name} vs {ref_name}: logits max|diff| {dl:.3g}; maps max|diff| {dm:.3g} (relative to the largest "
+                f"map value {dm / peak:.3g}); rank correlation per map mean {float(rho.mean()):.4f} "
+                f"min {float(rho.min()):.4f}")
+        iou = _rank1_box_iou(ref_maps, maps, size)
         if iou is not None:
-            line += f"; rank-1 box IoU mean {iou[0]:.3f} min {iou[1]:.3f} over {iou[2]} boxes"
+            line += f"; rank-1 box IoU (mining T=3 + miner.boxes) mean {iou[0]:.3f} min {iou[1]:.3f} over {iou[2]} boxes"
         print(line)
     return 0
 
@@ -160,39 +166,36 @@ def _adapt_batchnorm(model, images) -> None:
     model.eval()
 
 
-def _rank1_box_iou(ref_maps, maps, classes, size):
-    """(mean, min, count) IoU of rank-1 boxes from `maps` vs `ref_maps` via `miner.boxes`, or None without it."""
+def _rank1_box_iou(ref_maps, maps, size):
+    """(mean, min, count) IoU of the rank-1 boxes of each image and class, after mining (T=3) and `miner.boxes`.
+
+    None where `miner.mining` / `miner.boxes` are absent. A class boxed in one map set but not the other
+    counts IoU 0.
+    """
     try:
-        from miner.boxes import boxes_from_maps  # type: ignore[import-not-found]
+        from miner.boxes import boxes_from_maps
+        from miner.mining import attention_mining
     except ImportError:
         return None
-    import torch
-
-    from miner.cam.normalize import normalize_maps  # type: ignore[import-not-found]
 
     def rank1(m):
-        rows = boxes_from_maps(normalize_maps(m), original_sizes=[size] * m.shape[0], classes=classes)
-        out = {}
-        for r in rows:
-            r = r if isinstance(r, dict) else r._asdict()
-            if int(r["rank"]) == 1:
-                out[(int(r.get("batch_index", r.get("image", 0))), r["finding"])] = (
-                    float(r["x"]), float(r["y"]), float(r["x"]) + float(r["w"]), float(r["y"]) + float(r["h"]))
-        return out
+        fused = attention_mining(m).fused  # linear head: the exact masking shortcut
+        rows = boxes_from_maps(fused, original_sizes=[size] * m.shape[0])
+        return {(i, int(r["class_index"])): (r["x"], r["y"], r["x"] + r["w"], r["y"] + r["h"])
+                for i, image_rows in enumerate(rows) for r in image_rows if int(r["rank"]) == 1}
 
     a, b = rank1(ref_maps), rank1(maps)
     ious = []
-    for key, box in a.items():
-        other = b.get(key)
-        if other is None:
+    for key in set(a) | set(b):
+        if key not in a or key not in b:
             ious.append(0.0)
             continue
-        ix = max(0.0, min(box[2], other[2]) - max(box[0], other[0]))
-        iy = max(0.0, min(box[3], other[3]) - max(box[1], other[1]))
+        p, q = a[key], b[key]
+        ix = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+        iy = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
         inter = ix * iy
-        union = (box[2] - box[0]) * (box[3] - box[1]) + (other[2] - other[0]) * (other[3] - other[1]) - inter
+        union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
         ious.append(inter / union if union > 0 else 0.0)
     if not ious:
         return None
-    t = torch.tensor(ious)
-    return float(t.mean()), float(t.min()), len(ious)
+    return sum(ious) / len(ious), min(ious), len(ious)

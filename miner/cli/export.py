@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="weights in OUT.data beside the graph (default: only above ~1.8 GB)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=d.check,
                    help=f"compare ONNX Runtime with eager PyTorch (max abs diff <= {d.atol:g}); on by default")
-    p.add_argument("--atol", type=float, default=d.atol, help=argparse.SUPPRESS)
+    p.add_argument("--atol", type=float, default=d.atol,
+                   help=f"tolerance of the check (default {d.atol:g}; scaled by outputs larger than 1)")
 
     t = sub.add_parser("trt", help="ONNX graph -> TensorRT engine (needs TensorRT and an NVIDIA GPU)",
                        description="Build a TensorRT engine (with OUT.json metadata) from a graph of "

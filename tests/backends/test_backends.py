@@ -193,3 +193,17 @@ def test_onnxruntime_cuda_keeps_tensors_on_the_gpu(files):
     assert logits.device.type == "cuda" and maps.device.type == "cuda"
     want = class_maps(model_for("mlp-gradcam").cuda(), images, method="gradcam")
     assert float((maps - want[1]).abs().max()) <= 1e-4
+
+
+def test_torch_backend_under_inference_mode(files):
+    """The mining pipeline calls backends inside torch.inference_mode(): gradient maps must still work."""
+    ckpt, _ = files["mlp-gradcam"]
+    b = open_backend(ckpt)
+    images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(4))
+    masks = (torch.rand(3, 3, 2, 2, generator=torch.Generator().manual_seed(5)) > 0.5).float()
+    want_maps = b.run(images)[1]
+    want_erased = b.recompute(images)(masks)
+    with torch.inference_mode():
+        _, maps = b.run(images)
+        erased = b.recompute(images)(masks)
+    assert torch.equal(maps, want_maps) and torch.equal(erased, want_erased)

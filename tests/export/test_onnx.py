@@ -209,3 +209,18 @@ def test_graph_meta_round_trips_through_json_and_props():
     assert GraphMeta.from_json(meta.to_json()) == meta
     with pytest.raises(ModelError, match="no miner metadata"):
         GraphMeta.from_props({}, source="foreign.onnx")
+
+
+def test_float64_reference_decides_when_float32_rounding_exceeds_atol(graphs_dir):
+    """A float32 reference off by 1e-3 (as a deep U-Net's own float32 rounding can be): float64 eager decides."""
+    result = exported("resnet18-cam", graphs_dir)
+
+    class NoisyFloat32(MapGraph):
+        def reference(self, images, masks=None):
+            logits, maps = super().reference(images, masks)
+            return logits, maps + 1e-3 if maps.dtype == torch.float32 else maps
+
+    report = check_graph(result.path, NoisyFloat32(model_for("resnet18-cam"), method="cam"), result.meta)
+    assert report.ok and report.reference == "eager float64"
+    assert report.max_abs["maps"] < 1e-5
+    assert "eager float32: logits max|diff|" in report.line() and "maps max|diff| 0.001" in report.line()
