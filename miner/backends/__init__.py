@@ -42,35 +42,50 @@ def backend_for_path(path: str | Path) -> str:
 def open_backend(
     model_path: str | Path,
     *,
-    backend: str = "auto",
+    backend: str | None = None,
     device: str | None = None,
     provider: str | None = None,
     intra_op_threads: int | None = None,
-    spinning: bool = True,
-    compile: bool = False,
+    spinning: bool | None = None,
+    compile: bool | None = None,
     method: str | None = None,
     layer: str | None = None,
     input_size: Any = None,
+    config: Any = None,
 ) -> Backend:
     """Open a model file with the backend that runs it.
+
+    Every option left at None takes its value from `config` (a `miner.config.BackendConfig`; default
+    ``BackendConfig()``), so ``open_backend(path)`` means backend ``auto``, provider ``auto``.
 
     Args:
         model_path: a checkpoint, ``.onnx`` graph or TensorRT engine.
         backend: ``auto`` (by file type; for ``.onnx`` the best onnxruntime provider that loads: TensorRT EP,
             CUDA EP, then CPU) or ``torch``, ``onnxruntime``, ``tensorrt`` (must fit the file type).
         device: ``cpu``, ``cuda``, ``cuda:N`` (default: the backend's best).
-        provider: onnxruntime provider (``auto``, ``tensorrt``, ``cuda``, ``cpu``); default ``auto`` under
-            ``backend="auto"``, else ``cpu`` when `device` is cpu, else ``auto``. A provider asked for by name that
-            does not load raises `BackendUnavailable`.
+        provider: onnxruntime provider (``auto``, ``tensorrt``, ``cuda``, ``cpu``). A provider asked for by name
+            that does not load raises `BackendUnavailable`.
         intra_op_threads, spinning: onnxruntime CPU threads (see `session_options`); torch threads are left
             to the process.
         compile: torch backend: `torch.compile` the traced map graph.
         method, layer, input_size: torch backend: the map method/layer and image size (defaults from the
             model and checkpoint). Graphs and engines carry their own.
+        config: defaults for the options above.
 
     Returns:
         the `Backend`; ``backend.describe()`` says which backend and provider run.
     """
+    from miner.config import BackendConfig
+
+    cfg = config if config is not None else BackendConfig()
+    backend = backend if backend is not None else cfg.backend
+    device = device if device is not None else cfg.device
+    provider = provider if provider is not None else cfg.provider
+    intra_op_threads = intra_op_threads if intra_op_threads is not None else cfg.intra_op_threads
+    spinning = spinning if spinning is not None else cfg.spinning
+    compile = compile if compile is not None else cfg.torch_compile
+    method = method if method is not None else cfg.method
+    layer = layer if layer is not None else cfg.layer
     path = Path(model_path)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -92,8 +107,6 @@ def open_backend(
     if kind == "onnxruntime":
         from miner.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        if provider is None:
-            provider = "cpu" if device is not None and str(device).startswith("cpu") and backend != "auto" else "auto"
         return OnnxRuntimeBackend(
             path, provider=provider, device=device, intra_op_threads=intra_op_threads, spinning=spinning
         )

@@ -207,3 +207,14 @@ def test_torch_backend_under_inference_mode(files):
         _, maps = b.run(images)
         erased = b.recompute(images)(masks)
     assert torch.equal(maps, want_maps) and torch.equal(erased, want_erased)
+
+
+def test_config_gives_the_defaults(files):
+    from miner.config import BackendConfig
+
+    _, graph = files["resnet18-cam"]
+    b = open_backend(graph, config=BackendConfig(provider="cpu", intra_op_threads=1))
+    assert b.provider == "CPUExecutionProvider" and b.intra_op_threads == 1
+    assert open_backend(graph, config=BackendConfig(intra_op_threads=1), intra_op_threads=2).intra_op_threads == 2
+    with pytest.raises(UsageError, match="needs a checkpoint"):
+        open_backend(graph, config=BackendConfig(backend="torch"))
