@@ -170,7 +170,8 @@ def boxes_from_maps(
         maps = F.interpolate(maps.unsqueeze(1), size=(hw, ww), mode="bilinear", align_corners=False).squeeze(1)
     lo = maps.amin(dim=(-2, -1), keepdim=True)
     span = maps.amax(dim=(-2, -1), keepdim=True) - lo
-    norm = torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(maps))
+    ok = span > 0
+    norm = torch.where(ok, (maps - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(maps))
 
     lv = torch.tensor(levels, dtype=norm.dtype, device=device)
     nl = len(levels)

@@ -196,10 +196,12 @@ def run(args: argparse.Namespace) -> int:
         t, c = med[key], cpu[key]
         print(f"{label:44s} {t * 1e3:8.1f}ms {t / f:9.2f}x {c * 1e3:8.1f}ms {c / cpu['forward']:9.2f}x")
     print(f"speed-up vs pytorch-grad-cam: {t_pgc / best:6.1f}x   (goal >= 40x)   max map difference {diff_pgc:.1e}")
-    print(f"speed-up vs torchcam:         {med['torchcam'] / best:6.2f}x   (goal >= 1.15x) max map difference {diff_tc:.1e}")
+    print(f"speed-up vs torchcam:         {med['torchcam'] / best:6.2f}x   (goal >= 1.15x) "
+          f"max map difference {diff_tc:.1e}")
     print(f"mining + boxes / forward:     {100 * med['post'] / f:6.2f} %  (goal <= 3 %)   {n_boxes} boxes")
     print(f"speed-ups in process CPU time: {cpu['pgc'] / cpu['gradcam']:.1f}x vs pytorch-grad-cam, "
-          f"{cpu['torchcam'] / cpu['gradcam']:.2f}x vs torchcam, mining + boxes {100 * cpu['post'] / cpu['forward']:.2f} %"
+          f"{cpu['torchcam'] / cpu['gradcam']:.2f}x vs torchcam, "
+          f"mining + boxes {100 * cpu['post'] / cpu['forward']:.2f} %"
           " (less sensitive to other processes on the machine)")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"medians of {args.repeats} interleaved rounds ({max(1, args.pgc_repeats)} for pytorch-grad-cam); "

@@ -9,10 +9,10 @@ factorisation methods: ``torchvision.transforms`` (Compose, Normalize, ToTensor)
 ``torchvision.transforms.functional.resize``, ``torchvision`` itself (``ops.box_iou`` for detection targets)
 and ``sklearn.decomposition`` (KernelPCA, NMF). torchvision cannot be installed beside CPU torch here (its
 wheel pulls a CUDA torch; see NOTES.md), so the package is installed with ``pip install --no-deps grad-cam
-ttach`` (README set-up) and `import_pytorch_grad_cam` puts inert stand-ins for exactly those names into
-``sys.modules`` while ``pytorch_grad_cam`` is imported, then removes them again (other tests never see a fake torchvision). Every
-stand-in raises if called: the CAM computations compared in the tests (GradCAM, HiResCAM, XGradCAM,
-GradCAMPlusPlus, LayerCAM, SemanticSegmentationTarget) never touch them.
+ttach`` (README set-up) and `import_pytorch_grad_cam` puts inert stand-ins for exactly those names
+into ``sys.modules`` while ``pytorch_grad_cam`` is imported, then removes them again (other tests never see a
+fake torchvision). Every stand-in raises if called: the CAM computations compared in the tests (GradCAM,
+HiResCAM, XGradCAM, GradCAMPlusPlus, LayerCAM, SemanticSegmentationTarget) never touch them.
 """
 from __future__ import annotations
 

@@ -111,10 +111,10 @@ class ClassMapper:
         else:
             self.mode = "hook"
         if not self.method.needs_gradients and self.mode != "analytic":
+            head = "linear" if getattr(model, "head_is_linear", False) else "non-linear"
             raise UsageError(
-                f"{self.method.name} needs a GAP + linear head at its input (layer {feature_layer!r}); "
-                f"got layer {', '.join(self.layers)} of a {'linear' if getattr(model, 'head_is_linear', False) else 'non-linear'} "
-                "head: use gradcam or hirescam"
+                f"{self.method.name} needs a GAP + linear head at its input (layer {feature_layer!r}); got layer "
+                f"{', '.join(self.layers)} of a {head} head: use gradcam or hirescam"
             )
 
     def _resolve_layers(self, layer: str | Sequence[str] | None, scales: Sequence[int] | str | None) -> list[str]:
@@ -145,7 +145,8 @@ class ClassMapper:
                 sub = model.get_submodule(name)
             except AttributeError:
                 known = ", ".join(getattr(model, "map_layers", ()) or ())
-                raise UsageError(f"the model has no layer {name!r}" + (f" (map layers: {known})" if known else "")) from None
+                hint = f" (map layers: {known})" if known else ""
+                raise UsageError(f"the model has no layer {name!r}{hint}") from None
             if sub is model:
                 raise UsageError("layer= must name a submodule, not the model itself")
         return layers

@@ -59,7 +59,8 @@ def pixel_set_weights(output: Tensor, target: PixelSet) -> Tensor:
     if isinstance(target, str):
         if target == "all":
             return output.new_ones(1, 1, h, w)
-        raise UsageError(f"segmentation target must be 'predicted', 'all', a mask or a (row, col) pixel, got {target!r}")
+        raise UsageError(
+            f"segmentation target must be 'predicted', 'all', a mask or a (row, col) pixel, got {target!r}")
     if isinstance(target, Tensor):
         mask = target.to(device=output.device, dtype=output.dtype)
         if mask.dim() == 3:

@@ -56,7 +56,8 @@ class TinyClassifier(nn.Module):
         self.classes = classes
         self.in_chans = 1
         self.head_kind = head
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.layer1 = Block(width, width)
         self.layer2 = Block(width, 2 * width, stride=2)
         dim = 2 * width
@@ -113,7 +114,9 @@ class TinySegNet(nn.Module):
     task = "segmentation"
     feature_layer = "bottleneck"
 
-    def __init__(self, classes: tuple[str, ...] = ("background", "lesion", "organ"), width: int = 6, seed: int = 0) -> None:
+    def __init__(
+        self, classes: tuple[str, ...] = ("background", "lesion", "organ"), width: int = 6, seed: int = 0
+    ) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.classes = classes
@@ -162,11 +165,6 @@ class TinyPyramid(nn.Module):
         e2 = self.enc2(F.max_pool2d(e1, 2))
         e3 = self.enc3(F.max_pool2d(e2, 2))
         return e1, e2, e3
-
-    def head(self, e1: Tensor, e2: Tensor, e3: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(dec1, dec2, enc3) and logits from the encoder outputs (e3 enters as given)."""
-        d2 = self.dec2(torch.cat([e2, self.up2(e3)], dim=1))
-        return d2, self.finish(e1, d2, e3)
 
     def finish(self, e1: Tensor, d2: Tensor, e3: Tensor, d1: Tensor | None = None) -> Tensor:
         if d1 is None:

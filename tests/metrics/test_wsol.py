@@ -11,7 +11,8 @@ from miner.metrics.wsol import max_box_acc_v2, pxap
 
 def test_pxap_hand_computed():
     # scores 0.9 (pos), 0.6 (neg), 0.3 (pos), 0.1 (neg): going down the thresholds
-    # tau in (0.6, 0.9]: P = 1, R = 1/2; (0.3, 0.6]: P = 1/2, R = 1/2; (0.1, 0.3]: P = 2/3, R = 1; <= 0.1: P = 1/2, R = 1
+    # tau in (0.6, 0.9]: P = 1, R = 1/2; (0.3, 0.6]: P = 1/2, R = 1/2;
+    # (0.1, 0.3]: P = 2/3, R = 1; <= 0.1: P = 1/2, R = 1
     # AP = 1 * 1/2 + 2/3 * 1/2
     s = np.array([[0.9, 0.6], [0.3, 0.1]])
     m = np.array([[1, 0], [1, 0]])
