@@ -124,16 +124,22 @@ def boxes_from_maps(
     fused: Tensor,
     *,
     original_sizes: Sequence[tuple[int, int]],
-    classes: np.ndarray | Tensor | None = None,
+    classes: np.ndarray | Tensor | str | None = None,
     config: BoxConfig | None = None,
+    probs: np.ndarray | Tensor | None = None,
+    labels: np.ndarray | None = None,
+    prob_threshold: float = 0.5,
 ) -> list[list[dict[str, Any]]]:
     """Up to ``config.max_boxes`` ranked boxes per selected (image, finding) pair.
 
     Args:
         fused: H_f (Tensor[B, C, h, w]) from `miner.mining.attention_mining` (any device).
         original_sizes: (H, W) of each original image, in pixels.
-        classes: Tensor/np.ndarray[B, C] bool, the pairs that get boxes (see `select_classes`); None = all.
+        classes: which (image, finding) pairs get boxes: a Tensor/np.ndarray[B, C] bool, or a mode of
+            `select_classes` -- ``"labels"`` (needs `labels`), ``"predicted"`` (needs `probs`; probability >=
+            `prob_threshold`) or ``"all"``; None = all.
         config: `miner.config.BoxConfig` (None = defaults).
+        probs, labels, prob_threshold: for the string modes (np.ndarray or Tensor [B, C]).
 
     Returns:
         per image, a list of dicts with `BOX_FIELDS` (class_index int, rank 1.., x, y, w, h in original pixels,
@@ -152,6 +158,10 @@ def boxes_from_maps(
     levels = resolve_thresholds(cfg.thresholds)
     out: list[list[dict[str, Any]]] = [[] for _ in range(b)]
     device = fused.device
+    if isinstance(classes, str):
+        if isinstance(probs, Tensor):
+            probs = probs.detach().float().cpu().numpy()
+        classes = select_classes(classes, probs=probs, labels=labels, prob_threshold=prob_threshold, shape=(b, c))
     if classes is None:
         chosen = torch.ones(b, c, dtype=torch.bool, device=device)
     else:

@@ -148,6 +148,18 @@ def test_thresholds_and_selection():
     assert select_classes("all", probs=probs).all()
     with pytest.raises(UsageError):
         select_classes("some", probs=probs)
+    # the same modes straight through boxes_from_maps
+    fused = torch.zeros(2, 2, 4, 4)
+    fused[:, :, 1, 1] = 1.0
+    sizes = [(4, 4), (4, 4)]
+
+    def pairs(rows):
+        return sorted({(b, d["class_index"]) for b, r in enumerate(rows) for d in r})
+
+    assert pairs(boxes_from_maps(fused, original_sizes=sizes, classes="predicted", probs=torch.tensor(probs))) == [
+        (0, 1), (1, 0)]
+    assert pairs(boxes_from_maps(fused, original_sizes=sizes, classes="labels", labels=labels)) == [(0, 0)]
+    assert len(pairs(boxes_from_maps(fused, original_sizes=sizes, classes="all"))) == 4
 
 
 def test_box_columns_follow_the_parquet_contract():
