@@ -2,7 +2,8 @@
 
 Cases, run one after another in one command (same images, model, batch size and options):
 
-- ``loop``: decode + pipeline in one process, torch using every core (a fresh process with glibc malloc tuned);
+- ``loop``: decode + pipeline in one process, torch using every core (a fresh process with the actors'
+  environment: glibc malloc tuned, passive OpenMP waiting);
 - ``job2``: ``miner mine``'s job with 2 CPU actors x 1 CPU, torch backend;
 - ``job1``: the same with 1 actor x 1 CPU (how the job scales with actors);
 - ``onnx2``: 2 CPU actors, onnxruntime on the graph ``miner export onnx`` writes for the same checkpoint;
@@ -12,9 +13,10 @@ Every figure is a steady-state rate: images per second while every worker is bus
 worker finishes its first batch to the moment the first worker finishes its last one (`miner.job.steady_rate`;
 model loading, warm-up and the tail are excluded). Wall-clock rates with start-up are printed beside them.
 
-The phantom archive and the model are made once and kept under ``--cache`` (default
-``~/.cache/attention-miner/bench-mine``). Timings on a shared machine are noisy: the load average is printed
-before and after each case.
+The images are split into ``--rounds`` rounds and every case runs once per round, in rotating order, so that
+a change of machine load hits every case alike; a case's figure pools its steady windows over the rounds. The
+phantom archive and the model are made once and kept under ``--cache`` (default
+``~/.cache/attention-miner/bench-mine``). The load average is printed around each case.
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=100, help="images per shard (default %(default)s)")
     parser.add_argument("--classes", default="labels", choices=("labels", "predicted", "all"),
                         help="findings that get boxes (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="split the images into this many rounds; every case runs once per round (default "
+                             "%(default)s)")
     parser.add_argument("--cases", default=",".join(CASES),
                         help=f"comma-separated subset of {', '.join(CASES)} (default: all)")
     parser.add_argument("--cache", default=None,
@@ -49,10 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bench-mine)")
     parser.add_argument("--archive", default=None,
                         help="an existing archive to use instead of the cached phantoms (its first --images images)")
-
-
-def _load() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def _prepare(args: argparse.Namespace, cases: list[str]) -> tuple[Path, Path, Path | None]:
@@ -89,15 +90,15 @@ def _prepare(args: argparse.Namespace, cases: list[str]) -> tuple[Path, Path, Pa
     return archive, checkpoint, graph
 
 
-def _subset(archive: Path, images: int, workdir: Path) -> Path:
-    """A manifest of the archive's first `images` records (so that every case mines the same images)."""
+def _subset(archive: Path, start: int, stop: int, workdir: Path) -> Path:
+    """A manifest of the archive's records [start, stop) (so that every case mines the same images)."""
     import csv
 
     from miner.data import read_archive
 
     arch = read_archive(archive)
-    records = arch.records[:images]
-    manifest = workdir / "manifest.csv"
+    records = arch.records[start:stop]
+    manifest = workdir / f"manifest-{start}.csv"
     with open(manifest, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image_id", "path", "labels"])
@@ -132,7 +133,7 @@ def loop_worker(spec_json: str) -> None:
 
 
 def _run_loop(manifest: Path, checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from miner.job import BatchEvent, steady_rate
+    from miner.job import BatchEvent, steady_window
     from miner.job.cluster import worker_env
 
     threads = os.cpu_count() or 1
@@ -147,7 +148,7 @@ def _run_loop(manifest: Path, checkpoint: Path, args: argparse.Namespace) -> dic
     data = json.loads(result.stdout.strip().splitlines()[-1])
     events = [BatchEvent(0, s, f, n) for s, f, n in data["events"]]
     images = sum(e.images for e in events)
-    return {"steady": steady_rate(events), "wall": images / data["seconds"], "images": images,
+    return {"window": steady_window(events), "images": images, "seconds": data["seconds"],
             "label": f"loop in one process, torch, {threads} threads"}
 
 
@@ -156,11 +157,12 @@ def _run_job(manifest: Path, model: Path, args: argparse.Namespace, *, workers: 
     from miner.config import JobConfig
     from miner.job import run_job
 
+    from miner.job import steady_window
+
     config = JobConfig(shard_size=args.shard_size, batch_size=args.batch_size, backend=backend,
                        classes=args.classes, workers=workers, cpus_per_worker=1, malloc=malloc)
     summary = run_job(manifest, model, workdir / name, config=config, progress=False, log=lambda text: None)
-    return {"steady": summary.steady_rate, "wall": summary.rate, "images": summary.images_run,
-            "startup": summary.startup_seconds,
+    return {"window": steady_window(summary.events), "images": summary.images_run, "seconds": summary.seconds,
             "label": f"job, {workers} CPU actor{'s' if workers > 1 else ''} x 1 CPU, {backend}"
                      + (", default malloc" if malloc == "default" else "")}
 
@@ -172,44 +174,68 @@ def run(args: argparse.Namespace) -> int:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise UsageError(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    if args.rounds < 1 or args.images // args.rounds < 4 * args.batch_size:
+        raise UsageError("--rounds: each round needs at least 4 batches of images per case")
     archive, checkpoint, graph = _prepare(args, cases)
-    results: dict[str, dict[str, Any]] = {}
+    totals: dict[str, dict[str, Any]] = {case: {"images": 0, "window_images": 0, "window_seconds": 0.0,
+                                                "seconds": 0.0, "loads": []} for case in cases}
+    per_round = args.images // args.rounds
+    cores = os.cpu_count() or 1
+    print(f"miner bench mine: {per_round * args.rounds} phantom images ({args.image_size} px) -> {args.arch} "
+          f"(width {args.width:g}) at {args.input_size} px, batch {args.batch_size}, shards of {args.shard_size}, "
+          f"--classes {args.classes}; {cores} cores; {args.rounds} rounds of {per_round} images, every case in "
+          "every round (rotating order), so that load changes hit all cases alike", flush=True)
+    session = None
     with tempfile.TemporaryDirectory(prefix="bench-mine-") as tmp:
         workdir = Path(tmp)
-        manifest = _subset(archive, args.images, workdir)
-        cores = os.cpu_count()
-        print(f"miner bench mine: {args.images} phantom images ({args.image_size} px) -> {args.arch} "
-              f"(width {args.width:g}) at {args.input_size} px, batch {args.batch_size}, shards of "
-              f"{args.shard_size}, --classes {args.classes}; {cores} cores", flush=True)
-        session = None
-        for case in cases:
-            before = _load()
-            if case == "loop":
-                results[case] = _run_loop(manifest, checkpoint, args)
-            else:
-                if session is None:
-                    from miner.job.cluster import connect
+        try:
+            for k in range(args.rounds):
+                manifest = _subset(archive, k * per_round, (k + 1) * per_round, workdir)
+                order = cases[k % len(cases):] + cases[:k % len(cases)]
+                for case in order:
+                    before = os.getloadavg()[0]
+                    if case == "loop":
+                        result = _run_loop(manifest, checkpoint, args)
+                    else:
+                        if session is None:
+                            from miner.job.cluster import connect
 
-                    session = connect(None, num_cpus=cores)
-                    session.__enter__()
-                workers = 1 if case == "job1" else 2
-                backend = "onnxruntime" if case == "onnx2" else "torch"
-                model = graph if case == "onnx2" else checkpoint
-                results[case] = _run_job(manifest, model, args, workers=workers, backend=backend,
-                                         malloc="default" if case == "default2" else "tuned", workdir=workdir,
-                                         name=case)
-            results[case]["load"] = f"{before} -> {_load()}"
-            r = results[case]
-            steady = f"{r['steady']:.2f}" if r["steady"] else "n/a"
-            print(f"  {case:9s} {r['label']:48s} steady {steady:>7s} img/s   wall {r['wall']:6.2f} img/s   "
-                  f"load {r['load']}", flush=True)
-        if session is not None:
-            session.__exit__(None, None, None)
+                            session = connect(None, num_cpus=cores)
+                            session.__enter__()
+                        result = _run_job(manifest, graph if case == "onnx2" else checkpoint, args,
+                                          workers=1 if case == "job1" else 2,
+                                          backend="onnxruntime" if case == "onnx2" else "torch",
+                                          malloc="default" if case == "default2" else "tuned", workdir=workdir,
+                                          name=f"{case}-{k}")
+                    total = totals[case]
+                    total["label"] = result["label"]
+                    total["images"] += result["images"]
+                    total["seconds"] += result["seconds"]
+                    if result["window"]:
+                        total["window_images"] += result["window"][0]
+                        total["window_seconds"] += result["window"][1]
+                    total["loads"] += [before, os.getloadavg()[0]]
+                    rate = result["window"][0] / result["window"][1] if result["window"] else float("nan")
+                    print(f"  round {k + 1} {case:9s} steady {rate:7.2f} img/s  (load {before:.1f} -> "
+                          f"{os.getloadavg()[0]:.1f})", flush=True)
+        finally:
+            if session is not None:
+                session.__exit__(None, None, None)
+
+    def steady(case: str) -> float | None:
+        t = totals.get(case)
+        return t["window_images"] / t["window_seconds"] if t and t["window_seconds"] > 0 else None
+
+    print("case      what                                             steady img/s   wall img/s   load (min-max)")
+    for case in cases:
+        t = totals[case]
+        rate = steady(case)
+        print(f"{case:9s} {t['label']:48s} {rate if rate else float('nan'):12.2f} {t['images'] / t['seconds']:12.2f}"
+              f"   {min(t['loads']):.1f}-{max(t['loads']):.1f}")
 
     def ratio(a: str, b: str) -> str:
-        if a in results and b in results and results[a]["steady"] and results[b]["steady"]:
-            return f"{results[a]['steady'] / results[b]['steady']:.2f}x"
-        return "n/a"
+        ra, rb = steady(a), steady(b)
+        return f"{ra / rb:.2f}x" if ra and rb else "n/a"
 
     print("side by side (steady-state images/s):")
     print(f"  job (2 actors) / loop:             {ratio('job2', 'loop')}   (goal >= 0.90x)")

@@ -33,6 +33,6 @@ names, so a run killed at any moment and rerun ends with exactly the rows of an 
 from __future__ import annotations
 
 from miner.job.driver import run_job
-from miner.job.summary import BatchEvent, JobSummary, steady_rate
+from miner.job.summary import BatchEvent, JobSummary, steady_rate, steady_window
 
-__all__ = ["BatchEvent", "JobSummary", "run_job", "steady_rate"]
+__all__ = ["BatchEvent", "JobSummary", "run_job", "steady_rate", "steady_window"]

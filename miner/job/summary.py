@@ -15,13 +15,13 @@ class BatchEvent:
     images: int
 
 
-def steady_rate(events: Sequence[BatchEvent]) -> float | None:
-    """Images per second while every worker was busy: start-up and tail excluded.
+def steady_window(events: Sequence[BatchEvent]) -> tuple[int, float] | None:
+    """(images, seconds) of the window in which every worker was busy: start-up and tail excluded.
 
     The window opens when the last worker to get going finishes its first batch (every model is loaded and
     warm) and closes when the first worker finishes its last batch (after that, some worker idles for lack
-    of work). The rate counts the images of the batches finished inside ``(open, close]``. None when the
-    window is empty (too few batches per worker to measure).
+    of work). It counts the images of the batches finished inside ``(open, close]``. None when the window is
+    empty (too few batches per worker to measure).
     """
     by_worker: dict[int, list[BatchEvent]] = {}
     for event in events:
@@ -33,7 +33,13 @@ def steady_rate(events: Sequence[BatchEvent]) -> float | None:
     if closes <= opens:
         return None
     images = sum(e.images for e in events if opens < e.finished <= closes)
-    return images / (closes - opens) if images else None
+    return (images, closes - opens) if images else None
+
+
+def steady_rate(events: Sequence[BatchEvent]) -> float | None:
+    """Images per second inside `steady_window` (None when it is empty)."""
+    window = steady_window(events)
+    return window[0] / window[1] if window else None
 
 
 @dataclass

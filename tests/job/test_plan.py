@@ -7,7 +7,7 @@ import pytest
 from miner.data.records import Record
 from miner.errors import UsageError
 from miner.job.plan import Shard, archive_fingerprint, check_identity, model_files, model_hash, plan_shards
-from miner.job.summary import BatchEvent, steady_rate
+from miner.job.summary import BatchEvent, steady_rate, steady_window
 
 
 def test_plan_shards_boundaries():
@@ -53,6 +53,7 @@ def test_steady_rate_window():
     events = [BatchEvent(0, t - 2, t, 8) for t in (10, 12, 14, 16)] + [BatchEvent(1, t - 2, t, 8) for t in (13, 15, 17)]
     # window (13, 16]: batches finished at 14, 15, 16 -> 24 images in 3 s
     assert steady_rate(events) == pytest.approx(8.0)
+    assert steady_window(events) == (24, 3)
     assert steady_rate([BatchEvent(0, 0, 1, 8)]) is None
     assert steady_rate([]) is None
 
@@ -80,6 +81,7 @@ def test_worker_env_threads_and_malloc():
 
     env = worker_env(threads=3)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert {k: env[k] for k in MALLOC_TUNED} == {"MALLOC_MMAP_THRESHOLD_": "4294967296",
                                                  "MALLOC_TRIM_THRESHOLD_": "68719476736",
                                                  "MALLOC_TOP_PAD_": "1073741824"}
