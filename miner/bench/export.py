@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         kind = quantize_onnx(result.path, work / "model.int8.onnx", calibrate=args.calibrate,
                              images=calibration_images(size, model.in_chans, count=16))
-        print(f"quantize int8 ({kind}, QDQ, Conv only, {args.calibrate} calibration on 16 phantoms): "
+        print(f"quantize int8 ({kind} QDQ, U8S8 backbone, float head; {args.calibrate} calibration on 16 phantoms): "
               f"{time.perf_counter() - t0:.1f} s")
         int8 = OnnxRuntimeBackend(work / "model.int8.onnx", provider="cpu", intra_op_threads=threads, spinning=False)
         runners["onnxruntime int8"] = lambda: int8.run(images)

@@ -21,19 +21,25 @@ def quantized(graphs_dir):
     return src, dst, kind
 
 
-def test_static_qdq_on_convolutions_only(quantized):
+def test_static_qdq_on_the_backbone_not_the_head(quantized):
     _, dst, kind = quantized
     assert kind == "static"
-    nodes = onnx.load(str(dst)).graph.node
+    model = onnx.load(str(dst))
+    nodes = model.graph.node
     ops = [n.op_type for n in nodes]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
-    # every Conv reads dequantized weights; the head's Gemm/MatMul does not
-    produced = {o: n.op_type for n in nodes for o in n.output}
+    # every Conv reads dequantized inputs and weights; the head's Gemm/MatMul reads float values
+    produced = {o: n for n in nodes for o in n.output}
     for n in nodes:
         if n.op_type == "Conv":
-            assert produced.get(n.input[1]) == "DequantizeLinear"
+            assert produced[n.input[0]].op_type == "DequantizeLinear"
+            assert produced[n.input[1]].op_type == "DequantizeLinear"
         if n.op_type in ("Gemm", "MatMul"):
-            assert all(produced.get(i) != "DequantizeLinear" for i in n.input)
+            assert all(i not in produced or produced[i].op_type != "DequantizeLinear" for i in n.input)
+    # CPU target: unsigned int8 activations (U8S8), signed int8 weights
+    inits = {t.name: t for t in model.graph.initializer}
+    activation_zero_points = [inits[n.input[2]] for n in nodes if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert activation_zero_points and all(t.data_type == onnx.TensorProto.UINT8 for t in activation_zero_points)
 
 
 def test_metadata_survives_and_names_the_quantization(quantized):

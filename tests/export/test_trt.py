@@ -159,3 +159,22 @@ def test_int8_engine_builds_and_runs(int8_graph, tmp_path):
     engine = build_engine(int8_graph, tmp_path / "int8.engine", EngineSettings(int8=True, max_batch=8))
     logits, maps = TensorRTBackend(engine).run(torch.rand(3, 1, 64, 64, device="cuda"))
     assert logits.shape == (3, 3) and torch.isfinite(maps).all()
+
+
+def test_tensorrt_qdq_graph_is_symmetric_int8(int8_graph):
+    """TensorRT takes signed int8 Q/DQ with zero point 0, at the convolutions' inputs."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(int8_graph))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    produced = {o: n for n in model.graph.node for o in n.output}
+    quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantizers
+    for q in quantizers:
+        zero_point = inits[q.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any()
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            assert produced[n.input[0]].op_type == "DequantizeLinear"
