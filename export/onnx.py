@@ -175,7 +175,7 @@ def export_model(
     """Export `model`'s logits and all class maps to one ONNX graph with a dynamic batch.
 
     Args:
-        model: a `miner.models` model (moved to CPU float32 for the export).
+        model: a `miner.models` model (exported on the CPU in float32; put back on its device afterwards).
         path: the ``.onnx`` file to write.
         input_size: the image size the graph takes (S or (H, W)).
         method: map method (default `default_method(model)`).
@@ -193,6 +193,36 @@ def export_model(
     Returns:
         an `ExportResult` (path, metadata, parity report, seconds, size).
     """
+    first = next(iter(model.parameters()), None)
+    restore = (first.device, first.dtype) if first is not None else None
+    try:
+        return _export_model(
+            model.to("cpu", torch.float32), path, input_size=input_size, method=method, layer=layer, opset=opset,
+            masks_input=masks_input, external_data=external_data, check=check, atol=atol, trace_batch=trace_batch,
+            model_hash=model_hash, target=target, scales=scales,
+        )
+    finally:
+        if restore is not None:  # the caller's model goes back where it was
+            model.to(*restore)
+
+
+def _export_model(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    input_size: int | str | Sequence[int],
+    method: str | None = None,
+    layer: str | Sequence[str] | None = None,
+    opset: int = 18,
+    masks_input: bool | None = None,
+    external_data: bool | None = None,
+    check: bool = True,
+    atol: float = DEFAULT_ATOL,
+    trace_batch: int = 2,
+    model_hash: str | None = None,
+    target: Any = None,
+    scales: Sequence[int] | str | None = None,
+) -> ExportResult:
     import miner
     from miner.export.grad_graph import export_graph, frozen, quiet, trace_graph
 
@@ -204,7 +234,6 @@ def export_model(
     if trace_batch < 2:
         raise UsageError("trace_batch must be >= 2 (the graph's batch stays dynamic)")
     path = Path(path)
-    model = model.to("cpu", torch.float32)
     method = method or default_method(model)
     graph = MapGraph(model, method=method, layer=layer, masks_input=masks_input, target=target, scales=scales)
     in_chans = int(getattr(model, "in_chans", 1))

@@ -143,6 +143,10 @@ class Backend(abc.ABC):
     def _check_images(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor):
             images = torch.as_tensor(images)
+        if not images.is_floating_point():
+            raise UsageError(
+                f"{self.name} backend: images must be float in [0, 1], got {images.dtype} (divide 8-bit pixels by 255)"
+            )
         if images.dim() == 3:
             images = images.unsqueeze(1)
         h, w = self.meta.input_size

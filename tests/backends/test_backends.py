@@ -218,3 +218,9 @@ def test_config_gives_the_defaults(files):
     assert open_backend(graph, config=BackendConfig(intra_op_threads=1), intra_op_threads=2).intra_op_threads == 2
     with pytest.raises(UsageError, match="needs a checkpoint"):
         open_backend(graph, config=BackendConfig(backend="torch"))
+
+
+def test_integer_images_are_refused(files):
+    _, graph = files["resnet18-cam"]
+    with pytest.raises(UsageError, match="float in"):
+        open_backend(graph).run(torch.zeros(1, 1, 64, 64, dtype=torch.uint8))
