@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
                 f"min {float(rho.min()):.4f}")
         iou = _rank1_box_iou(ref_maps, maps, size)
         if iou is not None:
-            line += f"; rank-1 box IoU (mining T=3 + miner.boxes) mean {iou[0]:.3f} min {iou[1]:.3f} over {iou[2]} boxes"
+            line += (f"; rank-1 box IoU (mining T=3 + miner.boxes) mean {iou[0]:.3f} min {iou[1]:.3f}, "
+                     f">= 0.5 for {iou[3]:.0%} of {iou[2]} boxes")
         print(line)
     return 0
 
@@ -167,7 +168,7 @@ def _adapt_batchnorm(model, images) -> None:
 
 
 def _rank1_box_iou(ref_maps, maps, size):
-    """(mean, min, count) IoU of the rank-1 boxes of each image and class, after mining (T=3) and `miner.boxes`.
+    """(mean, min, count, fraction >= 0.5) IoU of the rank-1 boxes of each image and class, after mining (T=3) and `miner.boxes`.
 
     None where `miner.mining` / `miner.boxes` are absent. A class boxed in one map set but not the other
     counts IoU 0.
@@ -198,4 +199,4 @@ def _rank1_box_iou(ref_maps, maps, size):
         ious.append(inter / union if union > 0 else 0.0)
     if not ious:
         return None
-    return sum(ious) / len(ious), min(ious), len(ious)
+    return sum(ious) / len(ious), min(ious), len(ious), sum(v >= 0.5 for v in ious) / len(ious)
