@@ -145,6 +145,13 @@ def boxes_from_maps(
         per image, a list of dicts with `BOX_FIELDS` (class_index int, rank 1.., x, y, w, h in original pixels,
         score = mean H_f inside the box, threshold = the level that produced it), ordered by class then rank.
     """
+    from miner.mining import small_ops
+
+    with small_ops(fused.device):
+        return _boxes(fused, original_sizes, classes, config, probs, labels, prob_threshold)
+
+
+def _boxes(fused, original_sizes, classes, config, probs, labels, prob_threshold) -> list[list[dict[str, Any]]]:
     from miner.kernels import component_stats, label_components
 
     cfg = config or BoxConfig()

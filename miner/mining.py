@@ -34,7 +34,8 @@ maps; Triton on CUDA tensors, the batched CPU path otherwise), and everything st
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -43,6 +44,28 @@ from torch import Tensor
 from miner.errors import UsageError
 
 NORMALIZE_MODES = ("minmax", "relu-max")
+
+
+@contextlib.contextmanager
+def small_ops(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for the block when `device` is the CPU (restored after).
+
+    Mining and box post-processing run tens of torch ops on tensors of at most ~1M elements. Splitting such an op
+    across threads costs more in wake-ups than it saves, and on a CPU shared with other processes it costs far
+    more: boxes for 4 x 14 maps took 15 ms on one thread and 129 ms on two while other jobs loaded the machine.
+    The model's own thread count is untouched outside the block.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    _MODEL_THREADS.append(threads)
+    try:
+        yield
+    finally:
+        _MODEL_THREADS.pop()
+        torch.set_num_threads(threads)
 
 
 class MiningResult(NamedTuple):
@@ -115,6 +138,11 @@ def attention_mining(
         raise UsageError(f"steps must be at least 1, got {steps}")
     if connectivity not in (4, 8):
         raise UsageError(f"connectivity must be 4 or 8, got {connectivity}")
+    with small_ops(maps.device):
+        return _mine_steps(maps, steps, threshold, connectivity, recompute, normalize, erase_components)
+
+
+def _mine_steps(maps, steps, threshold, connectivity, recompute, normalize, erase_components) -> MiningResult:
     b, c, h, w = maps.shape
     first = maps.float()
     kept = torch.ones(b, c, h, w, dtype=torch.bool, device=maps.device)
@@ -125,7 +153,8 @@ def attention_mining(
         elif recompute is None:
             raw = first * kept
         else:
-            raw = recompute(kept.to(first.dtype)).float()
+            with _model_threads():
+                raw = recompute(kept.to(first.dtype)).float()
             if raw.shape != first.shape:
                 raise ValueError(f"recompute returned shape {tuple(raw.shape)}, expected {tuple(first.shape)}")
         ht = normalize_kept(raw, kept, mode=normalize)
@@ -183,6 +212,23 @@ def mine(
         result = attention_mining(maps, steps=cfg.steps, threshold=cfg.threshold, connectivity=cfg.connectivity,
                                   recompute=recompute, normalize=cfg.normalize)
     return logits, result
+
+
+_MODEL_THREADS: list[int] = []
+
+
+@contextlib.contextmanager
+def _model_threads() -> Iterator[None]:
+    """Inside `small_ops`: give `recompute` (a model pass) the thread count the caller had."""
+    if not _MODEL_THREADS:
+        yield
+        return
+    inner = torch.get_num_threads()
+    torch.set_num_threads(_MODEL_THREADS[-1])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(inner)
 
 
 def fuse(step_maps: list[Tensor], masks: list[Tensor]) -> Tensor:

@@ -169,3 +169,20 @@ def test_bad_arguments():
         attention_mining(torch.zeros(1, 1, 4, 4), connectivity=6)
     with pytest.raises(UsageError, match="Tensor\\[B, C, h, w\\]"):
         attention_mining(torch.zeros(4, 4))
+
+
+def test_post_processing_threads_are_restored_and_recompute_keeps_the_callers():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+
+        def recompute(masks):
+            seen.append(torch.get_num_threads())
+            return torch.rand(masks.shape, generator=torch.Generator().manual_seed(0))
+
+        attention_mining(torch.rand(1, 2, 6, 6), steps=3, recompute=recompute)
+        assert seen == [2, 2]  # the model pass runs with the caller's threads, the small ops with one
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
