@@ -10,4 +10,5 @@ BENCHES: dict[str, str] = {
     "kernels": "miner.bench.kernels",
     "maps": "miner.bench.maps",
     "mine": "miner.bench.mine",
+    "paper": "miner.bench.paper",
 }

@@ -24,6 +24,7 @@ VERBS: dict[str, str] = {
     "bench": "miner.cli.bench",
     "export": "miner.cli.export",
     "mine": "miner.cli.mine",
+    "demo": "miner.cli.demo",
 }
 
 
