@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrate", default="minmax", choices=("minmax", "percentile", "entropy"),
                         help="int8 activation calibration (default minmax)")
     parser.add_argument("--workdir", default=None, help="where the graphs go (default: a temporary folder)")
+    parser.add_argument("--omp-wait", choices=("passive", "default"), default="passive",
+                        help="OpenMP wait policy of the torch side: passive (as the mining job's workers run; an "
+                             "active 2-thread team stalls on a busy machine) or the library default")
     parser.add_argument("--no-reexec", dest="reexec", action="store_false",
                         help="do not restart with tuned MALLOC_* variables (measure the environment as it is)")
 
@@ -52,13 +55,21 @@ def _malloc_tuned() -> bool:
     return all(os.environ.get(k) == v for k, v in MALLOC_TUNED.items())
 
 
+def _wanted_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(MALLOC_TUNED)
+    if args.omp_wait == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
 def _reexec(args: argparse.Namespace) -> None:
-    """Restart this command with the MALLOC_* variables (glibc reads them once, at process start)."""
-    if _malloc_tuned() or not args.reexec or os.environ.get(_REEXEC_FLAG):
+    """Restart this command with the MALLOC_* (and OpenMP wait) variables: both are read once, at start-up."""
+    wanted = _wanted_env(args)
+    if all(os.environ.get(k) == v for k, v in wanted.items()) or not args.reexec or os.environ.get(_REEXEC_FLAG):
         return
-    env = dict(os.environ, **MALLOC_TUNED, **{_REEXEC_FLAG: "1"})
+    env = dict(os.environ, **wanted, **{_REEXEC_FLAG: "1"})
     argv = [sys.executable, "-m", "miner", *sys.argv[1:]]
-    print(f"re-executing with {' '.join(f'{k}={v}' for k, v in MALLOC_TUNED.items())} (glibc malloc tuned for torch)",
+    print(f"re-executing with {' '.join(f'{k}={v}' for k, v in wanted.items())} (set before torch starts)",
           flush=True)
     os.execve(sys.executable, argv, env)
 
@@ -82,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or available_threads()
     torch.set_num_threads(threads)
     size = (args.size, args.size)
-    print(f"malloc: {'tuned' if _malloc_tuned() else 'glibc default'}; threads: {threads}; "
+    print(f"malloc: {'tuned' if _malloc_tuned() else 'glibc default'}; "
+          f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'default')}; threads: {threads}; "
           f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
     if args.checkpoint:
@@ -125,10 +137,14 @@ def run(args: argparse.Namespace) -> int:
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["torch eager"])
     print()
-    print(f"{'backend':<18} {'ms/batch':>9} {'min':>8} {'images/s':>9} {'vs torch':>9}")
+    print("vs torch: median over rounds of torch's time / this backend's time in the same round (load drift between "
+          "rounds cancels); ratio of medians beside it")
+    print(f"{'backend':<18} {'ms/batch':>9} {'min':>8} {'images/s':>9} {'vs torch':>9} {'(medians)':>10}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:<18} {med * 1e3:9.1f} {min(ts) * 1e3:8.1f} {args.batch / med:9.2f} {base / med:8.2f}x")
+        paired = statistics.median(t / u for t, u in zip(times["torch eager"], ts))
+        print(f"{name:<18} {med * 1e3:9.1f} {min(ts) * 1e3:8.1f} {args.batch / med:9.2f} {paired:8.2f}x "
+              f"{base / med:9.2f}x")
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
     print()
