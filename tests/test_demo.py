@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
 
 import cv2
 import pyarrow.dataset as ds
@@ -14,7 +13,7 @@ import torch
 
 from miner.cli import main
 from miner.demo import (
-    ASSET_CARD, ASSET_MODEL, assets_dir, default_model_card, default_model_path, multi_lesion_counts, pick_overlays,
+    ASSET_MODEL, assets_dir, default_model_card, default_model_path, multi_lesion_counts, pick_overlays,
 )
 from miner.io import BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA
 
@@ -177,6 +176,6 @@ def test_demo_full_size_under_two_minutes(tmp_path, capsys):
     report = _check_demo(out, 200, capsys.readouterr().out)
     assert seconds < 120, seconds
     assert sum(report["multi_lesion_images"].values()) >= 10
-    acc = [c["acc"] for c in report["cells"] if c["metric"] == "iou" and c["threshold"] == 0.1]
-    assert not any(a is None or math.isnan(a) for a in acc)
-    assert Counter(c["finding"] for c in report["cells"])
+    acc = {c["finding"]: c["acc"] for c in report["cells"] if c["metric"] == "iou" and c["threshold"] == 0.1}
+    assert len(acc) == 8 and not any(a is None or math.isnan(a) for a in acc.values())
+    assert acc["Cardiomegaly"] >= 0.8 and acc["Pneumothorax"] >= 0.75  # the embedded model's large findings

@@ -246,8 +246,9 @@ def answers(cells: dict[str, Any], multi_findings: Sequence[str], findings: Sequ
         diffs = {f: d for f, d in diffs.items() if not math.isnan(d)}
         better = [f for f, d in diffs.items() if d > 0]
         mean = sum(diffs.values()) / len(diffs) if diffs else math.nan
+        names_better = ", ".join(SHORT.get(f, f) for f in better) or "-"
         lines.append(f"AM T={top} vs t=1 (KP model), Acc at T(IoU)={level:g}, {text}: mean change {mean:+.3f}; "
-                     f"better on {len(better)}/{len(diffs)} findings ({', '.join(SHORT.get(f, f) for f in better) or '-'})")
+                     f"better on {len(better)}/{len(diffs)} findings ({names_better})")
     diffs = {f: acc(f"kp_t{top}", "all", f) - acc(f"vanilla_t{top}", "all", f) for f in findings}
     diffs = {f: d for f, d in diffs.items() if not math.isnan(d)}
     better = [f for f, d in diffs.items() if d > 0]
