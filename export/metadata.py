@@ -38,6 +38,8 @@ class GraphMeta:
     head_is_linear: bool
     map_size: tuple[int, int]
     masks_input: bool = False
+    #: masking the first maps equals recomputing them on erased features (GAP + linear head, maps at its input)
+    shortcut_exact: bool = False
     arch: str = ""
     model_hash: str = ""
     miner_version: str = ""
@@ -90,6 +92,7 @@ class GraphMeta:
                 head_is_linear=bool(json.loads(kwargs["head_is_linear"])),
                 map_size=tuple(int(v) for v in json.loads(kwargs["map_size"])),  # type: ignore[arg-type]
                 masks_input=bool(json.loads(kwargs.get("masks_input", "false"))),
+                shortcut_exact=bool(json.loads(kwargs.get("shortcut_exact", "false"))),
                 arch=kwargs.get("arch", ""),
                 model_hash=kwargs.get("model_hash", ""),
                 miner_version=kwargs.get("miner_version", ""),

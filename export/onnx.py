@@ -257,6 +257,7 @@ def _export_model(
             head_is_linear=bool(getattr(model, "head_is_linear", False)),
             map_size=map_size,  # type: ignore[arg-type]
             masks_input=graph.masks_input,
+            shortcut_exact=graph.mapper.shortcut_exact,
             arch=str(getattr(model, "arch", type(model).__name__)),
             model_hash=model_hash or state_dict_hash(model),
             miner_version=miner.__version__,

@@ -140,6 +140,7 @@ class Pipeline:
         self.box_config = BoxConfig(**boxes) if isinstance(boxes, dict) else (boxes or BoxConfig())
         if self.mining.steps < 1:
             raise UsageError(f"--steps must be at least 1 (got {self.mining.steps})")
+        backend.meta.check_mining(self.mining.steps)
         self.classes = classes
         self.prob_threshold = prob_threshold
         self.class_names: tuple[str, ...] = tuple(backend.meta.classes)

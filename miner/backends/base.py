@@ -42,6 +42,9 @@ class BackendMeta:
         head_is_linear: GAP + linear head (mining masks the first map; no recompute needed).
         map_size: (h, w) of the maps.
         masks_input: the graph takes class-wise erasure masks (`recompute` available).
+        shortcut_exact: masking the first maps equals recomputing them on erased features, so mining needs
+            no recompute. Without it or `masks_input`, mining beyond one step would be an approximation:
+            `check_mining` refuses it.
     """
 
     classes: tuple[str, ...]
@@ -54,6 +57,7 @@ class BackendMeta:
     head_is_linear: bool
     map_size: tuple[int, int]
     masks_input: bool = False
+    shortcut_exact: bool = False
     arch: str = ""
     model_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +65,14 @@ class BackendMeta:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def check_mining(self, steps: int) -> None:
+        """Refuse attention mining beyond one step where neither the shortcut nor a recompute is exact."""
+        if steps > 1 and not (self.shortcut_exact or self.masks_input):
+            raise UsageError(
+                f"{self.method} maps at {self.layer} change under feature erasure and this model cannot recompute "
+                f"them (no masks input): mine with --steps 1, or export maps at the model's feature layer"
+            )
 
     @classmethod
     def from_graph_meta(cls, meta: Any) -> BackendMeta:
@@ -76,6 +88,7 @@ class BackendMeta:
             head_is_linear=bool(meta.head_is_linear),
             map_size=tuple(meta.map_size),
             masks_input=bool(meta.masks_input),
+            shortcut_exact=bool(meta.shortcut_exact),
             arch=meta.arch,
             model_hash=meta.model_hash,
         )

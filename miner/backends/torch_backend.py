@@ -79,6 +79,7 @@ class TorchBackend(Backend):
             head_is_linear=bool(getattr(model, "head_is_linear", False)),
             map_size=map_size,  # type: ignore[arg-type]
             masks_input=erasable,
+            shortcut_exact=self.mapper.shortcut_exact,
             arch=str(getattr(model, "arch", type(model).__name__)),
             model_hash=model_hash,
         )

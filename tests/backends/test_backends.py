@@ -224,3 +224,22 @@ def test_integer_images_are_refused(files):
     _, graph = files["resnet18-cam"]
     with pytest.raises(UsageError, match="float in"):
         open_backend(graph).run(torch.zeros(1, 1, 64, 64, dtype=torch.uint8))
+
+
+def test_mining_refused_where_neither_shortcut_nor_recompute_is_exact(files):
+    """Maps at an inner layer change under feature erasure and cannot be recomputed: one step only."""
+    from miner.pipeline import Pipeline
+
+    ckpt, graph = files["resnet18-cam"]
+    for b in (open_backend(ckpt), open_backend(graph)):
+        assert b.meta.shortcut_exact and not b.meta.masks_input
+        Pipeline(b, mining={"steps": 3})  # exact shortcut: accepted
+    ckpt, graph = files["mlp-gradcam"]
+    for b in (open_backend(ckpt), open_backend(graph)):
+        assert not b.meta.shortcut_exact and b.meta.masks_input
+        Pipeline(b, mining={"steps": 3})  # exact recompute: accepted
+    inner = open_backend(files["resnet18-cam"][0], method="gradcam", layer="layer3")
+    assert not inner.meta.shortcut_exact and not inner.meta.masks_input and inner.recompute(torch.rand(1, 1, 64, 64)) is None
+    Pipeline(inner, mining={"steps": 1})
+    with pytest.raises(UsageError, match="--steps 1"):
+        Pipeline(inner, mining={"steps": 3})
