@@ -17,16 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from miner.runtime import MALLOC_TUNED, OMP_PASSIVE, malloc_tuned, reexec_with
 
 HELP = "onnxruntime (fp32, int8) vs torch eager throughput with all class maps, and int8 map drift"
 
-#: glibc malloc settings for torch CPU inference (NOTES.md "Model cost here")
-MALLOC_TUNED = {
-    "MALLOC_MMAP_THRESHOLD_": "4294967296",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_TOP_PAD_": "1073741824",
-}
 _REEXEC_FLAG = "MINER_BENCH_EXPORT_REEXEC"
 
 
@@ -51,27 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not restart with tuned MALLOC_* variables (measure the environment as it is)")
 
 
-def _malloc_tuned() -> bool:
-    return all(os.environ.get(k) == v for k, v in MALLOC_TUNED.items())
-
-
-def _wanted_env(args: argparse.Namespace) -> dict[str, str]:
-    env = dict(MALLOC_TUNED)
-    if args.omp_wait == "passive":
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return env
-
-
 def _reexec(args: argparse.Namespace) -> None:
     """Restart this command with the MALLOC_* (and OpenMP wait) variables: both are read once, at start-up."""
-    wanted = _wanted_env(args)
-    if all(os.environ.get(k) == v for k, v in wanted.items()) or not args.reexec or os.environ.get(_REEXEC_FLAG):
-        return
-    env = dict(os.environ, **wanted, **{_REEXEC_FLAG: "1"})
-    argv = [sys.executable, "-m", "miner", *sys.argv[1:]]
-    print(f"re-executing with {' '.join(f'{k}={v}' for k, v in wanted.items())} (set before torch starts)",
-          flush=True)
-    os.execve(sys.executable, argv, env)
+    wanted = dict(MALLOC_TUNED, **(OMP_PASSIVE if args.omp_wait == "passive" else {}))
+    if args.reexec:
+        reexec_with(wanted, guard=_REEXEC_FLAG, reason="set before torch starts")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or available_threads()
     torch.set_num_threads(threads)
     size = (args.size, args.size)
-    print(f"malloc: {'tuned' if _malloc_tuned() else 'glibc default'}; "
+    print(f"malloc: {'tuned' if malloc_tuned() else 'glibc default'}; "
           f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'default')}; threads: {threads}; "
           f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

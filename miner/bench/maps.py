@@ -27,15 +27,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from miner.runtime import MALLOC_TUNED, malloc_tuned, reexec_with
 
 HELP = "all class maps here vs pytorch-grad-cam and torchcam; mining + boxes vs the forward pass"
 
-MALLOC_TUNED = {
-    "MALLOC_MMAP_THRESHOLD_": "4294967296",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_TOP_PAD_": "1073741824",
-}
 _REEXEC_FLAG = "MINER_BENCH_MAPS_REEXEC"
 
 
@@ -54,13 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _reexec(args: argparse.Namespace) -> None:
-    tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNED.items())
-    if tuned or not args.reexec or os.environ.get(_REEXEC_FLAG):
-        return
-    env = dict(os.environ, **MALLOC_TUNED, **{_REEXEC_FLAG: "1"})
-    print("re-executing with " + " ".join(f"{k}={v}" for k, v in MALLOC_TUNED.items())
-          + " (glibc malloc tuned for torch: NOTES.md)", flush=True)
-    os.execve(sys.executable, [sys.executable, "-m", "miner", *sys.argv[1:]], env)
+    if args.reexec:
+        reexec_with(MALLOC_TUNED, guard=_REEXEC_FLAG, reason="glibc malloc tuned for torch: NOTES.md")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     layer = model.get_submodule(layer_name)
     images = torch.rand(args.batch, model.in_chans, args.size, args.size, generator=torch.Generator().manual_seed(1))
     n_cls = len(model.classes)
-    malloc = "tuned" if all(os.environ.get(k) == v for k, v in MALLOC_TUNED.items()) else "glibc defaults"
+    malloc = "tuned" if malloc_tuned() else "glibc defaults"
     print(f"{args.arch}, random weights, {n_cls} classes, batch {args.batch} x {model.in_chans} x {args.size} x "
           f"{args.size}, layer {layer_name}, torch {torch.__version__}, {threads} threads, malloc {malloc}")
 

@@ -21,18 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from miner.errors import UsageError
+from miner.runtime import MALLOC_TUNED, OMP_PASSIVE
 
-#: glibc malloc settings for CPU inference workers (see the module docstring)
-MALLOC_TUNED: dict[str, str] = {
-    "MALLOC_MMAP_THRESHOLD_": "4294967296",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_TOP_PAD_": "1073741824",
-}
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: idle OpenMP threads sleep instead of spinning: a worker shares its node's cores with decode tasks, other
-#: actors and the driver, and a spinning team whose members are descheduled stalls at every barrier (measured
-#: here with 2 threads on a busy 2-core machine: 6.0 images/s spinning, 17.4 passive)
-OMP_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: actors and the driver (see miner.runtime)
+OMP_WAIT = OMP_PASSIVE
 MALLOC_CHOICES = ("tuned", "default")
 
 
