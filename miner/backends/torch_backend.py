@@ -54,9 +54,11 @@ class TorchBackend(Backend):
             from miner.errors import BackendUnavailable
 
             raise BackendUnavailable(f"torch backend: device {self.device} asked for, but no CUDA device is visible")
-        self.model = model.to(self.device).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        from miner.models.inference import prepare_for_inference
+
+        # a frozen eval copy with BatchNorm folded into the convolutions, channels_last (the caller's model is
+        # left as it is; outputs equal up to float rounding)
+        self.model = prepare_for_inference(model).to(self.device)
         self.graph = MapGraph(self.model, method=method or default_method(model), layer=layer, target=target,
                               scales=scales)
         self.mapper = self.graph.mapper
@@ -102,6 +104,7 @@ class TorchBackend(Backend):
         return cls(model, input_size=size, model_hash=file_hash(path), **options)
 
     def _run(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+        images = images.contiguous(memory_format=torch.channels_last)
         if self.compile:
             return self._run_compiled(images, masks)
         if masks is None:
@@ -115,7 +118,7 @@ class TorchBackend(Backend):
         """Maps of erased features, reusing this batch's features (one backbone pass for all mining steps)."""
         if not self.meta.masks_input:
             return None
-        images = self._check_images(images)
+        images = self._check_images(images).contiguous(memory_format=torch.channels_last)
         features = self.mapper.features(images)
         batch = images.shape[0]
 

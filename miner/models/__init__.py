@@ -14,6 +14,7 @@ from miner.models import resnet as _resnet  # noqa: F401  (registers resnet18/50
 from miner.models import unet as _unet  # noqa: F401  (registers unet)
 from miner.models.base import Classifier, Normalised, default_normalisation
 from miner.models.checkpoint import build_from_meta, load_checkpoint, model_meta, read_checkpoint, save_checkpoint
+from miner.models.inference import fold_batchnorm, prepare_for_inference
 from miner.models.pretrained import load_pretrained, read_state_dict
 from miner.models.registry import create_model, list_models, register_model
 
@@ -23,10 +24,12 @@ __all__ = [
     "build_from_meta",
     "create_model",
     "default_normalisation",
+    "fold_batchnorm",
     "list_models",
     "load_checkpoint",
     "load_pretrained",
     "model_meta",
+    "prepare_for_inference",
     "read_checkpoint",
     "read_state_dict",
     "register_model",
