@@ -95,6 +95,16 @@ def run(args: argparse.Namespace) -> int:
     result = export_model(model, work / "model.onnx", input_size=size, method=args.method, check=False)
     print(f"export fp32: {time.perf_counter() - t0:.1f} s, {result.size_bytes / 1e6:.1f} MB")
     runners = {"torch eager": lambda: class_maps(model, images, method=args.method)}
+    # the product's torch backend: the same eager maps on an inference copy (BatchNorm folded, channels_last)
+    from miner.backends.torch_backend import TorchBackend
+
+    torch_backend = TorchBackend(model, input_size=size, method=args.method, device="cpu")
+
+    def run_torch_backend():
+        with torch.inference_mode():
+            return torch_backend.run(images)
+
+    runners["torch backend"] = run_torch_backend
     # spinning off: idle ORT threads would otherwise busy-wait into the next backend's timed run
     fp32 = OnnxRuntimeBackend(result.path, provider="cpu", intra_op_threads=threads, spinning=False)
     runners["onnxruntime fp32"] = lambda: fp32.run(images)
@@ -127,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
     print()
-    pairs = [("onnxruntime fp32", "torch eager")]
+    pairs = [("torch backend", "torch eager"), ("onnxruntime fp32", "torch eager")]
     if "onnxruntime int8" in outputs:
         pairs.append(("onnxruntime int8", "onnxruntime fp32"))
     for name, ref_name in pairs:
