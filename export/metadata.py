@@ -92,7 +92,8 @@ class GraphMeta:
                 head_is_linear=bool(json.loads(kwargs["head_is_linear"])),
                 map_size=tuple(int(v) for v in json.loads(kwargs["map_size"])),  # type: ignore[arg-type]
                 masks_input=bool(json.loads(kwargs.get("masks_input", "false"))),
-                shortcut_exact=bool(json.loads(kwargs.get("shortcut_exact", "false"))),
+                # graphs written before the key existed: assume the default export (maps at the feature layer)
+                shortcut_exact=bool(json.loads(kwargs.get("shortcut_exact", kwargs["head_is_linear"]))),
                 arch=kwargs.get("arch", ""),
                 model_hash=kwargs.get("model_hash", ""),
                 miner_version=kwargs.get("miner_version", ""),
