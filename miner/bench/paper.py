@@ -139,8 +139,8 @@ def train_config(cfg: PaperConfig, classes: Sequence[str], *, stages: tuple[str,
     """The `miner.config.TrainConfig` of the bench's models (the embedded default model's recipe)."""
     from miner.config import TrainConfig
 
-    # workers=0: the bench calls `train` several times in one process, and a DataLoader worker forked after
-    # torch's thread pool has run can hang on an inherited lock (seen here in the cache preload)
+    # workers=0: the phantom archives are small and cached in memory once; decode workers would cost more
+    # to start than they save
     return TrainConfig(arch=cfg.arch, model_options={"width": cfg.width}, input_size=cfg.size,
                        classes=tuple(classes), stages=stages, base_epochs=cfg.epochs,
                        msa_init_epochs=cfg.msa_init_epochs, end2end_epochs=cfg.end2end_epochs,

@@ -128,14 +128,13 @@ def collate(items: list) -> tuple[Tensor, Tensor, Tensor] | None:
 
 
 def worker_init(_worker_id: int) -> None:
-    """DataLoader workers decode with one thread each (the processes are the parallelism)."""
-    torch.set_num_threads(1)
-    try:
-        import cv2
+    """DataLoader workers run torch on one thread each (the processes are the parallelism).
 
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    OpenCV's thread count is left alone: a worker is forked, and `cv2.setNumThreads` in a child forked after the
+    parent's OpenCV pool has run (the parallel labelling of `miner.kernels` during attention mining) waits for
+    pool threads that the child does not have, forever. OpenCV's own calls in such a child run fine.
+    """
+    torch.set_num_threads(1)
 
 
 def augment(images: Tensor, generator: torch.Generator, *, shift: float = 0.05, scale: float = 0.05,

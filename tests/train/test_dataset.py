@@ -61,3 +61,31 @@ def test_bf16_autocast_am_step_on_cpu():
     assert abs(losses.cls.item() - ref.cls.item()) < 0.05  # bf16 keeps ~3 significant digits
     losses.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_worker_decode_after_parallel_labelling_does_not_hang(tmp_path):
+    """DataLoader workers forked after OpenCV's thread pool has run (attention mining labels components in
+    parallel) once hung in `cv2.setNumThreads`; the cache preload must finish and equal the in-process one."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = write_toy_archive(tmp_path / "a", images=12, size=32)
+    script = textwrap.dedent(f"""
+        import numpy as np, torch, cv2
+        from miner.data import read_archive
+        from miner.train.dataset import ArchiveDataset
+        from tests.train.toy import CLASSES
+        big = (np.random.default_rng(0).random((3000, 3000)) > 0.5).astype(np.uint8)
+        cv2.connectedComponentsWithAlgorithm(big, 8, cv2.CV_32S, cv2.CCL_SPAGHETTI)  # OpenCV's pool runs
+        archive = read_archive({str(root)!r})
+        forked = ArchiveDataset(archive.records, CLASSES, 32, cache=True)
+        forked.preload(workers=2)
+        here = ArchiveDataset(archive.records, CLASSES, 32, cache=True)
+        here.preload(workers=0)
+        print(bool(torch.equal(forked.images, here.images)))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True"
