@@ -8,6 +8,9 @@ import pytest
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# idle OpenMP threads sleep (set before torch loads): a spinning team stalls at every barrier when the
+# machine is busy (miner.runtime); subprocesses inherit it
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _package_dir(name: str):
