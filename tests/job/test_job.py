@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,6 +177,10 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+# The `ray` CLI of this interpreter's environment: CI runs `.venv/bin/python -m pytest` without the venv on PATH.
+RAY_CLI = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+
+
 def test_two_node_cluster_gives_the_same_rows(reference, job_archive, job_model, short_tmp, tmp_path):
     root, _ = job_archive
     port = free_port()
@@ -184,7 +189,7 @@ def test_two_node_cluster_gives_the_same_rows(reference, job_archive, job_model,
         for name, args in (("head", ["--head", f"--port={port}", "--include-dashboard=false"]),
                            ("node2", [f"--address=127.0.0.1:{port}"])):
             starter = subprocess.Popen(
-                ["ray", "start", *args, "--num-cpus=1", f"--temp-dir={short_tmp / name}",
+                [RAY_CLI, "start", *args, "--num-cpus=1", f"--temp-dir={short_tmp / name}",
                  "--object-store-memory=100000000", "--disable-usage-stats"],
                 env=_env(short_tmp, name), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 start_new_session=True)
