@@ -31,26 +31,6 @@ EMBED_LIMIT_BYTES = 1_800_000_000
 
 
 @contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` on every parameter for the block; both restored after.
-
-    Frozen parameters are what make the traced backward contain only input gradients: autograd then
-    never asks for a weight gradient, and `make_fx` can hold the weights as constants.
-    """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-@contextlib.contextmanager
 def quiet() -> Iterator[io.StringIO]:
     """Silence the exporter's progress prints, warnings and log lines; yields what was printed.
 
@@ -160,7 +140,8 @@ def trace_graph(fn: Callable[..., Any], example_inputs: Sequence[Tensor]) -> tor
 
     Args:
         fn: a pure function of tensors (images, optionally masks) returning a tuple of tensors; it may call
-            `torch.autograd.grad` on intermediate values. Model parameters must be frozen (`frozen`).
+            `torch.autograd.grad` on intermediate values. Model parameters must be frozen
+            (`miner.cam.inference_state`).
         example_inputs: tensors with a batch of at least 2 (a batch of 1 would be specialised).
 
     Returns:

@@ -224,7 +224,8 @@ def _export_model(
     scales: Sequence[int] | str | None = None,
 ) -> ExportResult:
     import miner
-    from miner.export.grad_graph import export_graph, frozen, quiet, trace_graph
+    from miner.cam import inference_state
+    from miner.export.grad_graph import export_graph, quiet, trace_graph
 
     start = time.perf_counter()
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
@@ -240,7 +241,7 @@ def _export_model(
     classes = tuple(getattr(model, "classes", ()))
     gen = torch.Generator().manual_seed(0)
     example = [torch.rand(trace_batch, in_chans, *size, generator=gen)]
-    with frozen(model):
+    with inference_state(model):
         if graph.masks_input:
             map_size = tuple(int(v) for v in graph.mapper.features(example[0]).shape[-2:])
             example.append(torch.ones(trace_batch, len(classes), *map_size))

@@ -35,7 +35,9 @@ class Block(nn.Module):
         return self.relu(out)
 
 
-def _randomise_bn(model: nn.Module, seed: int) -> None:
+def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial running statistics and affine terms (fresh BN is the identity and hides folding errors);
+    returns the model in eval mode."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -43,6 +45,7 @@ def _randomise_bn(model: nn.Module, seed: int) -> None:
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
 
 
 class TinyClassifier(nn.Module):
@@ -67,7 +70,7 @@ class TinyClassifier(nn.Module):
             self.fc = nn.Linear(dim, len(classes))
         else:
             self.fc = nn.Linear(dim, len(classes))
-        _randomise_bn(self, seed)
+        randomise_bn(self, seed)
         self.eval()
 
     @property
@@ -125,7 +128,7 @@ class TinySegNet(nn.Module):
         self.up = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
         self.dec1 = conv_block(2 * width, width)
         self.out = nn.Conv2d(width, len(classes), 1)
-        _randomise_bn(self, seed)
+        randomise_bn(self, seed)
         self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -157,7 +160,7 @@ class TinyPyramid(nn.Module):
         self.dec1 = conv_block(2 * width, width)
         self.fuse = nn.Identity()
         self.fc = nn.Linear(7 * width, len(classes))
-        _randomise_bn(self, seed)
+        randomise_bn(self, seed)
         self.eval()
 
     def scales(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from miner.export.grad_graph import export_graph, frozen, trace_graph
+from miner.cam import inference_state
+from miner.export.grad_graph import export_graph, trace_graph
 from miner.export.parity import ort_session
 
 
@@ -51,7 +52,7 @@ def zoo_graph(tmp_path_factory):
     model = ConvZoo().eval()
     f = _input_gradient(model)
     example = (torch.rand(2, 2, 17, 17),)
-    with frozen(model):
+    with inference_state(model):
         gm = trace_graph(f, example)
         folder = tmp_path_factory.mktemp("zoo")
         path = export_graph(gm, example, folder / "zoo.onnx", input_names=["images"], output_names=["logits", "maps"])
@@ -65,7 +66,7 @@ def test_input_gradients_match_autograd(zoo_graph, batch):
     model, f, path, _ = zoo_graph
     x = torch.rand(batch, 2, 17, 17, generator=torch.Generator().manual_seed(batch))
     out, grad = ort_session(path).run(None, {"images": x.numpy()})
-    with frozen(model):
+    with inference_state(model):
         want_out, want_grad = f(x)
     assert grad.shape == (batch, 2, 17, 17)
     for got, want in ((out, want_out.numpy()), (grad, want_grad.numpy())):
@@ -96,10 +97,10 @@ def test_external_data_side_file(zoo_graph):
         np.testing.assert_array_equal(u, v)
 
 
-def test_frozen_restores_flags_and_mode():
+def test_inference_state_restores_flags_and_mode():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).train()
     model[0].bias.requires_grad_(False)
-    with frozen(model):
+    with inference_state(model):
         assert not model.training
         assert not any(p.requires_grad for p in model.parameters())
     assert model.training

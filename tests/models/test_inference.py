@@ -7,18 +7,7 @@ from torch import nn
 
 from miner.cam import class_maps
 from miner.models import create_model, fold_batchnorm, prepare_for_inference
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics and affine terms (fresh BN is the identity and hides folding errors)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
+from tests.cam.tiny import randomise_bn
 
 
 # stem + 2 per basic block (8 blocks) + 3 downsamples; stem + 3 per bottleneck (16) + 4 downsamples; MSA's two 1x1
@@ -29,8 +18,8 @@ def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     ("resnet18_msa", {"upsample": "deconv"}, 1 + 16 + 3 + 2),
 ])
 def test_fold_count_and_outputs(name, options, expected):
-    model = _randomise_bn(create_model(name, num_classes=3, width=0.125, **options))
-    copy = _randomise_bn(create_model(name, num_classes=3, width=0.125, **options))
+    model = randomise_bn(create_model(name, num_classes=3, width=0.125, **options))
+    copy = randomise_bn(create_model(name, num_classes=3, width=0.125, **options))
     copy.load_state_dict(model.state_dict())
     assert fold_batchnorm(copy) == expected
     assert not any(isinstance(m, nn.BatchNorm2d) for n, m in copy.named_modules()
@@ -42,7 +31,7 @@ def test_fold_count_and_outputs(name, options, expected):
 
 
 def test_prepare_for_inference_keeps_maps_and_leaves_the_caller_alone():
-    model = _randomise_bn(create_model("resnet18_msa", num_classes=4, width=0.125))
+    model = randomise_bn(create_model("resnet18_msa", num_classes=4, width=0.125))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast = prepare_for_inference(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
