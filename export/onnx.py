@@ -20,8 +20,9 @@ hash) is stored in ``metadata_props`` (`miner.export.metadata.GraphMeta`).
 """
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,23 @@ class MapGraph:
         return ["images", "masks"] if self.masks_input else ["images"]
 
 
+def _on_cpu_float32(fn: Callable[..., ExportResult]) -> Callable[..., ExportResult]:
+    """``fn(model, ...)`` runs with the model on the CPU in float32; the caller's model goes back where it was."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> ExportResult:
+        first = next(iter(model.parameters()), None)
+        restore = (first.device, first.dtype) if first is not None else None
+        try:
+            return fn(model.to("cpu", torch.float32), *args, **kwargs)
+        finally:
+            if restore is not None:
+                model.to(*restore)
+
+    return wrapper
+
+
+@_on_cpu_float32
 def export_model(
     model: nn.Module,
     path: str | Path,
@@ -193,36 +211,6 @@ def export_model(
     Returns:
         an `ExportResult` (path, metadata, parity report, seconds, size).
     """
-    first = next(iter(model.parameters()), None)
-    restore = (first.device, first.dtype) if first is not None else None
-    try:
-        return _export_model(
-            model.to("cpu", torch.float32), path, input_size=input_size, method=method, layer=layer, opset=opset,
-            masks_input=masks_input, external_data=external_data, check=check, atol=atol, trace_batch=trace_batch,
-            model_hash=model_hash, target=target, scales=scales,
-        )
-    finally:
-        if restore is not None:  # the caller's model goes back where it was
-            model.to(*restore)
-
-
-def _export_model(
-    model: nn.Module,
-    path: str | Path,
-    *,
-    input_size: int | str | Sequence[int],
-    method: str | None = None,
-    layer: str | Sequence[str] | None = None,
-    opset: int = 18,
-    masks_input: bool | None = None,
-    external_data: bool | None = None,
-    check: bool = True,
-    atol: float = DEFAULT_ATOL,
-    trace_batch: int = 2,
-    model_hash: str | None = None,
-    target: Any = None,
-    scales: Sequence[int] | str | None = None,
-) -> ExportResult:
     import miner
     from miner.cam import inference_state
     from miner.export.grad_graph import export_graph, quiet, trace_graph

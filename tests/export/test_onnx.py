@@ -224,3 +224,17 @@ def test_float64_reference_decides_when_float32_rounding_exceeds_atol(graphs_dir
     assert report.ok and report.reference == "eager float64"
     assert report.max_abs["maps"] < 1e-5
     assert "eager float32: logits max|diff|" in report.line() and "maps max|diff| 0.001" in report.line()
+
+
+def test_caller_model_keeps_its_dtype_and_mode(tmp_path):
+    """Export moves the model to float32 on the CPU, then back: the caller's model keeps its dtype, mode and flags,
+    and weights that float32 represents (those of any float32-trained model) come back unchanged."""
+    import copy
+
+    model = copy.deepcopy(model_for("resnet18-cam")).double().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_model(model, tmp_path / "m.onnx", input_size=CASES["resnet18-cam"].size, check=False)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
