@@ -155,6 +155,29 @@ class MapGraph:
     def input_names(self) -> list[str]:
         return ["images", "masks"] if self.masks_input else ["images"]
 
+    def describe(self, input_size: tuple[int, int], map_size: tuple[int, int], *, model_hash: str) -> GraphMeta:
+        """What this graph computes: the record its ONNX file carries, and what the torch backend reports."""
+        import miner
+
+        model = self.model
+        return GraphMeta(
+            classes=tuple(getattr(model, "classes", ())),
+            method=self.method,
+            layer=",".join(self.layers),
+            input_size=(int(input_size[0]), int(input_size[1])),
+            in_chans=int(getattr(model, "in_chans", 1)),
+            mean=tuple(float(v) for v in getattr(model, "mean", ())),
+            std=tuple(float(v) for v in getattr(model, "std", ())),
+            head_is_linear=bool(getattr(model, "head_is_linear", False)),
+            map_size=(int(map_size[0]), int(map_size[1])),
+            masks_input=self.masks_input,
+            shortcut_exact=self.mapper.shortcut_exact,
+            arch=str(getattr(model, "arch", type(model).__name__)),
+            model_hash=model_hash,
+            miner_version=miner.__version__,
+            task=str(getattr(model, "task", "classification")),
+        )
+
 
 def _on_cpu_float32(fn: Callable[..., ExportResult]) -> Callable[..., ExportResult]:
     """``fn(model, ...)`` runs with the model on the CPU in float32; the caller's model goes back where it was."""
@@ -211,7 +234,6 @@ def export_model(
     Returns:
         an `ExportResult` (path, metadata, parity report, seconds, size).
     """
-    import miner
     from miner.cam import inference_state
     from miner.export.grad_graph import export_graph, quiet, trace_graph
 
@@ -235,23 +257,7 @@ def export_model(
             example.append(torch.ones(trace_batch, len(classes), *map_size))
         else:
             map_size = tuple(int(v) for v in graph.mapper(example[0])[1].shape[-2:])
-        meta = GraphMeta(
-            classes=classes,
-            method=graph.method,
-            layer=",".join(graph.layers),
-            input_size=size,
-            in_chans=in_chans,
-            mean=tuple(float(v) for v in getattr(model, "mean", ())),
-            std=tuple(float(v) for v in getattr(model, "std", ())),
-            head_is_linear=bool(getattr(model, "head_is_linear", False)),
-            map_size=map_size,  # type: ignore[arg-type]
-            masks_input=graph.masks_input,
-            shortcut_exact=graph.mapper.shortcut_exact,
-            arch=str(getattr(model, "arch", type(model).__name__)),
-            model_hash=model_hash or state_dict_hash(model),
-            miner_version=miner.__version__,
-            task=str(getattr(model, "task", "classification")),
-        )
+        meta = graph.describe(size, map_size, model_hash=model_hash or state_dict_hash(model))
         with quiet() as log:
             try:
                 gm = trace_graph(graph, example)

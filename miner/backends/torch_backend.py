@@ -62,7 +62,6 @@ class TorchBackend(Backend):
         self.graph = MapGraph(self.model, method=method or default_method(model), layer=layer, target=target,
                               scales=scales)
         self.mapper = self.graph.mapper
-        erasable = self.mapper.mode in ("analytic", "split") and not self.mapper.shortcut_exact
         self._compiled: Callable[..., tuple[Tensor, Tensor]] | None = None
         self.compile = bool(compile)
         self.provider = "torch.compile" if compile else "torch eager"
@@ -70,21 +69,7 @@ class TorchBackend(Backend):
         with torch.no_grad():
             probe = torch.zeros(2, int(getattr(model, "in_chans", 1)), h, w, device=self.device)
             map_size = tuple(int(v) for v in self.mapper(probe)[1].shape[-2:])
-        self.meta = BackendMeta(
-            classes=tuple(getattr(model, "classes", ())),
-            input_size=(int(h), int(w)),
-            in_chans=int(getattr(model, "in_chans", 1)),
-            method=self.graph.method,
-            layer=",".join(self.graph.layers),
-            mean=tuple(getattr(model, "mean", ())),
-            std=tuple(getattr(model, "std", ())),
-            head_is_linear=bool(getattr(model, "head_is_linear", False)),
-            map_size=map_size,  # type: ignore[arg-type]
-            masks_input=erasable,
-            shortcut_exact=self.mapper.shortcut_exact,
-            arch=str(getattr(model, "arch", type(model).__name__)),
-            model_hash=model_hash,
-        )
+        self.meta = BackendMeta.from_graph_meta(self.graph.describe((h, w), map_size, model_hash=model_hash))
 
     @classmethod
     def from_checkpoint(

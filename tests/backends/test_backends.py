@@ -1,6 +1,7 @@
 """Backends: one interface, opened by file type, same logits and maps as eager `miner.cam`."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -58,6 +59,11 @@ def test_torch_and_onnxruntime_agree_with_class_maps(files, name):
         assert float((logits - want_logits).abs().max()) <= 1e-4
         assert float((maps - want_maps).abs().max()) <= 1e-4
         assert b.meta.map_size == tuple(want_maps.shape[-2:])
+    # one description of the model for both: what the ONNX file records is what the torch backend reports
+    torch_meta, onnx_meta = (dataclasses.asdict(b.meta) for b in backends)
+    for meta in (torch_meta, onnx_meta):
+        meta.pop("model_hash"), meta.pop("extra")
+    assert torch_meta == onnx_meta
 
 
 def test_recompute_for_nonlinear_head_only(files):
