@@ -2,7 +2,9 @@
 
 One panel per finding, side by side: the grey image (scaled so its longer side is ``panel_size``), the fused
 heatmap H_f of that finding blended over it in OpenCV's JET colours when one is given, the ground-truth boxes
-in red and the mined boxes in green labelled with their rank and score. Drawing is OpenCV only (BGR uint8).
+in red and the mined boxes in green labelled with their rank and score. A panel may instead hold the CLEAR
+picture of the image (`miner.clear`: the dominant finding at each pixel as hue, its response as value) with a
+legend of the findings' hues. Drawing is OpenCV only (BGR uint8).
 
 The fused heatmap is not stored in the Parquet output (it is B x C x h x w floats per batch); `miner show`
 recomputes it from the model when ``--model`` is given and draws boxes on the plain image otherwise.
@@ -30,6 +32,10 @@ class Panel:
     mined: list[tuple[float, float, float, float]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # one per mined box, e.g. "1 0.83"
     note: str = ""
+    #: the raw class maps of every class (np.ndarray[C, h, w]): the panel shows their CLEAR picture instead of
+    #: the image (`miner.clear.clear_picture`); `clear_names` (one per class) adds a legend below it
+    clear: np.ndarray | None = None
+    clear_names: tuple[str, ...] = ()
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray | None, *, alpha: float = 0.45) -> np.ndarray:
@@ -70,28 +76,47 @@ def draw_boxes(
     return canvas
 
 
-def render(image: np.ndarray, panels: Sequence[Panel], *, panel_size: int = 512, title: str = "") -> np.ndarray:
-    """All panels side by side (np.ndarray[H', W', 3] uint8 BGR), each headed by its finding's name."""
+def render(image: np.ndarray, panels: Sequence[Panel], *, panel_size: int = 512, title: str = "",
+           header: bool = True) -> np.ndarray:
+    """All panels side by side (np.ndarray[H', W', 3] uint8 BGR), each headed by its finding's name (`header`).
+
+    A panel with `Panel.clear` shows the CLEAR picture of its maps at the panel's size (boxes drawn on it as
+    on any panel), with a legend of the classes' hues below when `Panel.clear_names` is given; shorter panels
+    are padded with black at the bottom so that all panels line up.
+    """
+    from miner.clear import clear_picture, legend
+
     height, width = image.shape[:2]
     scale = panel_size / max(height, width)
     size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
     small = cv2.resize(np.asarray(image, np.float32), size, interpolation=cv2.INTER_AREA)
-    header = 26
+    head_height = 26
     tiles = []
     for panel in panels or [Panel(finding="(no boxes)")]:
-        tile = heatmap_overlay(small, panel.heat)
+        if panel.clear is not None:
+            tile = clear_picture(panel.clear, size=(size[1], size[0]))
+        else:
+            tile = heatmap_overlay(small, panel.heat)
         draw_boxes(tile, panel.gt, RED, scale=scale)
         draw_boxes(tile, panel.mined, GREEN, scale=scale, labels=panel.labels)
-        head = np.zeros((header, tile.shape[1], 3), np.uint8)
-        text = panel.finding + (f"  ({panel.note})" if panel.note else "")
-        cv2.putText(head, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, WHITE, 1, cv2.LINE_AA)
-        tiles.append(np.vstack([head, tile]))
-    gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
+        parts = [tile]
+        if header:
+            head = np.zeros((head_height, tile.shape[1], 3), np.uint8)
+            text = panel.finding + (f"  ({panel.note})" if panel.note else "")
+            cv2.putText(head, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, WHITE, 1, cv2.LINE_AA)
+            parts.insert(0, head)
+        if panel.clear is not None and panel.clear_names:
+            parts.append(legend(panel.clear_names, width=tile.shape[1]))
+        tiles.append(np.vstack(parts))
+    tall = max(t.shape[0] for t in tiles)
+    tiles = [np.vstack([t, np.zeros((tall - t.shape[0], t.shape[1], 3), np.uint8)]) if t.shape[0] < tall else t
+             for t in tiles]
+    gap = np.full((tall, 4, 3), 255, np.uint8)
     row = tiles[0]
     for tile in tiles[1:]:
         row = np.hstack([row, gap, tile])
     if title:
-        top = np.zeros((header, row.shape[1], 3), np.uint8)
+        top = np.zeros((head_height, row.shape[1], 3), np.uint8)
         cv2.putText(top, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, WHITE, 1, cv2.LINE_AA)
         row = np.vstack([top, row])
     return row

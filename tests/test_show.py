@@ -135,3 +135,44 @@ def test_eval_cli_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "gt.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h]\na.png,Mass,1,2,3,4\n")
     assert main(["eval", str(tmp_path / "gt.csv"), "--gt", str(tmp_path / "gt.csv"), "--iou", "2"]) == 2
+
+
+def test_show_cli_clear_panel(mined, capsys):
+    """--clear adds the CLEAR picture of every class of the model: its pixels are the classes' hues (S = 1),
+    scaled by the response, and the legend lists every class."""
+    from miner.clear import clear_picture, finding_hues, hsv_to_bgr
+    from miner.cam import class_maps
+    from miner.data import load_image, to_model_input
+    from miner.models import load_checkpoint
+
+    cols = mined["cols"]
+    image_id = str(cols["image_id"][0])
+    root = mined["root"]
+    png = root / "clear.png"
+    args = ["show", str(root / "out"), image_id, "--out", str(png), "--archive", str(mined["archive"].root),
+            "--panel-size", "128"]
+    assert main([*args, "--model", str(mined["ckpt"]), "--clear"]) == 0
+    assert "CLEAR picture of" in capsys.readouterr().out
+    pic = cv2.imread(str(png))
+    findings = list(dict.fromkeys([*cols["finding"][cols["image_id"] == image_id],
+                                   *(b.finding for b in mined["archive"].boxes if b.image_id == image_id)]))
+    assert pic.shape[1] == (len(findings) + 1) * 128 + 4 * len(findings)  # one more panel
+    # the last panel (below the title and its header) is clear_picture of the model's maps at the panel size
+    model, _ = load_checkpoint(mined["ckpt"])
+    record = next(r for r in mined["records"] if r.image_id == image_id)
+    image, _ = load_image(record.path)
+    _, maps = class_maps(model, torch.from_numpy(to_model_input(image, SIZE)[None]), method="cam")
+    expected = clear_picture(maps[0].numpy(), size=(128, 128))
+    tile = pic[52:52 + 128, -128:]
+    # boxes are drawn on the CLEAR panel too (and their labels): compare away from them
+    box = (tile == np.array(GREEN)).all(axis=-1) | (tile == np.array(RED)).all(axis=-1)
+    off = ~cv2.dilate(box.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    assert off.mean() > 0.3
+    np.testing.assert_array_equal(tile[off], expected[off])
+    hues = finding_hues(len(model.classes))
+    swatches = {tuple(int(v) for v in hsv_to_bgr(np.asarray([h]), 1.0, 1.0)[0]) for h in hues}
+    legend_area = pic[52 + 128:, -128:].reshape(-1, 3)
+    assert swatches <= {tuple(int(v) for v in px) for px in legend_area}  # every class's swatch
+    # --clear without a model is refused with one line
+    assert main([*args, "--clear"]) == 2
+    assert "--clear needs --model" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`miner show BOXES IMAGE_ID --out PNG`: one image's mined boxes (green), ground truth (red), fused heatmaps."""
+"""`miner show BOXES IMAGE_ID --out PNG`: one image's mined boxes (green), ground truth (red), fused heatmaps,
+and with ``--clear`` the CLEAR picture of every class of the model (`miner.clear`)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,9 @@ DESCRIPTION = (
     "Draw IMAGE_ID with one panel per finding: mined boxes from BOXES in green (rank and score), ground-truth "
     "boxes in red, and the fused attention-mining heatmap H_f when --model is given (the heatmap is not stored "
     "in the Parquet output, so it is recomputed from the model; without --model only the boxes are drawn). "
-    "BOXES is OUT, OUT/boxes, a .parquet file or a BBox_List CSV."
+    "With --model and --clear a last panel shows the CLEAR picture (Kumar et al.): at each pixel the dominant "
+    "finding of the model's class maps (argmax over all its classes) as hue and its response as brightness, "
+    "with a legend of the findings' hues. BOXES is OUT, OUT/boxes, a .parquet file or a BBox_List CSV."
 )
 
 
@@ -27,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--findings", default=None, help="comma-separated findings to draw (default: every "
                                                          "finding with a mined or ground-truth box)")
     parser.add_argument("--panel-size", type=int, default=512, help="longer side of each panel (default 512)")
+    parser.add_argument("--clear", action="store_true", help="with --model: add the CLEAR picture of every class "
+                                                             "(dominant finding as hue, its response as value)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from miner.show import Panel, render
 
     image_id = args.image_id
+    if args.clear and not args.model:
+        raise UsageError("--clear needs --model (the CLEAR picture is drawn from the model's class maps)")
     mined = read_boxes(args.boxes)
     sel = mined.image_id.astype(str) == image_id
     path, gt_rows = None, []
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         findings = list(dict.fromkeys([*mined.finding[sel], *(f for f, _ in gt_rows)]))
 
     heat: dict[str, np.ndarray] = {}
+    clear_panel = None
     note = "boxes only: give --model for the heatmap"
     if args.model:
         from miner.cli._maps import default_method, fused_maps, open_checkpoint
@@ -81,6 +89,16 @@ def run(args: argparse.Namespace) -> int:
             _, fused, _ = fused_maps(model, [path], input_size=size, classes=known, method=method, config=config)
             heat = {f: fused[0, i].numpy() for i, f in enumerate(known)}
         note = f"H_f, {method}, T={config.steps}"
+        if args.clear:
+            import torch
+
+            from miner.cam import class_maps
+            from miner.data import to_model_input
+
+            pixels = torch.from_numpy(to_model_input(image, size)[None])
+            _, maps = class_maps(model, pixels, method=method)
+            clear_panel = Panel(finding="CLEAR", clear=maps[0].float().numpy(), clear_names=tuple(model.classes),
+                                note=f"{method}, {len(model.classes)} classes")
 
     panels = []
     for f in findings:
@@ -94,12 +112,15 @@ def run(args: argparse.Namespace) -> int:
                     for i in idx],
             note=note if args.model is None or f in heat else "not a class of the model",
         ))
+    if clear_panel is not None:
+        panels.append(clear_panel)
     picture = render(image, panels, panel_size=args.panel_size, title=f"{image_id}  ({width}x{height})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), picture):
         raise UsageError(f"--out: cannot write {out} (use a .png name in a writable folder)")
     n_mined = int(sel.sum())
-    print(f"{out}: {image_id}, {len(panels)} finding(s), {n_mined} mined box(es), {len(gt_rows)} ground-truth "
-          f"box(es){', heatmaps from ' + args.model if args.model else ''}")
+    print(f"{out}: {image_id}, {len(findings)} finding(s), {n_mined} mined box(es), {len(gt_rows)} ground-truth "
+          f"box(es){', heatmaps from ' + args.model if args.model else ''}"
+          f"{', CLEAR picture of ' + str(len(clear_panel.clear_names)) + ' findings' if clear_panel else ''}")
     return 0
