@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: default pixel limit of one image (`JobConfig.max_pixels`, `miner.data.load_image`): 2^28 = 16,384^2
+MAX_PIXELS = 1 << 28
+
 
 @dataclass
 class JobConfig:
     """Options of the mining job (`miner mine`, `miner.job.run_job`).
 
-    Output-affecting options (``shard_size``, ``classes``, ``prob_threshold``, ``backend``) are recorded in the
-    manifest, and a rerun on the same OUT with different values is refused unless it overwrites; the others
-    (``batch_size``, workers and their resources) only change speed.
+    Output-affecting options (``shard_size``, ``classes``, ``prob_threshold``, ``backend``, ``max_pixels``) are
+    recorded in the manifest, and a rerun on the same OUT with different values is refused unless it
+    overwrites; the others (``batch_size``, workers and their resources) only change speed.
 
     Attributes:
         shard_size: images per shard, the unit of atomic output and of resume (shard k holds archive
@@ -37,6 +40,10 @@ class JobConfig:
         malloc: ``tuned`` (raise glibc's mmap/trim thresholds in the workers: no page-fault storm in torch
             inference on CPU) or ``default`` (leave glibc's defaults; for comparisons).
         start_timeout: seconds to wait for the first model actor to start before giving up.
+        max_pixels: the most pixels (height x width x frames) an image may announce in its file header; a
+            larger one becomes an error row of kind ``too_large`` without being decoded (a decompression
+            bomb: a 1.5 MB PNG of 40,000 x 40,000 pixels decodes to 1.6 GB, and to 6.4 GB as float32). The
+            default, 2^28 (16,384 x 16,384), is far above any radiograph. Output-affecting.
     """
 
     shard_size: int = 1024
@@ -51,6 +58,7 @@ class JobConfig:
     prefetch: int | None = None
     malloc: str = "tuned"
     start_timeout: float = 600.0
+    max_pixels: int = MAX_PIXELS
 
 
 # --- phantom archives (miner.data.phantoms, `miner phantoms`; owner: data) -----------------------------

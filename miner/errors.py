@@ -28,10 +28,11 @@ class ArchiveError(MinerError):
 class ImageError(MinerError):
     """One image file that cannot be decoded.
 
-    `kind` is one of ``missing``, ``empty``, ``truncated``, ``corrupt``, ``unsupported``.
+    `kind` is one of ``missing``, ``empty``, ``truncated``, ``corrupt``, ``unsupported``, ``too_large`` (its
+    header announces more pixels than the decoder may allocate; see `miner.data.image.load_image`).
     """
 
-    KINDS = ("missing", "empty", "truncated", "corrupt", "unsupported")
+    KINDS = ("missing", "empty", "truncated", "corrupt", "unsupported", "too_large")
 
     def __init__(self, path: str | Path, kind: str, detail: str = "") -> None:
         if kind not in self.KINDS:

@@ -8,7 +8,8 @@ The Ray job runs `decode_batch` in decode tasks and `Pipeline.run` in model acto
 loop and ``miner demo`` call both in one process. Nothing here imports Ray.
 
 Failures are contained per row. A file that does not decode becomes an error row of its `ImageError` kind
-(missing, empty, truncated, corrupt, unsupported; ``decode`` for any other exception). If the model stage
+(missing, empty, truncated, corrupt, unsupported, too_large; ``decode`` for any other exception, its text
+behind a sentence of ours). If the model stage
 raises for a batch, each image is run alone so that only the images that fail alone become error rows
 (kind ``model``); when every image of a batch of several fails alone the fault is not the images' (a
 broken model, an exhausted device) and the error is raised for the job to stop.
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from miner.config import MAX_PIXELS
 from miner.io import BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA, empty_table, table_from_rows
 
 #: findings that get boxes for an image (see `Pipeline`)
@@ -64,9 +66,18 @@ def error_row(image_id: str, path: str, kind: str, error: str) -> dict[str, str]
     return {"image_id": image_id, "path": path, "kind": kind, "error": error}
 
 
+def _one_line(err: BaseException) -> str:
+    """An exception's text on one line (OpenCV's and others' messages span several)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
 def decode_batch(records: Sequence[tuple[str, str, Sequence[str]]], *,
-                 input_size: tuple[int, int] | int) -> DecodedBatch:
+                 input_size: tuple[int, int] | int, max_pixels: int | None = MAX_PIXELS) -> DecodedBatch:
     """Decode ``(image_id, path, labels)`` records and resize them for the model (`miner.data.to_model_input`).
+
+    Args:
+        max_pixels: files whose header announces more pixels become ``too_large`` error rows, undecoded
+            (`miner.data.load_image`).
 
     Returns:
         A `DecodedBatch` of the files that decoded, in record order, and an error row for every other one.
@@ -84,13 +95,14 @@ def decode_batch(records: Sequence[tuple[str, str, Sequence[str]]], *,
     errors: list[dict[str, str]] = []
     for image_id, path, record_labels in records:
         try:
-            image, original = load_image(path)
+            image, original = load_image(path, max_pixels=max_pixels)
             pixels.append(to_model_input(image, size))
         except ImageError as err:
             errors.append(error_row(image_id, path, err.kind, str(err)))
             continue
         except Exception as err:  # one bad file never fails the job
-            errors.append(error_row(image_id, path, "decode", f"{type(err).__name__}: {err}"))
+            errors.append(error_row(image_id, path, "decode", f"{path}: decoding failed unexpectedly "
+                                    f"({type(err).__name__}: {_one_line(err)})"))
             continue
         ids.append(image_id)
         paths.append(path)
@@ -177,7 +189,9 @@ class Pipeline:
                 boxes = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
                 for i, err in failed:
                     last = traceback.format_exception_only(type(err), err)[-1].strip()
-                    errors.append(error_row(batch.image_ids[i], batch.paths[i], "model", last))
+                    errors.append(error_row(batch.image_ids[i], batch.paths[i], "model",
+                                            f"{batch.paths[i]}: the model stage failed on this image alone "
+                                            f"({last})"))
         return BatchOutput(
             boxes=pa.table(boxes, schema=BOXES_SCHEMA) if boxes else empty_table(BOXES_SCHEMA),
             errors=table_from_rows(errors, ERRORS_SCHEMA),

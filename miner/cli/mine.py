@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(default: %(default)s)")
     what.add_argument("--prob-threshold", type=float, default=_DEFAULTS["prob_threshold"],
                       help="probability at which a finding counts as predicted (default: %(default)s)")
+    what.add_argument("--max-pixels", type=int, default=_DEFAULTS["max_pixels"],
+                      help="largest image, in pixels (height x width x frames) read from the file header before "
+                           "decoding; larger files become 'too_large' error rows (default: %(default)s = 2^28)")
     scale = parser.add_argument_group("scale")
     scale.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"],
                        help="images per model call (default: %(default)s)")
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         decode_cpus=args.decode_cpus,
         prefetch=args.prefetch,
         malloc=args.malloc,
+        max_pixels=args.max_pixels,
     )
     from miner.boxes import resolve_thresholds
 

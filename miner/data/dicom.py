@@ -11,13 +11,20 @@ The mapping follows the DICOM grey-scale pipeline (PS3.3 C.7.6.3, C.11):
 4. ``MONOCHROME1`` (0 = white) is inverted so that, as for MONOCHROME2 and PNG, bright means dense.
 
 Multi-frame files give their first frame; colour files are converted to grey.
+
+`dicom_header_size` reads Rows, Columns and NumberOfFrames without the pixel data, so that an image too large
+to decode is refused first (`miner.data.image.load_image`'s ``max_pixels``). pydicom inflates the whole of a
+deflated data set (transfer syntax 1.2.840.10008.1.2.1.99) even when told to stop before the pixel data, so
+the header of such a file is inflated here, incrementally, only up to the pixel data element.
 """
 from __future__ import annotations
 
 import io
 import struct
 import warnings
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -150,3 +157,76 @@ def dicom_size(path: str | Path) -> tuple[int, int]:
     if "Rows" not in ds or "Columns" not in ds:
         raise ImageError(path, "unsupported", "DICOM file without an image (no Rows/Columns)")
     return int(ds.Rows), int(ds.Columns)
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# the (7FE0,0010) PixelData tag as explicit VR little endian writes it
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+# how much of a deflated data set is inflated to find its header; real headers take a few kB
+_DEFLATED_HEADER_LIMIT = 16 << 20
+
+
+def dicom_header_size(fileobj: BinaryIO, path: str | Path) -> tuple[int, int, int] | None:
+    """(Rows, Columns, NumberOfFrames) of the DICOM file open as `fileobj`, read without its pixel data; None
+    when the data set has no Rows/Columns (not an image: `decode_dicom` says what it is)."""
+    fileobj.seek(0)
+    head = fileobj.read(132)
+    fileobj.seek(0)
+    if head[128:132] == b"DICM" and _transfer_syntax(path) == DEFLATED:
+        ds = _read_deflated_header(fileobj, path)
+    else:
+        ds = _read(fileobj, path, stop_before_pixels=True)
+    if "Rows" not in ds or "Columns" not in ds:
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as err:
+        raise ImageError(path, "corrupt", f"DICOM header with an unreadable image size ({err})") from None
+    return rows, columns, max(frames, 1)
+
+
+def _transfer_syntax(path: str | Path) -> str | None:
+    import pydicom
+
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - a broken meta group: `_read` then classifies the file (truncated, corrupt)
+        return None
+    syntax = meta.get("TransferSyntaxUID")
+    return None if syntax is None else str(syntax)
+
+
+def _read_deflated_header(fileobj: BinaryIO, path: str | Path):
+    """The data set elements before PixelData of a deflated file, inflating at most 16 MiB."""
+    import pydicom
+    from pydicom.filereader import read_dataset
+
+    meta = pydicom.filereader.read_file_meta_info(path)
+    length = meta.get("FileMetaInformationGroupLength")
+    if length is None:
+        raise ImageError(path, "unsupported", "deflated DICOM without a file meta group length")
+    fileobj.seek(132 + 12 + int(length))  # preamble + "DICM", the group length element, the rest of the group
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    header = bytearray()
+    pending = b""
+    while len(header) < _DEFLATED_HEADER_LIMIT:
+        if not pending:
+            pending = fileobj.read(1 << 16)
+            if not pending:
+                break
+        try:  # 64 KiB of output at a time: a few kB of deflated zeros inflate to megabytes
+            header += inflater.decompress(pending, min(1 << 16, _DEFLATED_HEADER_LIMIT - len(header)))
+        except zlib.error as err:
+            raise ImageError(path, "corrupt", f"deflated DICOM data does not inflate ({err})") from None
+        pending = inflater.unconsumed_tail
+        at = header.find(_PIXEL_DATA_TAG)
+        if at >= 0 and len(header) >= at + 12:  # tag, VR, reserved, 4-byte length
+            break
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a header cut inside an element reads as far as it goes
+        try:
+            return read_dataset(io.BytesIO(bytes(header)), False, True,
+                                stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+        except (EOFError, struct.error, ValueError, KeyError, TypeError) as err:
+            raise ImageError(path, "corrupt", f"deflated DICOM header does not read ({err})") from None

@@ -1,8 +1,9 @@
 """What runs on the workers: decode tasks and model actors (plain Python, wrapped with `ray.remote` by the
 driver, so importing this module never imports Ray).
 
-- `decode_task(records, input_size)`: one batch of files -> `DecodedBatch` (pixels resized to the model's
-  input, original sizes, one error row per file that does not decode). Runs as a Ray task on CPUs.
+- `decode_task(records, input_size, threads, max_pixels)`: one batch of files -> `DecodedBatch` (pixels
+  resized to the model's input, original sizes, one error row per file that does not decode or whose header
+  announces more than `max_pixels` pixels). Runs as a Ray task on CPUs.
 - `ModelWorker`: loads the model once (``__init__``), then `process` runs backend, attention mining and
   boxes for one decoded batch on the actor's device and returns its rows. One per GPU, or one per
   ``cpus_per_worker`` CPUs on CPU nodes.
@@ -14,19 +15,21 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from miner.config import MAX_PIXELS
 from miner.pipeline import BatchOutput, DecodedBatch, decode_batch
 
 
 def decode_task(records: Sequence[tuple[str, str, tuple[str, ...]]], input_size: tuple[int, int],
-                threads: int = 1) -> DecodedBatch:
+                threads: int = 1, max_pixels: int | None = MAX_PIXELS) -> DecodedBatch:
     """Decode one batch of ``(image_id, path, labels)`` records (see `miner.pipeline.decode_batch`) with
-    `threads` OpenCV threads. Runs in Ray's ordinary (prestarted) workers: no runtime environment of its own."""
+    `threads` OpenCV threads; a file whose header announces more than `max_pixels` pixels is an error row,
+    undecoded. Runs in Ray's ordinary (prestarted) workers: no runtime environment of its own."""
     import cv2
 
     cv2.setNumThreads(max(1, int(threads)))
     # a damaged file is an error row; OpenCV's own warnings about it would only clutter the job's log
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    return decode_batch(records, input_size=input_size)
+    return decode_batch(records, input_size=input_size, max_pixels=max_pixels)
 
 
 def set_threads(threads: int) -> None:

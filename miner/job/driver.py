@@ -86,6 +86,7 @@ def _identity(*, fingerprint: str, images: int, model_sha: str, config: JobConfi
         "model_sha256": model_sha,
         "backend": config.backend,
         "classes": config.classes,
+        "max_pixels": config.max_pixels,
     }
     if config.classes == "predicted":
         identity["prob_threshold"] = config.prob_threshold
@@ -141,6 +142,8 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
         raise UsageError(f"--batch-size must be at least 1 (got {config.batch_size})")
     if config.prefetch is not None and config.prefetch < 1:
         raise UsageError(f"--prefetch must be at least 1 (got {config.prefetch})")
+    if config.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1 (got {config.max_pixels})")
 
     arch = read_archive(archive)
     records = arch.records
@@ -310,7 +313,7 @@ def _dispatch(records: list, pending: list[Shard], store: ShardStore, *, cluster
                 shards[shard.index] = _ShardParts(shard, count)
             strategy = NodeAffinitySchedulingStrategy(node_id=info[actor]["node_id"], soft=True)
             decoded = decode.options(**decode_options, scheduling_strategy=strategy).remote(
-                payload, tuple(info[actor]["input_size"]), decode_threads)
+                payload, tuple(info[actor]["input_size"]), decode_threads, config.max_pixels)
             inflight[actors[actor].process.remote(decoded)] = (actor, shard.index, seq, len(payload))
             load[actor] += 1
             next_batch = next(batches, None)
