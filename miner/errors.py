@@ -1,8 +1,9 @@
 """The errors a user can act on.
 
 Every error raised for bad input derives from `MinerError`; the CLI prints its message as one line and
-exits with its `exit_code` (2 for usage, 1 for failures). Anything else that escapes is an internal bug
-and keeps its traceback.
+exits with its `exit_code`: 2 for usage, 74 when the output cannot be written (`WriteError`: a full disk, a
+quota, a read-only file system; sysexits.h's EX_IOERR, so that a script can tell "free space and rerun" from
+"fix the input"), 1 for other failures. Anything else that escapes is an internal bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -55,3 +56,40 @@ class ModelError(MinerError):
 
 class BackendUnavailable(MinerError):
     """A requested backend, provider or device that is not available here."""
+
+
+class WriteError(MinerError):
+    """The output folder cannot be written: no space left, a quota, a read-only or failing file system.
+
+    Not the input's fault, and nothing already written is lost: the message names the folder, the cause and
+    what to do, which is always to rerun the same command (it resumes). Exit code 74 (EX_IOERR).
+    """
+
+    exit_code = 74
+
+    def __init__(self, out: str | Path, cause: str, *, action: str, where: str = "", progress: str = "") -> None:
+        self.out = str(out)
+        self.cause = cause
+        self.action = action
+        self.where = where
+        self.progress = progress
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        message = f"{self.out}: cannot write the output: {self.cause}"
+        if self.where:
+            message += f" (writing {self.where})"
+        if self.progress:
+            message += f"; {self.progress}"
+        return f"{message}; {self.action}"
+
+    def with_progress(self, progress: str) -> WriteError:
+        """The same error, saying how much of the job is safely written."""
+        return WriteError(self.out, self.cause, action=self.action, where=self.where, progress=progress)
+
+    def __reduce__(self):
+        return (_rebuild_write_error, (self.out, self.cause, self.action, self.where, self.progress))
+
+
+def _rebuild_write_error(out: str, cause: str, action: str, where: str, progress: str) -> WriteError:
+    return WriteError(out, cause, action=action, where=where, progress=progress)

@@ -7,6 +7,7 @@ atomically the moment its last batch returns. It never holds more than the shard
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from miner.config import JobConfig
-from miner.errors import MinerError, ModelError, UsageError
+from miner.errors import MinerError, ModelError, UsageError, WriteError
 from miner.io import (BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA, ShardStore, read_manifest, write_manifest)
 from miner.job.cluster import ClusterInfo, WorkerResources, connect, plan_workers, worker_env
 from miner.job.plan import Shard, archive_fingerprint, check_identity, model_files, model_hash, plan_shards
@@ -162,7 +163,7 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
 
     out = Path(out).expanduser().resolve()
     store = ShardStore(out)
-    with store.lock():
+    with _say_what_is_kept(store, shards=len(shards)), store.lock():
         previous = read_manifest(out)
         if overwrite:
             store.clear()
@@ -206,6 +207,7 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
         startup = 0.0
         workers = 0
         status = "interrupted"
+        failure: BaseException | None = None
         try:
             if pending:
                 startup, workers, worker_info = _run_pending(
@@ -215,6 +217,9 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
                 manifest["model"].update(worker_info["model"])
                 run_info.update(worker_info["run"])
             status = "complete"
+        except BaseException as err:
+            failure = err
+            raise
         finally:
             seconds = time.time() - started
             done = store.done()
@@ -231,10 +236,37 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
                 steady = summary.steady_rate
                 if steady is not None:
                     run_info["steady_images_per_second"] = round(steady, 3)
+            if isinstance(failure, WriteError):
+                failure = failure.with_progress(_kept(len(done), len(shards)))
+            if isinstance(failure, MinerError):
+                run_info["error"] = str(failure)
             manifest.update(status="complete" if len(done) == len(shards) else status, updated=_now(),
                             counts={**counts, "shards_done": len(done)})
-            write_manifest(out, manifest)
+            try:
+                write_manifest(out, manifest)
+            except WriteError:
+                if failure is None:
+                    raise
+                # the error on its way already says what to do; the manifest keeps its last state ("running"),
+                # which the rerun records as "killed"
     return summary
+
+
+@contextlib.contextmanager
+def _say_what_is_kept(store: ShardStore, *, shards: int) -> Iterator[None]:
+    """Add to a `WriteError` how many shards are complete in OUT (they are kept; the rerun resumes after them)."""
+    try:
+        yield
+    except WriteError as err:
+        try:
+            done = len(store.done())
+        except OSError:
+            raise err from err.__cause__
+        raise err.with_progress(_kept(done, shards)) from err.__cause__
+
+
+def _kept(done: int, shards: int) -> str:
+    return f"{done} of {shards} shards are complete in it and kept"
 
 
 def _run_pending(records: list, pending: list[Shard], store: ShardStore, *, model_path: Path, config: JobConfig,

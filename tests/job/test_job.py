@@ -1,10 +1,12 @@
-"""The mining job end to end on Ray: bad files, a killed driver, a two-node cluster, readers of the output.
+"""The mining job end to end on Ray: bad files, image bombs, a full disk, a killed driver, a two-node cluster,
+readers of the output.
 
 One uninterrupted run (in the module's shared Ray session) is the reference the other runs must equal exactly:
 same shards and batches, one compute thread per actor, so the same floats.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
+import miner.io
 from miner.cli import main
 from miner.io import BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA
 
@@ -127,6 +130,96 @@ def test_output_opens_in_pyarrow_pandas_and_duckdb(reference):
                             using (image_id) where b.x < 0 or b.y < 0 or b.x + b.w > i.width + 1e-3
                             or b.y + b.h > i.height + 1e-3""").fetchall()[0][0]
     assert joined == 0
+
+
+def test_image_bombs_become_too_large_rows_and_the_rest_is_mined(ray_session, job_archive, job_model, tmp_path,
+                                                                   capsys):
+    """A 40,000^2 PNG, a 64-frame 4096^2 DICOM header and a 40,000^2 TIFF among ten good images: three
+    `too_large` rows (the files are never decoded), the ten mined, exit 0."""
+    from ..data.bombs import dicom_frames_bomb, png_bomb, tiff_bomb
+
+    root, bad = job_archive
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    good = sorted(p for p in (root / "images").glob("*.png") if p.name not in bad.values())[:10]
+    for path in good:
+        shutil.copy(path, folder / path.name)
+    bombs = {png_bomb(folder / "bomb.png", 40_000, 40_000): "PNG header announces 40,000 x 40,000 = 1,600,000,000",
+             dicom_frames_bomb(folder / "frames.dcm", 4096, 4096, 64):
+                 "DICOM header announces 4,096 x 4,096 x 64 frames = 1,073,741,824",
+             tiff_bomb(folder / "bomb.tif", 40_000, 40_000): "TIFF header announces 40,000 x 40,000 = 1,600,000,000"}
+    out = tmp_path / "out"
+    assert main(["mine", str(folder), "--model", str(job_model), "--out", str(out), "--shard-size", "5",
+                 "--batch-size", "5", "--classes", "all", "--workers", "2", "--no-progress"]) == 0
+    assert "mined 13 images" in capsys.readouterr().out
+    rows = _rows(out)
+    assert sorted(r[0] for r in rows["images"]) == sorted(p.name for p in good)
+    errors = {r[1]: r for r in rows["errors"]}
+    assert sorted(errors) == sorted(str(path) for path in bombs)
+    for path, announced in bombs.items():
+        _, _, kind, message = errors[str(path)]
+        assert kind == "too_large"
+        assert message.startswith(f"{path}: too_large image (its {announced} pixels, more than the limit of "
+                                  "268,435,456; raise --max-pixels to mine it)"), message
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["identity"]["max_pixels"] == 1 << 28 and manifest["counts"]["errors"] == 3
+
+
+def test_a_full_disk_stops_with_one_line_readers_see_whole_shards_and_a_rerun_resumes(
+        reference, job_archive, job_model, tmp_path, monkeypatch, capsys):
+    """ENOSPC while the 4th shard's images part is written (after its errors and boxes parts): exit 74 and one
+    line naming OUT, the cause and what to do; at that moment the three folders hold whole shards whose rows
+    are the reference's; the same command then resumes and ends with exactly the reference's rows."""
+    root, _ = job_archive
+    out = tmp_path / "out"
+    real_write = miner.io._write_synced
+    images_parts = []
+
+    def write(path, data):
+        if path.parent.name == "images" and path.name.startswith(".part-"):
+            images_parts.append(path)
+            if len(images_parts) == 4:
+                with open(path, "wb") as f:
+                    f.write(data[: len(data) // 2])  # a full disk takes part of the data, then refuses
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(miner.io, "_write_synced", write)
+    command = ["mine", str(root), "--model", str(job_model), "--out", str(out), *OPTIONS]
+    assert main(command) == 74
+    err = capsys.readouterr().err.strip().splitlines()  # the job's information lines, then the error
+    failed = images_parts[3].name[1:-len(".tmp")]
+    assert err[-1] == (f"miner mine: error: {out}: cannot write the output: no space left on the device (writing "
+                       f"images/{failed}); 3 of 11 shards are complete in it and kept; free space and rerun the "
+                       "same command to resume")
+    assert sum("error" in line.lower() for line in err) == 1 and "Traceback" not in "\n".join(err)
+
+    # what a reader sees at this moment: the same three shards in every folder, nothing half-written
+    import pandas as pd
+
+    listing = {name: sorted(os.listdir(out / name)) for name in ("boxes", "errors", "images", "_shards")}
+    shards = [name[5:11] for name in listing["images"]]
+    assert len(shards) == 3 and failed[5:11] not in shards
+    assert listing["boxes"] == listing["errors"] == listing["images"] == [f"part-{k}.parquet" for k in shards]
+    assert listing["_shards"] == [f"{k}.json" for k in shards]
+    images, boxes = pd.read_parquet(out / "images"), pd.read_parquet(out / "boxes")
+    counts = boxes.groupby("image_id").size()
+    assert all(counts.get(i, 0) == n for i, n in zip(images["image_id"], images["boxes"]))  # each image's boxes
+    reference_rows = _rows(reference[0])
+    visible = set(images["image_id"]) | set(pd.read_parquet(out / "errors")["image_id"])
+    assert len(visible) == 3 * SHARD_SIZE
+    rows = _rows(out)
+    for name in ("boxes", "errors", "images"):
+        assert rows[name] == [r for r in reference_rows[name] if r[0] in visible]
+    run = json.loads((out / "_manifest.json").read_text())["runs"][-1]
+    assert run["status"] == "interrupted" and run["error"] == err[-1].split("error: ", 1)[1]
+
+    monkeypatch.setattr(miner.io, "_write_synced", real_write)  # space freed
+    assert main(command) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert _rows(out) == reference_rows
+    runs = json.loads((out / "_manifest.json").read_text())["runs"]
+    assert [(r["shards"], r["status"]) for r in runs] == [(11, "interrupted"), (8, "complete")]
 
 
 def _env(short_tmp: Path, name: str) -> dict[str, str]:
