@@ -370,3 +370,37 @@ class PaperConfig:
     steps: tuple[int, ...] = (1, 2, 3)
     iou_levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     table3_levels: tuple[float, ...] = (0.1, 0.3)
+
+
+# --- the report (miner.report, `miner report`; owner: report) --------------------------------------------
+
+
+@dataclass
+class ReportConfig:
+    """Defaults for `miner report OUT` (README "Reports").
+
+    A report holds at most ``(top + sample)`` thumbnails per finding, each linking to one full-size picture,
+    whatever the size of the job: with the defaults 16 of each per finding (224 for the 14 ChestX-ray14
+    findings), plus one plot per finding and a few on the index page.
+
+    Attributes:
+        top: per finding, the top-scoring boxes shown: the best box of each image, best images first.
+        sample: per finding, boxes drawn at random (uniformly, seeded) from the finding's other boxes.
+        seed: seed of the random sample (the same job gives the same report).
+        thumb_size: longer side of a thumbnail's panel in pixels (one panel; two with a model: H_f and CLEAR).
+        picture_size: longer side of each panel of the full-size pictures.
+        jpeg_quality: of thumbnails and pictures (JPEG).
+        max_errors: error rows listed in the report's table; the counts by kind always cover every row.
+        batch_size: images per model call when heatmaps are drawn (``--model``).
+        plot_dpi: resolution of the plots (matplotlib, PNG).
+    """
+
+    top: int = 8
+    sample: int = 8
+    seed: int = 0
+    thumb_size: int = 160
+    picture_size: int = 512
+    jpeg_quality: int = 85
+    max_errors: int = 200
+    batch_size: int = 16
+    plot_dpi: int = 80

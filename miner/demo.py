@@ -12,6 +12,8 @@
 4. **Pictures**: ``OUT/overlays/<image>.png`` as ``miner show`` draws them (image, fused heatmap H_f per
    finding, ground truth red, mined boxes green; multi-lesion images first), and
    ``OUT/overlays/attention_mining.png``, the heatmaps of every mining step as in the seed's Fig. 2.
+5. **Report**: ``OUT/report/index.html`` as ``miner report`` writes it (`miner.report.write_report`, with the
+   model's heatmaps and CLEAR pictures), to open in a browser.
 
 The embedded model (``miner/assets/default_model.pt``, described by ``default_model.json``) is reproduced by
 ``scripts/train_default_model.sh``.
@@ -34,7 +36,7 @@ from miner.errors import ModelError, UsageError
 ASSET_MODEL = "default_model.pt"
 ASSET_CARD = "default_model.json"
 #: what a demo writes into OUT (the job's own files are removed by `run_job(overwrite=True)`)
-DEMO_ITEMS = ("archive", "overlays", "evaluation.txt", "evaluation.json")
+DEMO_ITEMS = ("archive", "overlays", "evaluation.txt", "evaluation.json", "report")
 
 
 def assets_dir() -> Path:
@@ -76,6 +78,7 @@ class DemoResult:
     acc_iou03: dict[str, float]
     overlays: list[Path]
     seconds: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None  # OUT/report/index.html
 
     def line(self) -> str:
         """The one-line summary printed at the end of ``miner demo``."""
@@ -86,7 +89,8 @@ class DemoResult:
                 f"{self.processed} mined on Ray in {self.seconds.get('mine', 0):.1f} s: {self.boxes} boxes, "
                 f"{self.errors} error rows; mean Acc at T(IoU)=0.3 (Wang AFP bounds) {mean:.2f} over {len(accs)} "
                 f"findings; total {self.seconds.get('total', 0):.1f} s -> {self.out}/ (boxes/ errors/ images/ "
-                f"_manifest.json evaluation.txt overlays/)")
+                f"_manifest.json evaluation.txt overlays/)"
+                + (f"; report: {self.report}" if self.report else ""))
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
@@ -297,7 +301,7 @@ def run_demo(
                          f"({', '.join(_phantom_findings())})")
 
     t0 = time.perf_counter()
-    log(f"[1/4] phantom archive: {cfg.images} images of {size}x{size}, seed {cfg.seed} -> {out / 'archive'}")
+    log(f"[1/5] phantom archive: {cfg.images} images of {size}x{size}, seed {cfg.seed} -> {out / 'archive'}")
     make_phantoms(out / "archive", images=cfg.images, size=size, seed=cfg.seed, findings=findings,
                   progress=progress)
     bad: dict[str, str] = {}
@@ -308,7 +312,7 @@ def run_demo(
     seconds["phantoms"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    log(f"[2/4] miner mine on Ray with {model_path.name} ({meta.arch or 'model'}, {meta.method}, "
+    log(f"[2/5] miner mine on Ray with {model_path.name} ({meta.arch or 'model'}, {meta.method}, "
         f"{len(meta.classes)} findings, T={cfg.steps}) -> {out}/boxes, errors, images, _manifest.json")
     mining = replace(MiningConfig(), steps=cfg.steps)
     box_config = BoxConfig()
@@ -321,22 +325,30 @@ def run_demo(
     seconds["mine"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    log(f"[3/4] evaluation (miner eval) -> {out / 'evaluation.txt'}, {out / 'evaluation.json'}")
+    log(f"[3/5] evaluation (miner eval) -> {out / 'evaluation.txt'}, {out / 'evaluation.json'}")
     report = evaluate(out, archive, classes=tuple(meta.classes))
     log((out / "evaluation.txt").read_text().rstrip())
     seconds["evaluate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    log(f"[4/4] overlays (miner show) -> {out / 'overlays'}")
+    log(f"[4/5] overlays (miner show) -> {out / 'overlays'}")
     overlays = draw_overlays(out, archive, model_path, count=cfg.overlays, mining=mining, boxes=box_config)
     seconds["overlays"] = time.perf_counter() - t0
+
+    from miner.report import write_report
+
+    t0 = time.perf_counter()
+    log(f"[5/5] report (miner report) -> {out / 'report' / 'index.html'}")
+    written = write_report(out, archive=out / "archive", model=model_path)
+    log(f"      {written.line()}")
+    seconds["report"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
 
     acc = {c["finding"]: c["acc"] for c in report["cells"] if c["metric"] == "iou" and abs(c["threshold"] - 0.3) < 1e-9}
     return DemoResult(out=out, model=model_path, images=summary.images, processed=summary.processed,
                       errors=summary.errors, boxes=summary.boxes, multi_lesion=report["multi_lesion_images"],
                       acc_iou03={k: (math.nan if v is None else float(v)) for k, v in acc.items()},
-                      overlays=overlays, seconds=seconds)
+                      overlays=overlays, seconds=seconds, report=written.index)
 
 
 def _plain(config: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ VERBS: dict[str, str] = {
     "train": "miner.cli.train",
     "eval": "miner.cli.eval",
     "show": "miner.cli.show",
+    "report": "miner.cli.report",
     "bench": "miner.cli.bench",
     "export": "miner.cli.export",
     "mine": "miner.cli.mine",

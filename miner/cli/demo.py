@@ -13,7 +13,8 @@ the boxes as `miner eval` does (Acc-AFP per finding with Wang et al.'s AFP bound
 and draw overlays as `miner show` does, plus the heatmaps of every attention-mining step (the seed's Fig. 2).
 
 Writes OUT/boxes/, OUT/errors/, OUT/images/, OUT/_manifest.json (the job's output contract),
-OUT/evaluation.txt, OUT/evaluation.json and OUT/overlays/*.png. The model defaults to the one embedded in
+OUT/evaluation.txt, OUT/evaluation.json, OUT/overlays/*.png and the report OUT/report/index.html
+(miner report). The model defaults to the one embedded in
 the package (trained on phantoms by scripts/train_default_model.sh); --model takes any checkpoint, ONNX graph
 or engine that `miner mine` takes.
 """
