@@ -1,7 +1,6 @@
 """CLEAR pictures (Kumar et al.): dominant class as hue, its response as value, on hand-made class maps."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
