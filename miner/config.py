@@ -61,6 +61,27 @@ class JobConfig:
     max_pixels: int = MAX_PIXELS
 
 
+# --- archives (miner.data.read_archive; owner: data) -----------------------------------------------------
+
+
+#: CheXpert's uncertain labels (`ArchiveConfig.uncertain`)
+UNCERTAIN_POLICIES: tuple[str, ...] = ("ignore", "zeros", "ones")
+
+
+@dataclass
+class ArchiveConfig:
+    """Choices that some archive kinds need when they are read (`miner.data.read_archive`).
+
+    Attributes:
+        uncertain: CheXpert's uncertain label (``-1``): ``ones`` (positive, U-Ones), ``zeros`` (negative, U-Zeros)
+            or ``ignore`` (U-Ignore: the label is unknown: `Record.unknown`; such a finding gets no boxes under
+            ``--classes labels`` and is left out of `miner eval`'s label scores). Blank means not mentioned:
+            negative under every policy.
+    """
+
+    uncertain: str = "ignore"
+
+
 # --- phantom archives (miner.data.phantoms, `miner phantoms`; owner: data) -----------------------------
 
 

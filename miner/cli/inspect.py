@@ -7,7 +7,9 @@ import sys
 
 HELP = "summarise an archive: counts per finding and split, boxes, image sizes, missing or unreadable files"
 DESCRIPTION = (
-    "Read an archive (release folder, Data_Entry CSV, CSV/Parquet manifest or image folder) and print images per "
+    "Read an archive (release folder, Data_Entry CSV, the label file or folder of VinDr-CXR, RSNA Pneumonia, "
+    "SIIM-ACR, CheXpert, PadChest or Google's relabels, CSV/Parquet manifest, or image folder): what kind it is and "
+    "what its label files hold (readers, uncertainty policy, masks, ...), then images per "
     "finding and split, No Finding images, boxes per finding, image sizes (from file headers) and every file that "
     "is missing, empty, truncated, corrupt or of an unsupported format. Exits 0 when bad files are found (they are "
     "listed); 1 when the archive itself cannot be read."
@@ -15,6 +17,8 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from miner.config import UNCERTAIN_POLICIES
+
     parser.add_argument("archive", metavar="ARCHIVE", help="release folder, Data_Entry CSV, manifest or image folder")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.add_argument("--deep", action="store_true",
@@ -23,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check only N files drawn at random (counts still cover the whole archive)")
     parser.add_argument("--workers", type=int, default=8, help="threads checking files (default 8)")
     parser.add_argument("--classes", default=None,
-                        help="comma-separated class list (default: the archive's classes.txt, else ChestX-ray14)")
+                        help="comma-separated class list (default: the archive's classes.txt, else ChestX-ray14; "
+                             "for the other archive kinds the vocabulary findings they name)")
+    parser.add_argument("--uncertain", default=None, choices=UNCERTAIN_POLICIES,
+                        help="CheXpert's uncertain labels: ignore (unknown), zeros or ones (default: ignore)")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -33,13 +40,34 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+#: labels outside the class list listed one per row (PadChest has about 150 such terms; the rest are summed up)
+MAX_OTHER_ROWS = 10
+
+
 def format_report(report: dict) -> str:
-    out = [f"archive {report['archive']} ({report['source']}): {report['images']} images, "
+    out = [f"archive {report['archive']} ({report.get('kind', report['source'])}): {report['images']} images, "
            f"{report['boxes']} boxes on {report['images_with_boxes']} images"]
+    if report.get("label_files"):
+        out.append("label files: " + ", ".join(report["label_files"]))
+    for key, value in (report.get("details") or {}).items():
+        shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+        out.append(f"{key}: {shown}")
+    if report.get("masks"):
+        out.append(f"run-length masks: {report['masks']} image-findings (PxAP in miner eval --model)")
+    if report.get("unknown_labels"):
+        out.append(f"unknown labels (left out of label scores): {report['unknown_labels']}")
     splits = list(report["splits"])
     if report["labelled"]:
+        classes = set(report.get("classes") or [])
+        inside = [(n, v) for n, v in report["findings"].items() if n in classes or v["boxes"]]
+        others = [(n, v) for n, v in report["findings"].items() if not (n in classes or v["boxes"])]
+        others.sort(key=lambda item: -item[1]["images"])
         rows = [[name, v["images"], *(v.get(s, 0) for s in splits), v["boxes"], v["images_with_boxes"]]
-                for name, v in report["findings"].items()]
+                for name, v in inside + others[:MAX_OTHER_ROWS]]
+        if len(others) > MAX_OTHER_ROWS:
+            rest = others[MAX_OTHER_ROWS:]
+            rows.append([f"({len(rest)} more labels outside the class list)", sum(v["images"] for _, v in rest),
+                         *("" for _ in splits), "", ""])
         nf = report["no_finding"]
         rows.append(["No Finding", nf["images"], *(nf.get(s, 0) for s in splits), "", ""])
         rows.append(["(all images)", report["images"], *(report["splits"][s] for s in splits), report["boxes"],
@@ -82,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    archive = read_archive(args.archive, classes=classes)
+    from miner.config import ArchiveConfig
+
+    config = ArchiveConfig() if args.uncertain is None else ArchiveConfig(uncertain=args.uncertain)
+    archive = read_archive(args.archive, classes=classes, config=config)
     report = survey_archive(archive, deep=args.deep, sample=args.sample, workers=args.workers,
                             progress=sys.stderr.isatty() and not args.json)
     if args.json:

@@ -1,13 +1,17 @@
 """`read_archive`: an archive of labelled images as records, boxes and a class list.
 
-Three kinds of input are accepted (see `read_archive`):
+These kinds of input are accepted (see `read_archive`):
 
 1. the ChestX-ray14 release layout (`miner.data.nih`), as a folder or as the path of its Data_Entry file;
-2. a manifest: CSV (plain or ``.csv.gz``) or Parquet with one row per image and a path column;
-3. a plain folder of images (searched recursively; unlabelled).
+2. the archives of `miner.data.kinds`, recognised from their label files: VinDr-CXR, RSNA Pneumonia,
+   SIIM-ACR Pneumothorax, CheXpert, PadChest and Google's ChestX-ray14 relabels (findings in the one vocabulary
+   of `miner.findings`);
+3. a manifest: CSV (plain or ``.csv.gz``) or Parquet with one row per image and a path column;
+4. a plain folder of images (searched recursively; unlabelled).
 
-The class list is, in order of precedence: the ``classes`` argument; a ``classes.txt`` in the archive's
-root (one finding per line, ``#`` comments allowed); the 14 ChestX-ray14 findings (`miner.findings.CHESTXRAY14`).
+For the release, a manifest and a folder the class list is, in order of precedence: the ``classes`` argument; a
+``classes.txt`` in the archive's root (one finding per line, ``#`` comments allowed); the 14 ChestX-ray14 findings
+(`miner.findings.CHESTXRAY14`). The other kinds default to the vocabulary findings they can name.
 """
 from __future__ import annotations
 
@@ -16,13 +20,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from miner.data import nih
 from miner.data.image import IMAGE_SUFFIXES
 from miner.data.records import GroundTruthBox, Record
-from miner.errors import ArchiveError
+from miner.errors import ArchiveError, UsageError
 from miner.findings import CHESTXRAY14, canonical
 
 CLASSES_FILE = "classes.txt"
@@ -50,7 +55,14 @@ class Archive:
             Layout: ``masks/<image stem>_<Finding>.png``, 8-bit, 255 on the finding's lesions.
         has_labels: False for a plain image folder or a manifest without label columns (labels unknown,
             not "No Finding").
-        source: ``"release"``, ``"manifest"`` or ``"folder"``.
+        source: ``"release"``, ``"manifest"``, ``"folder"`` or an archive kind of `miner.data.kinds`
+            (``"vindr"``, ``"rsna"``, ``"siim"``, ``"chexpert"``, ``"padchest"``, ``"google"``).
+        exhaustive: readers looked at every image for boxes (VinDr-CXR, RSNA, SIIM): an image without a box
+            of a finding is a known negative for it. False for ChestX-ray14, whose box list covers 880 images.
+        mask_rle: run-length masks per (image_id, finding) (SIIM-ACR; `miner.data.rle`), on ``mask_size``.
+        mask_size: (H, W) of the run-length masks.
+        label_files: the files the labels were read from.
+        details: facts of this kind for ``miner inspect`` (readers, uncertainty policy, rows, ...).
     """
 
     root: Path
@@ -60,6 +72,11 @@ class Archive:
     masks_dir: Path | None = None
     has_labels: bool = True
     source: str = "release"
+    exhaustive: bool = False
+    mask_rle: dict[tuple[str, str], list[str]] | None = None
+    mask_size: tuple[int, int] | None = None
+    label_files: list[Path] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -75,6 +92,17 @@ class Archive:
                     out[n, c] = 1.0
         return out
 
+    def known_matrix(self) -> np.ndarray:
+        """np.ndarray[N, C] bool: False where record n's label of class c is unknown (`Record.unknown`)."""
+        index = {name: c for c, name in enumerate(self.classes)}
+        out = np.ones((len(self.records), len(self.classes)), dtype=bool)
+        for n, record in enumerate(self.records):
+            for label in record.unknown:
+                c = index.get(label)
+                if c is not None:
+                    out[n, c] = False
+        return out
+
     def subset(self, split: str) -> Archive:
         """The records of one split (``"train"`` or ``"test"``) and their boxes."""
         records = [r for r in self.records if r.split == split]
@@ -88,6 +116,10 @@ class Archive:
             out.setdefault(b.image_id, []).append(b)
         return out
 
+    def has_masks(self) -> bool:
+        """Whether the archive holds masks (a ``masks/`` folder or run-length masks)."""
+        return self.masks_dir is not None or bool(self.mask_rle)
+
     def mask_path(self, image_id: str, finding: str) -> Path | None:
         """``masks/<stem>_<finding>.png`` when the archive has masks and this one exists, else None."""
         if self.masks_dir is None:
@@ -96,9 +128,22 @@ class Archive:
         return path if path.is_file() else None
 
     def load_mask(self, image_id: str, finding: str) -> np.ndarray | None:
-        """np.ndarray[H, W] bool: the finding's pixels in this image, or None without a mask file."""
+        """np.ndarray[H, W] bool: the finding's pixels in this image, or None without a mask.
+
+        Run-length masks (SIIM-ACR) are decoded on `mask_size` and several masks of one image are joined.
+        """
         import cv2
 
+        if self.mask_rle is not None:
+            texts = self.mask_rle.get((image_id, finding))
+            if not texts:
+                return None
+            from miner.data.rle import rle_decode
+
+            mask = np.zeros(self.mask_size, dtype=bool)
+            for text in texts:
+                mask |= rle_decode(text, self.mask_size, where=f"{image_id} {finding}")
+            return mask
         path = self.mask_path(image_id, finding)
         if path is None:
             return None
@@ -183,7 +228,8 @@ def _read_release(root: Path, data_entry: Path, classes: Sequence[str] | None) -
     bbox = nih.find_file(root, nih.BBOX_LIST_NAME)
     boxes = nih.read_bbox_list(bbox) if bbox is not None else []
     return Archive(root=root, classes=class_list, records=records, boxes=boxes,
-                   masks_dir=_masks_dir(root), has_labels=True, source="release")
+                   masks_dir=_masks_dir(root), has_labels=True, source="release",
+                   label_files=[data_entry] + ([bbox] if bbox is not None else []))
 
 
 def _read_table(path: Path) -> tuple[list[str], list[dict[str, object]]]:
@@ -295,7 +341,7 @@ def _read_folder(root: Path, classes: Sequence[str] | None) -> Archive:
                    has_labels=False, source="folder")
 
 
-def read_archive(path: str | Path, *, classes: Sequence[str] | None = None) -> Archive:
+def read_archive(path: str | Path, *, classes: Sequence[str] | None = None, config: Any = None) -> Archive:
     """Read an archive's records, boxes and class list (image files are not opened).
 
     Args:
@@ -309,28 +355,46 @@ def read_archive(path: str | Path, *, classes: Sequence[str] | None = None) -> A
               either as a ``labels`` / ``Finding Labels`` column (``|``-separated, ``No Finding``) or as one
               column per finding (named like a class; values > 0, ``true`` or ``yes`` mean present). A
               ``BBox_List_2017.csv`` beside the manifest is read too;
+            - the label file of an archive kind in `miner.data.kinds` (VinDr-CXR, RSNA Pneumonia, SIIM-ACR,
+              CheXpert, PadChest, Google's relabels), or a folder holding it (its header decides the kind);
             - any other folder: every image file below it (PNG, JPEG, TIFF, DICOM), unlabelled.
         classes: the class list; default: ``classes.txt`` in the archive's root, else the 14 ChestX-ray14
-            findings. With the default list an unknown finding name is an error (a typo or a different
+            findings (for the kinds of `miner.data.kinds`: the vocabulary findings the archive names). With the
+            default list an unknown finding name in a release or manifest is an error (a typo or a different
             dataset); with a declared list, labels outside it are kept on the records but left out of
             `Archive.labels_matrix`.
+        config: `miner.config.ArchiveConfig` (CheXpert's uncertainty policy); None = the defaults.
 
     Raises:
         ArchiveError: a path that is not an archive, or a file that cannot be read as one.
     """
+    from miner.config import UNCERTAIN_POLICIES, ArchiveConfig
+    from miner.data import kinds
+
+    config = config or ArchiveConfig()
+    if config.uncertain not in UNCERTAIN_POLICIES:
+        raise UsageError(f"--uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {config.uncertain!r}")
     path = Path(path).expanduser()
     if not path.exists():
         raise ArchiveError(f"{path}: no such file or folder; give an archive folder or a manifest file")
     if path.is_file():
         if path.name.startswith("Data_Entry"):
             return _read_release(path.parent.resolve(), path, classes)
+        if kinds.is_label_file(path):
+            found = kinds.detect(path)
+            if found is not None:
+                return kinds.read_kind(found[0], found[1], classes=classes, config=config)
         if path.name.lower().endswith((".csv", ".csv.gz", ".parquet")):
             return _read_manifest(path, classes)
-        raise ArchiveError(f"{path}: not an archive; give a folder, a Data_Entry CSV or a CSV/Parquet manifest")
+        raise ArchiveError(f"{path}: not an archive; give a folder, a Data_Entry CSV, an archive's label file or "
+                           "a CSV/Parquet manifest")
     root = path.resolve()
     data_entry = nih.find_data_entry(root)
     if data_entry is not None:
         return _read_release(root, data_entry, classes)
+    found = kinds.detect(root)
+    if found is not None:
+        return kinds.read_kind(found[0], found[1], classes=classes, config=config)
     for name in MANIFEST_NAMES:
         if (root / name).is_file():
             return _read_manifest(root / name, classes)

@@ -64,9 +64,20 @@ class EntryRow:
 
 
 def open_text(path: Path):
-    """Open a text file, gunzipping ``*.gz``."""
+    """Open a text file, gunzipping ``*.gz`` and reading the one member of a ``*.zip`` (as Kaggle serves CSVs)."""
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    if path.suffix == ".zip":
+        import zipfile
+
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            raise ArchiveError(f"{path}: not a readable zip file") from None
+        members = [m for m in archive.namelist() if not m.endswith("/")]
+        if len(members) != 1:
+            raise ArchiveError(f"{path}: a zipped label file must hold exactly one file, found {len(members)}")
+        return io.TextIOWrapper(archive.open(members[0]), encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")
 
 

@@ -13,11 +13,13 @@ class Record:
         path: absolute path of the image file (not checked for existence when the archive is read).
         labels: canonical finding names (`miner.findings.canonical`), in the order the archive lists
             them; empty for ``No Finding`` (and for unlabelled archives, see `Archive.has_labels`).
-        split: ``"train"`` (ChestX-ray14's train_val list), ``"test"``, or None when the archive has no
-            split for it.
+        split: ``"train"`` (ChestX-ray14's train_val list), ``"test"``, another archive's own split name
+            (CheXpert ``"valid"``, Google's relabels ``"val"``), or None when the archive has no split for it.
         patient_id: the patient's id as the archive writes it (``"3"`` for ``00000003_000.png``), or None.
         follow_up: the follow-up index (``Follow-up #``), or None.
         view: the view position (``PA``/``AP``), or None.
+        unknown: findings whose label is not known for this image: left out of label-based scores (CheXpert's
+            uncertain ``-1`` under the ``ignore`` policy; every class of a PadChest row without labels).
     """
 
     image_id: str
@@ -27,6 +29,7 @@ class Record:
     patient_id: str | None = None
     follow_up: int | None = None
     view: str | None = None
+    unknown: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class GroundTruthBox:
     """One annotated box (BBox_List_2017.csv convention): x, y, w, h in original image pixels.
 
     ``x, y`` is the top-left corner, ``w, h`` the extent; the box covers ``[x, x + w) x [y, y + h)``.
+    ``reader`` names the radiologist who drew it where an archive keeps several readers' boxes (VinDr-CXR's
+    ``rad_id``), else None; `miner.metrics.readers` turns several readers' boxes into one ground truth.
     """
 
     image_id: str
@@ -42,6 +47,7 @@ class GroundTruthBox:
     y: float
     w: float
     h: float
+    reader: str | None = None
 
     @property
     def xyxy(self) -> tuple[float, float, float, float]:

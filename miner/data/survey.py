@@ -126,9 +126,17 @@ def survey_archive(
         if size is not None and (b.x < 0 or b.y < 0 or b.x + b.w > size[1] + 1e-6 or b.y + b.h > size[0] + 1e-6):
             outside += 1
     known = [s for s in sizes if s != "unknown"]
+    from miner.data.kinds import TITLES
+
     return {
         "archive": str(archive.root),
         "source": archive.source,
+        "kind": TITLES.get(archive.source, archive.source),
+        "label_files": [str(p) for p in archive.label_files],
+        "details": archive.details,
+        "exhaustive": archive.exhaustive,
+        "masks": len(archive.mask_rle or {}) if archive.mask_rle is not None else None,
+        "unknown_labels": sum(len(r.unknown) for r in records),
         "classes": list(archive.classes),
         "labelled": archive.has_labels,
         "images": len(records),

@@ -1,0 +1,176 @@
+"""Archive kinds beyond ChestX-ray14's release: recognised from the header of their label files.
+
+`read_archive` (`miner.data.archive`) asks `detect` which kind a folder or label file is. A folder is searched
+for label files at its top level (``*.csv``, ``*.csv.gz``, ``*.csv.zip``); a file's first line decides its
+kind: every column of `ArchiveKind.columns` must be in it. Each kind's reader is the module named in
+`ArchiveKind.module`, exposing ``read(files, *, classes, config) -> Archive``.
+
+| kind | label file | images |
+|---|---|---|
+| ``vindr`` (VinDr-CXR) | ``train.csv`` (Kaggle) or ``annotations_train.csv`` / ``annotations_test.csv`` (PhysioNet) | ``train/<image_id>.dicom`` (``test/`` for a test file) beside the label file or its folder |
+| ``rsna`` (RSNA Pneumonia Detection) | ``stage_2_train_labels.csv`` | ``stage_2_train_images/<patientId>.dcm`` |
+| ``siim`` (SIIM-ACR Pneumothorax) | ``train-rle.csv`` | ``<SOPInstanceUID>.dcm`` anywhere below the label file's folder |
+| ``chexpert`` (CheXpert) | ``train.csv``, ``valid.csv`` | the ``Path`` column, relative to the folder that holds ``CheXpert-v1.0*/`` |
+| ``padchest`` (PadChest) | ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` | ``<ImageDir>/<ImageID>`` |
+| ``google`` (Google's ChestX-ray14 relabels) | ``google2019_nih-chest-xray-labels.csv`` or ``four_findings_expert_labels_{test,validation}_labels.csv`` | ChestX-ray14's ``images/`` (or ``images_*/images/``) |
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from miner.data import nih
+from miner.errors import ArchiveError
+from miner.findings import archive_classes, canonical
+
+LABEL_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".csv.zip")
+
+
+@dataclass(frozen=True)
+class ArchiveKind:
+    """One archive kind: how its label file is recognised and which module reads it.
+
+    Attributes:
+        name: the key (`Archive.source`, `miner.findings.ARCHIVE_FINDINGS`).
+        title: the archive's published name.
+        columns: header columns (compared stripped) that every label file of this kind has.
+        module: the reader module (``read(files, *, classes, config) -> Archive``).
+        exhaustive: readers looked at every image for boxes, so an image without a box of a finding is a
+            negative for it (`miner eval`'s ``--negatives auto``).
+    """
+
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    module: str
+    exhaustive: bool = False
+
+
+KINDS: tuple[ArchiveKind, ...] = (
+    ArchiveKind("vindr", "VinDr-CXR", ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max"),
+                "miner.data.vindr", exhaustive=True),
+    ArchiveKind("rsna", "RSNA Pneumonia Detection", ("patientId", "x", "y", "width", "height", "Target"),
+                "miner.data.rsna", exhaustive=True),
+    ArchiveKind("siim", "SIIM-ACR Pneumothorax", ("ImageId", "EncodedPixels"), "miner.data.siim", exhaustive=True),
+    ArchiveKind("chexpert", "CheXpert", ("Path", "Frontal/Lateral", "No Finding"), "miner.data.chexpert"),
+    ArchiveKind("padchest", "PadChest", ("ImageID", "ImageDir", "Labels"), "miner.data.padchest"),
+    ArchiveKind("google", "Google ChestX-ray14 relabels",
+                ("Image Index", "Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"),
+                "miner.data.google"),
+)
+BY_NAME: dict[str, ArchiveKind] = {k.name: k for k in KINDS}
+#: display names of every `Archive.source`
+TITLES: dict[str, str] = {"release": "ChestX-ray14 release", "manifest": "manifest", "folder": "image folder",
+                          **{k.name: k.title for k in KINDS}}
+
+
+def is_label_file(path: Path) -> bool:
+    return path.name.lower().endswith(LABEL_SUFFIXES)
+
+
+def header(path: Path) -> list[str]:
+    """The stripped column names of a CSV's first line (plain, gzipped or zipped)."""
+    try:
+        with nih.open_text(path) as f:
+            first = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, EOFError) as err:
+        raise ArchiveError(f"{path}: cannot read its first line ({err})") from None
+    return [c.strip() for c in first]
+
+
+def kind_of(path: Path) -> ArchiveKind | None:
+    """The kind whose columns the label file's header holds, or None."""
+    names = set(header(path))
+    for kind in KINDS:
+        if set(kind.columns) <= names:
+            return kind
+    return None
+
+
+def detect(path: Path) -> tuple[ArchiveKind, list[Path]] | None:
+    """(kind, label files) of a label file or of a folder's top-level label files; None if none matches.
+
+    Raises:
+        ArchiveError: a folder holding label files of two kinds (the user must name one).
+    """
+    if path.is_file():
+        kind = kind_of(path)
+        return (kind, [path]) if kind is not None else None
+    found: dict[str, list[Path]] = {}
+    for candidate in sorted(p for p in path.iterdir() if p.is_file() and is_label_file(p)):
+        kind = kind_of(candidate)
+        if kind is not None:
+            found.setdefault(kind.name, []).append(candidate)
+    if not found:
+        return None
+    if len(found) > 1:
+        listing = "; ".join(f"{BY_NAME[k].title}: {', '.join(p.name for p in v)}" for k, v in found.items())
+        raise ArchiveError(f"{path}: holds label files of several archives ({listing}); give the path of the "
+                           "label file to read")
+    name, files = next(iter(found.items()))
+    return BY_NAME[name], files
+
+
+def read_kind(kind: ArchiveKind, files: Sequence[Path], *, classes: Sequence[str] | None, config) -> object:
+    """Run `kind`'s reader on its label files (returns a `miner.data.archive.Archive`)."""
+    module = importlib.import_module(kind.module)
+    return module.read([Path(f).resolve() for f in files], classes=classes, config=config)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers the readers share
+
+
+def class_list(kind: str, classes: Sequence[str] | None) -> tuple[str, ...]:
+    """The declared class list (canonical spelling), else every vocabulary finding the archive can name."""
+    if classes is None:
+        return archive_classes(kind)
+    names = tuple(canonical(c) for c in classes)
+    if not names or len(set(names)) != len(names):
+        raise ArchiveError(f"classes must be a non-empty list without repeats, got {list(classes)}")
+    return names
+
+
+def dict_rows(path: Path, required: Iterable[str]) -> Iterable[tuple[int, dict[str, str]]]:
+    """(line number, row with stripped column names and values) of a label CSV, after checking its header."""
+    with nih.open_text(path) as f:
+        reader = csv.reader(f)
+        names = [c.strip() for c in next(reader, [])]
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise ArchiveError(f"{path}: no {', '.join(repr(m) for m in missing)} column (found {names[:8]})")
+        width = len(names)
+        strip = str.strip
+        for line_no, row in enumerate(reader, start=2):
+            if len(row) <= 1 and not "".join(row).strip():
+                continue  # a blank line
+            if len(row) < width:
+                row = row + [""] * (width - len(row))
+            yield line_no, dict(zip(names, map(strip, row)))
+
+
+def stem_index(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    """stem -> file for the files of `folder` (not recursive) whose names end in one of `suffixes`."""
+    out: dict[str, Path] = {}
+    if not folder.is_dir():
+        return out
+    with os.scandir(folder) as it:
+        for entry in it:
+            name = entry.name
+            lower = name.lower()
+            for suffix in suffixes:
+                if lower.endswith(suffix):
+                    out.setdefault(name[: len(name) - len(suffix)], folder / name)
+                    break
+    return out
+
+
+def number(value: str, *, path: Path, line: int, column: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ArchiveError(f"{path}:{line}: {column} {value!r} is not a number") from None
