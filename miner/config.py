@@ -246,6 +246,18 @@ class EvalConfig:
         within_rank: order of the boxes of one rank in the list B: ``score`` (descending mean heat) or
             ``image`` (image order, the seed's literal listing).
         max_rank: boxes per image and finding that enter B (rank 1..max_rank).
+        readers: ground truth of an archive with several readers' boxes (VinDr-CXR; `miner.metrics.readers`):
+            ``fused`` (boxes of one image and finding that overlap at IoU >= ``fuse_iou`` across readers are one
+            lesion, its box the mean of theirs), ``any`` (every reader's box is a ground-truth box), or one
+            reader's id (``R8``: that reader's boxes only).
+        fuse_iou: IoU at which two readers' boxes are the same lesion under ``fused``.
+        min_readers: under ``fused``, keep lesions that at least this many distinct readers boxed.
+        negatives: which images count for a finding f in the COCO metrics: ``auto`` (the archive's convention:
+            ``all`` where readers saw every image for boxes (VinDr-CXR, RSNA, SIIM), else ``boxed``), ``all``
+            (every mined image; a box of f on an image without a ground-truth box of f is a false positive) or
+            ``boxed`` (only the images with a ground-truth box of f: ChestX-ray14's box list covers 880 of its
+            images, so the others are not known negatives).
+        coco_backend: ``faster-coco-eval`` (C++, the default) or ``pycocotools`` (the reference implementation).
     """
 
     iou_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -253,6 +265,11 @@ class EvalConfig:
     afp_bounds: str | None = None
     within_rank: str = "score"
     max_rank: int = 3
+    readers: str = "fused"
+    fuse_iou: float = 0.4
+    min_readers: int = 1
+    negatives: str = "auto"
+    coco_backend: str = "faster-coco-eval"
 
 
 # --- export and backends (miner.export, miner.backends, `miner export`; owner: export) ----------------

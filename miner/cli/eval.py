@@ -1,16 +1,19 @@
-"""`miner eval BOXES --gt BBOX_CSV`: the ChestX-ray14 localisation table (Acc-AFP per finding and level)."""
+"""`miner eval BOXES`: the ChestX-ray14 localisation table (Acc-AFP), COCO AP/AR per finding, label AUC."""
 from __future__ import annotations
 
 import argparse
 
-HELP = "evaluate mined boxes against ground-truth boxes: Acc-AFP per finding at T(IoU) and T(IoBB)"
+HELP = "evaluate mined boxes: Acc-AFP per finding at T(IoU) and T(IoBB), COCO AP/AP50/AR, image-level AUC"
 DESCRIPTION = (
     "Print Cai et al.'s Table 2 for BOXES (OUT, OUT/boxes, a .parquet file, or a BBox_List CSV) against the "
     "ground-truth boxes: per finding and level, the localisation accuracy and the average false positives per "
     "image of the ranked list B (all rank-1 boxes, then rank-2, then rank-3) taken until AFP reaches a bound "
-    "(Wang et al.'s AFP for T(IoU), from the seed's Table 2; none for T(IoBB), marked *). With --model and "
-    "--archive also MaxBoxAccV2 per finding, and PxAP where the archive has masks (Choe et al. 2020). "
-    "The definitions are in miner/metrics/localization.py."
+    "(Wang et al.'s AFP for T(IoU), from the seed's Table 2; none for T(IoBB), marked *). Then COCO detection "
+    "metrics per finding (AP over IoU 0.50:0.95, AP50, AP75, AR@1/10/100; faster-coco-eval or pycocotools), and, "
+    "where the archive has image labels and BOXES is a job's OUT, the AUC of the model's probabilities per "
+    "finding. With --model and --archive also MaxBoxAccV2 per finding, and PxAP where the archive has masks "
+    "(Choe et al. 2020). Ground truth: --gt, else --archive, else the archive recorded in OUT/_manifest.json. "
+    "The definitions are in miner/metrics/localization.py, coco.py, readers.py and auc.py."
 )
 
 
@@ -29,9 +32,12 @@ def _levels(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from miner.config import UNCERTAIN_POLICIES, EvalConfig
+
+    cfg = EvalConfig()
     parser.add_argument("boxes", metavar="BOXES", help="mined boxes: OUT, OUT/boxes, a .parquet file or a CSV")
     parser.add_argument("--gt", default=None, help="ground-truth boxes, BBox_List_2017.csv format (plain or .gz); "
-                                                   "default: the boxes of --archive")
+                                                   "default: the boxes of --archive (or of OUT's archive)")
     parser.add_argument("--json", default=None, help="also write every cell (and WSOL metrics) to this JSON file")
     parser.add_argument("--afp-bounds", default=None, help="AFP bounds file (JSON or CSV; see "
                                                            "miner/metrics/bounds.py) instead of the built-in ones")
@@ -39,13 +45,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iobb", default=None, help="T(IoBB) levels (default 0.1,0.25,0.5,0.75,0.9)")
     parser.add_argument("--within-rank", choices=("score", "image"), default="score",
                         help="order of one rank's boxes in B: by score (default) or by image name")
-    parser.add_argument("--max-rank", type=int, default=3, help="boxes per image and finding that enter B")
-    parser.add_argument("--findings", default=None, help="comma-separated findings (default: all with GT boxes)")
-    parser.add_argument("--model", default=None, help="checkpoint: also MaxBoxAccV2 (and PxAP with masks)")
-    parser.add_argument("--archive", default=None, help="archive with the images (needed with --model)")
-    parser.add_argument("--method", default=None, help="map method with --model (default cam / gradcam)")
-    parser.add_argument("--steps", type=int, default=None, help="attention-mining steps with --model (default 3)")
-    parser.add_argument("--size", type=int, default=None, help="model input side (default: the checkpoint's)")
+    parser.add_argument("--max-rank", type=int, default=3, help="boxes per image and finding that are scored")
+    parser.add_argument("--findings", default=None,
+                        help="comma-separated findings (default: those with GT boxes that the model knows)")
+    gt = parser.add_argument_group("ground truth")
+    gt.add_argument("--archive", default=None,
+                    help="the archive (its boxes, masks and labels; needed with --model; default: OUT's)")
+    gt.add_argument("--readers", default=cfg.readers,
+                    help="several readers' boxes (VinDr-CXR): fused (one box per lesion that readers' boxes "
+                         "overlapping at --fuse-iou share), any (every reader's box) or a reader id such as R8 "
+                         "(default: %(default)s)")
+    gt.add_argument("--fuse-iou", type=float, default=cfg.fuse_iou,
+                    help="IoU at which two readers' boxes are one lesion (default: %(default)s)")
+    gt.add_argument("--min-readers", type=int, default=cfg.min_readers,
+                    help="with --readers fused: lesions boxed by at least this many readers (default: %(default)s)")
+    gt.add_argument("--uncertain", default=None, choices=UNCERTAIN_POLICIES,
+                    help="CheXpert's uncertain labels when reading --archive (default: as the job read it, else "
+                         "ignore)")
+    coco = parser.add_argument_group("COCO metrics")
+    coco.add_argument("--negatives", default=cfg.negatives, choices=("auto", "all", "boxed"),
+                      help="images that count for a finding: all mined images (a box where the ground truth has "
+                           "none is a false positive), only those with its ground-truth boxes (boxed), or the "
+                           "archive's convention (auto: all for VinDr-CXR, RSNA, SIIM; boxed otherwise)")
+    coco.add_argument("--coco-backend", default=cfg.coco_backend, choices=("faster-coco-eval", "pycocotools"),
+                      help="the COCOeval implementation (default: %(default)s)")
+    coco.add_argument("--coco-dir", default=None, metavar="DIR",
+                      help="write the COCO ground truth (ground_truth.json) and detections (detections.json) "
+                           "that were scored")
+    wsol = parser.add_argument_group("WSOL metrics")
+    wsol.add_argument("--model", default=None, help="checkpoint: also MaxBoxAccV2 (and PxAP with masks)")
+    wsol.add_argument("--method", default=None, help="map method with --model (default cam / gradcam)")
+    wsol.add_argument("--steps", type=int, default=None, help="attention-mining steps with --model (default 3)")
+    wsol.add_argument("--size", type=int, default=None, help="model input side (default: the checkpoint's)")
+
+
+def _ground_truth(args, archive, cfg):
+    """(BoxTable of ground-truth boxes, where they came from)."""
+    from miner.metrics import BoxTable
+    from miner.metrics.localization import read_bbox_csv
+    from miner.metrics.readers import fuse_readers, readers_of
+
+    if args.gt:
+        return read_bbox_csv(args.gt), args.gt
+    if archive is None:
+        return None, None
+    boxes = archive.boxes
+    source = f"{archive.root} ({len(boxes)} boxes)"
+    if readers_of(boxes):
+        boxes = fuse_readers(boxes, rule=cfg.readers, fuse_iou=cfg.fuse_iou, min_readers=cfg.min_readers)
+        source += f"; readers {cfg.readers}" + (f" at IoU {cfg.fuse_iou:g}, >= {cfg.min_readers} readers"
+                                                if cfg.readers == "fused" else "") + f" -> {len(boxes)} boxes"
+    return BoxTable.from_columns([b.image_id for b in boxes], [b.finding for b in boxes], [b.x for b in boxes],
+                                 [b.y for b in boxes], [b.w for b in boxes], [b.h for b in boxes]), source
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,55 +104,134 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from miner.config import EvalConfig
+    import numpy as np
+
+    from miner.config import ArchiveConfig, EvalConfig
     from miner.errors import UsageError
     from miner.findings import canonical
-    from miner.metrics import BoxTable, default_bounds, format_table, load_bounds, localization_table
-    from miner.metrics.localization import read_bbox_csv, read_boxes, results_json
+    from miner.metrics import default_bounds, format_table, load_bounds, localization_table
+    from miner.metrics.localization import read_boxes, results_json
+    from miner.output import is_output, read_output
 
     cfg = EvalConfig()
     cfg = replace(cfg, iou_thresholds=_levels(args.iou, cfg.iou_thresholds),
                   iobb_thresholds=_levels(args.iobb, cfg.iobb_thresholds), within_rank=args.within_rank,
-                  max_rank=args.max_rank, afp_bounds=args.afp_bounds)
+                  max_rank=args.max_rank, afp_bounds=args.afp_bounds, readers=args.readers, fuse_iou=args.fuse_iou,
+                  min_readers=args.min_readers, negatives=args.negatives, coco_backend=args.coco_backend)
     if args.max_rank < 1:
         raise UsageError(f"--max-rank must be at least 1, got {args.max_rank}")
+    boxes_path = Path(args.boxes)
+    output = None
+    if boxes_path.exists() and (is_output(boxes_path) or is_output(boxes_path.parent)):
+        output = read_output(boxes_path)
     archive = None
-    if args.archive:
+    if output is not None and (args.archive or not args.gt):
+        archive = output.archive(path=args.archive, uncertain=args.uncertain)
+    elif args.archive:
         from miner.data import read_archive
 
-        archive = read_archive(args.archive)
-    if args.gt:
-        gt = read_bbox_csv(args.gt)
-    elif archive is not None:
-        b = archive.boxes
-        gt = BoxTable.from_columns([x.image_id for x in b], [x.finding for x in b], [x.x for x in b],
-                                   [x.y for x in b], [x.w for x in b], [x.h for x in b])
-    else:
-        raise UsageError("give --gt BBOX_CSV (or --archive with a BBox_List_2017.csv)")
-    if len(gt) == 0:
-        raise UsageError("the ground truth holds no boxes")
+        archive = read_archive(args.archive, config=ArchiveConfig(uncertain=args.uncertain or
+                                                                  ArchiveConfig.uncertain))
+    gt, gt_source = _ground_truth(args, archive, cfg)
+    if gt is None:
+        raise UsageError("give --gt BBOX_CSV, --archive ARCHIVE, or a job's OUT (its manifest names the archive)")
     pred = read_boxes(args.boxes)
-    bounds = load_bounds(args.afp_bounds) if args.afp_bounds else default_bounds()
-    findings = None
+    # the images that count: those that went through the model (OUT), else the archive's, else any named
+    if output is not None:
+        universe = list(output.image_ids)
+    elif archive is not None:
+        universe = [r.image_id for r in archive.records]
+    else:
+        universe = list(dict.fromkeys([*map(str, gt.image_id), *map(str, pred.image_id)]))
+    inside = np.isin(gt.image_id.astype(str), np.asarray(universe, dtype=str))
+    gt = type(gt)(*(getattr(gt, f)[inside] for f in ("image_id", "finding", "x", "y", "w", "h", "rank", "score")))
+    model_classes = tuple(output.classes) if output is not None else ()
     if args.findings:
         findings = [canonical(f) for f in args.findings.split(",") if f.strip()]
-    results = localization_table(pred, gt, config=cfg, bounds=bounds, findings=findings)
-    images = len(set(gt.image_id))
-    print(f"{len(pred)} mined boxes vs {len(gt)} ground-truth boxes on {images} images; cells Acc-AFP; "
-          f"bounds: {bounds.source} (* = no bound: every box of B)")
-    print(format_table(results))
-    report: dict = {"boxes": str(args.boxes), "bounds": bounds.source, "config": {
+    else:
+        present = list(dict.fromkeys(map(str, gt.finding)))
+        findings = [f for f in present if not model_classes or f in model_classes]
+        from miner.findings import VOCABULARY
+
+        findings.sort(key=lambda f: (VOCABULARY.index(f) if f in VOCABULARY else len(VOCABULARY), f))
+    report: dict = {"boxes": str(args.boxes), "ground_truth": gt_source, "images": len(universe), "config": {
         "iou_thresholds": list(cfg.iou_thresholds), "iobb_thresholds": list(cfg.iobb_thresholds),
-        "within_rank": cfg.within_rank, "max_rank": cfg.max_rank}, "cells": results_json(results)}
+        "within_rank": cfg.within_rank, "max_rank": cfg.max_rank, "readers": cfg.readers, "fuse_iou": cfg.fuse_iou,
+        "min_readers": cfg.min_readers}}
+    scored = False
+    if len(gt) and findings:
+        bounds = load_bounds(args.afp_bounds) if args.afp_bounds else default_bounds()
+        results = localization_table(pred, gt, config=cfg, bounds=bounds, findings=findings)
+        print(f"{len(pred)} mined boxes vs {len(gt)} ground-truth boxes on {len(set(gt.image_id))} images "
+              f"({gt_source}); cells Acc-AFP; bounds: {bounds.source} (* = no bound: every box of B)")
+        print(format_table(results))
+        report.update(bounds=bounds.source, cells=results_json(results))
+        report["coco"] = _coco(cfg, pred, gt, universe, findings, archive, output, args.coco_dir)
+        scored = True
+    elif len(gt):
+        print(f"no finding with ground-truth boxes is one the model knows ({', '.join(model_classes)}): "
+              "no box metrics")
+    if output is not None and archive is not None and archive.has_labels and model_classes:
+        auc = _auc(output, archive, findings if args.findings else None)
+        if auc:
+            report["auc"] = auc
+            scored = True
+    if not scored:
+        raise UsageError("nothing to score: the ground truth holds no boxes of the model's findings, and no image "
+                         "labels meet them (give --gt, --archive or --findings)")
 
     if args.model:
         if archive is None:
             raise UsageError("--model needs --archive (the images to compute the heatmaps of)")
-        report["wsol"] = _wsol(args, archive, gt, list(dict.fromkeys(r.finding for r in results)))
+        report["wsol"] = _wsol(args, archive, gt, findings)
     if args.json:
         Path(args.json).write_text(json.dumps(_finite(report), indent=1))
         print(f"wrote {args.json}")
     return 0
+
+
+def _coco(cfg, pred, gt, universe, findings, archive, output, coco_dir) -> dict:
+    """COCO metrics per finding (printed; returned for the JSON report)."""
+    import json
+    from pathlib import Path
+
+    from miner.metrics.coco import (coco_detections, coco_ground_truth, evaluate_coco, format_coco, mean_result,
+                                    results_json)
+
+    convention = cfg.negatives
+    if convention == "auto":
+        convention = "all" if archive is not None and archive.exhaustive else "boxed"
+    info = {"description": "miner eval: ground truth of the mined images", "negatives": convention,
+            "max_rank": cfg.max_rank}
+    dataset = coco_ground_truth(gt, universe, findings, sizes=output.sizes if output is not None else None, info=info)
+    detections = coco_detections(pred, dataset, max_rank=cfg.max_rank)
+    results = evaluate_coco(dataset, detections, convention=convention, backend=cfg.coco_backend)
+    how = ("every mined image counts (a box where the ground truth has none is a false positive)"
+           if convention == "all" else "only images with ground-truth boxes of the finding count")
+    print()
+    print(f"COCO detection metrics ({cfg.coco_backend}; IoU 0.50:0.95, area all; {how}):")
+    print(format_coco(results))
+    if coco_dir:
+        folder = Path(coco_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ground_truth.json").write_text(json.dumps(dataset))
+        (folder / "detections.json").write_text(json.dumps(detections))
+        print(f"wrote {folder / 'ground_truth.json'}, {folder / 'detections.json'}")
+    return {"negatives": convention, "backend": cfg.coco_backend, "findings": results_json(results),
+            "mean": results_json([mean_result(results)])[0]}
+
+
+def _auc(output, archive, findings) -> list[dict]:
+    from miner.metrics.auc import format_auc, label_auc, results_json
+
+    results = label_auc(output.probs, output.classes, output.image_ids, archive, findings=findings)
+    if not results:
+        return []
+    print()
+    print(f"image-level AUC of the model's probabilities against the archive's labels ({len(output.image_ids)} "
+          "mined images; unknown labels left out):")
+    print(format_auc(results))
+    return results_json(results)
 
 
 def _finite(value):

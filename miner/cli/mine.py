@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, fields, replace
 
-from miner.config import BoxConfig, JobConfig, MiningConfig
+from miner.config import UNCERTAIN_POLICIES, ArchiveConfig, BoxConfig, JobConfig, MiningConfig
 
 HELP = "mine a whole archive into Parquet boxes (Ray actors; resumable)"
 DESCRIPTION = """\
@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--max-pixels", type=int, default=_DEFAULTS["max_pixels"],
                       help="largest image, in pixels (height x width x frames) read from the file header before "
                            "decoding; larger files become 'too_large' error rows (default: %(default)s = 2^28)")
+    what.add_argument("--uncertain", default=ArchiveConfig.uncertain, choices=UNCERTAIN_POLICIES,
+                      help="CheXpert's uncertain (-1) labels: ignore (unknown: no boxes under --classes labels), "
+                           "zeros (negative) or ones (positive) (default: %(default)s)")
     scale = parser.add_argument_group("scale")
     scale.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"],
                        help="images per model call (default: %(default)s)")
@@ -105,6 +108,6 @@ def run(args: argparse.Namespace) -> int:
                       backend_options={"method": args.method, "layer": args.layer},
                       pipeline_options={"mining": asdict(mining), "boxes": asdict(boxes)},
                       address=args.address, num_cpus=args.num_cpus, overwrite=args.overwrite,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, archive_config=ArchiveConfig(uncertain=args.uncertain))
     print(summary.line(), flush=True)
     return 0

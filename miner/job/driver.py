@@ -108,7 +108,7 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
             backend_options: Mapping[str, Any] | None = None, pipeline_options: Mapping[str, Any] | None = None,
             address: str | None = None,
             num_cpus: int | None = None, overwrite: bool = False, progress: bool = True,
-            log: Callable[[str], None] | None = None) -> JobSummary:
+            log: Callable[[str], None] | None = None, archive_config: Any = None) -> JobSummary:
     """Mine every image of `archive` with `model` into the Parquet dataset `out` (DESIGN.md's output contract).
 
     Args:
@@ -126,6 +126,8 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
         overwrite: discard what `out` holds and start afresh.
         progress: show a progress bar on stderr.
         log: where to write the job's few information lines (default: stderr).
+        archive_config: how the archive is read (`miner.config.ArchiveConfig`: CheXpert's uncertainty policy);
+            recorded in the manifest so `miner eval` / `miner labels` read it the same way.
 
     Returns:
         A `JobSummary` (counts over the whole output, timings of this run).
@@ -146,7 +148,10 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
     if config.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1 (got {config.max_pixels})")
 
-    arch = read_archive(archive)
+    from miner.config import ArchiveConfig
+
+    archive_config = archive_config or ArchiveConfig()
+    arch = read_archive(archive, config=archive_config)
     records = arch.records
     if not records:
         raise UsageError(f"{archive}: the archive lists no images")
@@ -183,7 +188,8 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
             "updated": _now(),
             "identity": identity,
             "archive": {"path": str(Path(archive).expanduser().resolve()), "source": arch.source,
-                        "images": len(records), "has_labels": arch.has_labels},
+                        "images": len(records), "has_labels": arch.has_labels,
+                        "options": asdict(archive_config)},
             "model": {**(previous or {}).get("model", {}), "path": str(model_path), "sha256": model_sha,
                       "files": [f.name for f in model_files(model_path)]},
             "config": {**asdict(config), "backend_options": backend_options, "pipeline": pipeline_options},
