@@ -272,6 +272,23 @@ class EvalConfig:
     coco_backend: str = "faster-coco-eval"
 
 
+@dataclass
+class LabelsConfig:
+    """Pseudo-labels for detector training (`miner labels`, `miner.labels`).
+
+    Attributes:
+        min_score: keep boxes with ``score`` >= this (mean fused heatmap in the box, in [0, 1]).
+        max_rank: keep boxes of rank <= this (1 = the best box of an image and finding).
+        filtered: an image whose every box (of the exported findings) the score/rank filters removed:
+            ``skip`` (left out of the export: it shows a finding that would otherwise be taught as background)
+            or ``negative`` (written as an image without objects).
+    """
+
+    min_score: float = 0.0
+    max_rank: int = 3
+    filtered: str = "skip"
+
+
 # --- export and backends (miner.export, miner.backends, `miner export`; owner: export) ----------------
 
 

@@ -8,7 +8,9 @@
    ``OUT/errors``, ``OUT/images`` and ``OUT/_manifest.json``.
 3. **Evaluation**: ``miner eval``'s protocol (`miner.metrics.localization_table`) against the archive's
    ground-truth boxes, once with Wang et al.'s AFP bounds (the seed's Table 2) and once with every box of the
-   ranked list B (the seed's Table 3), written to ``OUT/evaluation.txt`` and ``OUT/evaluation.json``.
+   ranked list B (the seed's Table 3), written to ``OUT/evaluation.txt`` and ``OUT/evaluation.json``; and the
+   mined boxes as pseudo-labels (`miner.labels`, ``miner labels``) in both formats: ``OUT/labels/coco/`` and
+   ``OUT/labels/yolo/``.
 4. **Pictures**: ``OUT/overlays/<image>.png`` as ``miner show`` draws them (image, fused heatmap H_f per
    finding, ground truth red, mined boxes green; multi-lesion images first), and
    ``OUT/overlays/attention_mining.png``, the heatmaps of every mining step as in the seed's Fig. 2.
@@ -328,6 +330,10 @@ def run_demo(
     log(f"[3/5] evaluation (miner eval) -> {out / 'evaluation.txt'}, {out / 'evaluation.json'}")
     report = evaluate(out, archive, classes=tuple(meta.classes))
     log((out / "evaluation.txt").read_text().rstrip())
+    from miner.labels import export_labels
+
+    for fmt in ("coco", "yolo"):  # pseudo-labels for a detector trainer, as `miner labels` writes them
+        log(f"      {export_labels(out, out / 'labels' / fmt, format=fmt, overwrite=True).line()}")
     seconds["evaluate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

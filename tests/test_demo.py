@@ -163,6 +163,25 @@ def test_demo_small(tmp_path, capsys):
     assert main(["demo", str(out), "--images", "30", "--overlays", "2", "--no-progress"]) == 0
     _check_demo(out, 30, capsys.readouterr().out)
     assert len(list((out / "overlays").glob("*.png"))) == 3
+    _check_pseudo_labels(out)
+
+
+def _check_pseudo_labels(out):
+    """The demo writes both pseudo-label formats: COCO with every box of the job, YOLO with one label file per
+    exported image; the 5 error rows are listed, not exported."""
+    from pycocotools.coco import COCO
+
+    boxes = ds.dataset(out / "boxes", format="parquet").to_table()
+    coco = COCO(str(out / "labels" / "coco" / "annotations.json"))
+    assert len(coco.getAnnIds()) == boxes.num_rows  # default filters keep every mined box
+    assert {c["name"] for c in coco.loadCats(coco.getCatIds())} == set(default_model_card()["classes"])
+    yolo = out / "labels" / "yolo"
+    linked = sorted(p.name for p in (yolo / "images").iterdir())
+    assert linked == sorted(e["file_name"].rsplit("/", 1)[-1] for e in coco.dataset["images"])
+    assert sorted(p.stem for p in (yolo / "labels").glob("*.txt")) == sorted(n.rsplit(".", 1)[0] for n in linked)
+    assert sum(len(p.read_text().splitlines()) for p in (yolo / "labels").glob("*.txt")) == boxes.num_rows
+    for folder in (out / "labels" / "coco", yolo):
+        assert len((folder / "errors.csv").read_text().splitlines()) == 1 + 5
 
 
 @pytest.mark.ray

@@ -20,6 +20,7 @@ VERBS: dict[str, str] = {
     "inspect": "miner.cli.inspect",
     "train": "miner.cli.train",
     "eval": "miner.cli.eval",
+    "labels": "miner.cli.labels",
     "show": "miner.cli.show",
     "report": "miner.cli.report",
     "bench": "miner.cli.bench",

@@ -1,0 +1,308 @@
+"""Pseudo-labels for detector training from a mining job's output (`miner labels`): COCO JSON or the YOLO layout.
+
+Boxes are kept when their ``score`` >= ``min_score`` and ``rank`` <= ``max_rank`` and their finding is exported.
+Each mined image (``OUT/images``) then falls in one of three groups:
+
+- **with boxes**: at least one kept box;
+- **negative** (an image without objects: no COCO annotation, an empty YOLO label file, as detector trainers
+  expect): the job gave it no box of an exported finding *and* the archive does not label it with one;
+- **left out**, listed with the reason in ``DIR/skipped.csv``: ``filtered`` (it had boxes, the score/rank filters
+  removed them all: it shows a finding, so it is no background example; ``--filtered negative`` writes these as
+  negatives instead), ``unboxed`` (labelled with an exported finding the job gave no box for) or ``unknown``
+  (its label of an exported finding is unknown, e.g. CheXpert's uncertain under ``--uncertain ignore``).
+
+Error rows (``OUT/errors``: files that did not decode) are left out and listed in ``DIR/errors.csv``.
+
+**COCO** (``DIR/annotations.json``, and ``DIR/annotations_<split>.json`` per split of the archive): ``images``
+with their original ``width`` / ``height`` from ``OUT/images`` and ``file_name`` relative to the archive's folder
+(``info.image_root``), ``categories`` = the exported findings (ids 1..K in the model's class order),
+``annotations`` with ``bbox`` = x, y, w, h in pixels, ``area``, ``iscrowd`` 0, and the mined ``score`` and
+``rank`` kept.
+
+**YOLO** (the Ultralytics layout): ``DIR/images/<name>`` symbolic links to the archive's files (nothing is copied),
+``DIR/labels/<name stem>.txt`` with one ``class cx cy w h`` line per box (normalised by the image's width and
+height, 6 decimals, clipped to the image), ``DIR/images.txt`` (every exported image) and ``DIR/<split>.txt`` per
+split, and ``DIR/data.yaml`` (``path``, ``train``, ``val``, ``nc``, ``names``). A name is the image id with ``/``
+replaced by ``__`` (CheXpert's ids are paths), its image suffix replaced by the file's own. DICOM archives
+(VinDr-CXR, RSNA, SIIM) link DICOM files, which a YOLO trainer must be able to decode (or convert them first).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from miner.config import LabelsConfig
+from miner.errors import UsageError
+
+FORMATS: tuple[str, ...] = ("coco", "yolo")
+FILTERED: tuple[str, ...] = ("skip", "negative")
+#: everything an export writes into DIR (removed first by ``overwrite``)
+WRITTEN = ("annotations.json", "images", "labels", "images.txt", "data.yaml", "errors.csv", "skipped.csv")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
+_SPLIT_ORDER = ("train", "val", "valid", "test")
+
+
+@dataclass
+class LabelsResult:
+    """What `export_labels` wrote: counts and files."""
+
+    format: str
+    to: Path
+    findings: tuple[str, ...]
+    images: int  # images exported (with boxes + negatives)
+    with_boxes: int
+    negatives: int
+    boxes: int
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> images left out
+    errors: int = 0
+    files: list[Path] = field(default_factory=list)
+
+    def line(self) -> str:
+        skipped = sum(self.skipped.values())
+        reasons = ", ".join(f"{k} {v}" for k, v in self.skipped.items() if v)
+        return (f"miner labels: {self.format} -> {self.to}: {self.images} images ({self.with_boxes} with boxes, "
+                f"{self.negatives} negatives), {self.boxes} boxes of {len(self.findings)} findings; {skipped} images "
+                f"left out" + (f" ({reasons}; skipped.csv)" if skipped else "")
+                + f"; {self.errors} error rows left out (errors.csv)")
+
+
+def file_name(image_id: str, path: str) -> str:
+    """The export's name of an image: the id with ``/`` -> ``__``, its image suffix replaced by the file's."""
+    flat = image_id.replace("\\", "/").replace("/", "__")
+    lower = flat.lower()
+    for suffix in _IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            flat = flat[: len(flat) - len(suffix)]
+            break
+    return flat + Path(path).suffix.lower()
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0]
+
+
+def _prepare(to: Path, overwrite: bool) -> None:
+    if to.exists() and not to.is_dir():
+        raise UsageError(f"--to: {to} exists and is not a folder; give a new folder")
+    if to.is_dir() and any(to.iterdir()):
+        if not overwrite:
+            raise UsageError(f"--to: {to} is not empty; give a new folder or pass --overwrite")
+        if not ((to / "annotations.json").is_file() or (to / "data.yaml").is_file()):
+            raise UsageError(f"--to: {to} holds no earlier export (annotations.json or data.yaml); --overwrite "
+                             "replaces only an export: give a new folder")
+        for child in to.iterdir():
+            if child.name in WRITTEN or child.name.startswith("annotations_") or child.suffix == ".txt":
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+    to.mkdir(parents=True, exist_ok=True)
+
+
+def export_labels(
+    out: str | Path,
+    to: str | Path,
+    *,
+    format: str,
+    findings: Sequence[str] | None = None,
+    config: LabelsConfig | None = None,
+    archive: str | Path | None = None,
+    overwrite: bool = False,
+) -> LabelsResult:
+    """Write the pseudo-labels of job output `out` into folder `to` (module docstring).
+
+    Args:
+        out: a finished job's output folder (``miner mine``'s OUT).
+        to: a new or empty folder (with `overwrite`, an earlier export is replaced).
+        format: ``coco`` or ``yolo``.
+        findings: exported findings (default: every class of the model), canonical or archive spelling.
+        config: `LabelsConfig` (min_score, max_rank, filtered).
+        archive: where the mined archive is now (default: the path recorded in OUT's manifest).
+    """
+    from miner.findings import canonical
+    from miner.metrics.localization import read_boxes
+    from miner.output import read_output
+
+    cfg = config or LabelsConfig()
+    if format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if cfg.filtered not in FILTERED:
+        raise UsageError(f"--filtered must be one of {', '.join(FILTERED)}, got {cfg.filtered!r}")
+    if cfg.max_rank < 1:
+        raise UsageError(f"--max-rank must be at least 1, got {cfg.max_rank}")
+    output = read_output(out)
+    status = output.manifest.get("status")
+    if status != "complete":
+        raise UsageError(f"{output.root}: the job is {status or 'unfinished'}, not complete; rerun the same "
+                         "miner mine command to finish it first")
+    classes = tuple(output.classes)
+    if findings:
+        chosen = [canonical(f) for f in findings]
+        unknown = [f for f in chosen if f not in classes]
+        if unknown:
+            raise UsageError(f"--findings: {', '.join(unknown)} not among the model's classes ({', '.join(classes)})")
+        exported = tuple(f for f in classes if f in set(chosen))
+    else:
+        exported = classes
+    arch = output.archive(path=archive)
+    records = {r.image_id: r for r in arch.records}
+    boxes = read_boxes(output.root)
+    in_export = np.isin(boxes.finding.astype(str), np.asarray(exported, dtype=str))
+    kept = in_export & (boxes.rank <= cfg.max_rank) & (np.nan_to_num(boxes.score, nan=-np.inf) >= cfg.min_score)
+    by_image: dict[str, list[int]] = {}
+    for n in np.flatnonzero(kept):
+        by_image.setdefault(str(boxes.image_id[n]), []).append(int(n))
+    had = set(map(str, boxes.image_id[in_export]))
+    exported_set = set(exported)
+
+    chosen_images: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    negatives = 0
+    for image_id in output.image_ids:
+        record = records.get(image_id)
+        if record is None:
+            raise UsageError(f"{output.root}: image {image_id} is not in the archive {arch.root}; pass --archive "
+                             "with the archive that was mined")
+        if image_id in by_image:
+            chosen_images.append(image_id)
+            continue
+        if image_id in had:
+            if cfg.filtered == "negative":
+                chosen_images.append(image_id)
+                negatives += 1
+            else:
+                skipped.append((image_id, "filtered"))
+            continue
+        if exported_set & set(record.unknown):
+            skipped.append((image_id, "unknown"))
+        elif exported_set & set(record.labels):
+            skipped.append((image_id, "unboxed"))
+        else:
+            chosen_images.append(image_id)
+            negatives += 1
+
+    to = Path(to).expanduser().resolve()
+    _prepare(to, overwrite)
+    files: list[Path] = []
+    if format == "coco":
+        files += _write_coco(to, output, arch, records, chosen_images, by_image, boxes, exported, cfg)
+    else:
+        files += _write_yolo(to, output, records, chosen_images, by_image, boxes, exported)
+    files.append(_write_csv(to / "errors.csv", ["image_id", "path", "kind", "error"],
+                            [[e["image_id"], e["path"], e["kind"], e["error"]] for e in output.errors]))
+    files.append(_write_csv(to / "skipped.csv", ["image_id", "reason"], [list(s) for s in skipped]))
+    reasons = {"filtered": 0, "unboxed": 0, "unknown": 0}
+    for _, reason in skipped:
+        reasons[reason] += 1
+    return LabelsResult(format=format, to=to, findings=exported, images=len(chosen_images),
+                        with_boxes=len(chosen_images) - negatives, negatives=negatives,
+                        boxes=sum(len(by_image.get(i, ())) for i in chosen_images), skipped=reasons,
+                        errors=len(output.errors), files=files)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _splits(records: dict, images: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for image_id in images:
+        split = records[image_id].split
+        if split:
+            out.setdefault(split, []).append(image_id)
+    return dict(sorted(out.items(), key=lambda kv: (_SPLIT_ORDER.index(kv[0]) if kv[0] in _SPLIT_ORDER
+                                                    else len(_SPLIT_ORDER), kv[0])))
+
+
+def _write_coco(to, output, arch, records, images, by_image, boxes, exported, cfg) -> list[Path]:
+    root = Path(arch.root).resolve()
+    category = {name: k + 1 for k, name in enumerate(exported)}
+    info = {"description": "pseudo-labels mined by attention-miner (miner labels)", "out": str(output.root),
+            "model_sha256": output.manifest.get("model", {}).get("sha256"), "image_root": str(root),
+            "min_score": cfg.min_score, "max_rank": cfg.max_rank, "filtered": cfg.filtered}
+
+    def dataset(selected: Sequence[str]) -> dict:
+        out_images, annotations = [], []
+        for n, image_id in enumerate(selected, start=1):
+            record = records[image_id]
+            height, width = output.sizes[image_id]
+            path = Path(record.path)
+            try:
+                name = path.resolve().relative_to(root).as_posix()
+            except ValueError:
+                name = str(path)
+            out_images.append({"id": n, "file_name": name, "width": int(width), "height": int(height),
+                               "image_id": image_id, **({"split": record.split} if record.split else {})})
+            for b in by_image.get(image_id, ()):
+                x, y, w, h = (float(v) for v in boxes.xywh[b])
+                annotations.append({"id": len(annotations) + 1, "image_id": n,
+                                    "category_id": category[str(boxes.finding[b])], "bbox": [x, y, w, h],
+                                    "area": w * h, "iscrowd": 0, "score": float(boxes.score[b]),
+                                    "rank": int(boxes.rank[b])})
+        return {"info": info, "images": out_images, "annotations": annotations,
+                "categories": [{"id": k, "name": name, "supercategory": "finding"} for name, k in category.items()]}
+
+    written = [to / "annotations.json"]
+    written[0].write_text(json.dumps(dataset(images)))
+    for split, ids in _splits(records, images).items():
+        path = to / f"annotations_{split}.json"
+        path.write_text(json.dumps(dataset(ids)))
+        written.append(path)
+    return written
+
+
+def _write_yolo(to, output, records, images, by_image, boxes, exported) -> list[Path]:
+    index = {name: k for k, name in enumerate(exported)}
+    (to / "images").mkdir()
+    (to / "labels").mkdir()
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for image_id in images:
+        name = file_name(image_id, records[image_id].path)
+        if _stem(name) in taken:
+            raise UsageError(f"two images map to the export name {_stem(name)} (their ids differ only in '/' vs "
+                             "'__' or in the image suffix); rename one in the archive")
+        taken.add(_stem(name))
+        names[image_id] = name
+        os.symlink(os.path.abspath(records[image_id].path), to / "images" / name)
+        height, width = output.sizes[image_id]
+        lines = []
+        for b in by_image.get(image_id, ()):
+            x, y, w, h = (float(v) for v in boxes.xywh[b])
+            x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+            x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+            lines.append(f"{index[str(boxes.finding[b])]} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
+                         f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}\n")
+        (to / "labels" / f"{_stem(name)}.txt").write_text("".join(lines))
+    written = [to / "images.txt"]
+    written[0].write_text("".join(f"./images/{names[i]}\n" for i in images))
+    splits = _splits(records, images)
+    for split, ids in splits.items():
+        path = to / f"{split}.txt"
+        path.write_text("".join(f"./images/{names[i]}\n" for i in ids))
+        written.append(path)
+    train = "train.txt" if "train" in splits else "images.txt"
+    val = next((f"{s}.txt" for s in ("val", "valid", "test") if s in splits), "images.txt")
+    yaml = [
+        "# pseudo-labels mined by attention-miner (miner labels); images are links to the archive's files",
+        f"# from {output.root} (model sha256 {output.manifest.get('model', {}).get('sha256')})",
+        f"path: {json.dumps(str(to))}",
+        f"train: {train}",
+        f"val: {val}",
+        f"nc: {len(exported)}",
+        "names:",
+        *(f"  {k}: {json.dumps(name)}" for k, name in enumerate(exported)),
+    ]
+    (to / "data.yaml").write_text("\n".join(yaml) + "\n")
+    return [*written, to / "data.yaml", to / "labels", to / "images"]
