@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from miner.errors import UsageError
+
+if TYPE_CHECKING:
+    from miner.data.archive import Archive
 
 
 @dataclass
@@ -39,7 +42,7 @@ class JobOutput:
     probs: np.ndarray
     errors: list[dict[str, str]] = field(default_factory=list)
 
-    def archive(self, *, path: str | Path | None = None, uncertain: str | None = None) -> Any:
+    def archive(self, *, path: str | Path | None = None, uncertain: str | None = None) -> Archive:
         """The mined archive, read as the job read it: `path` overrides the recorded place (e.g. after a move),
         `uncertain` the recorded uncertainty policy."""
         from dataclasses import fields

@@ -17,10 +17,15 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from miner.data.records import Record
 from miner.errors import ArchiveError
 from miner.findings import ARCHIVE_FINDINGS
+
+if TYPE_CHECKING:
+    from miner.config import ArchiveConfig
+    from miner.data.archive import Archive
 
 VALUES = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": None}
 SPLITS = ("train", "valid", "test")
@@ -34,7 +39,7 @@ def image_base(label_file: Path, first_path: str) -> Path:
     return label_file.parent
 
 
-def read(files: Sequence[Path], *, classes: Sequence[str] | None, config) -> object:
+def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: ArchiveConfig) -> Archive:
     from miner.data.archive import Archive
     from miner.data.kinds import class_list, dict_rows
 

@@ -16,11 +16,16 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from miner.data import nih
 from miner.data.records import Record
 from miner.errors import ArchiveError
 from miner.findings import ARCHIVE_FINDINGS
+
+if TYPE_CHECKING:
+    from miner.config import ArchiveConfig
+    from miner.data.archive import Archive
 
 COLUMNS = tuple(ARCHIVE_FINDINGS["google"])
 _SPLIT_NAMES = {"val": "val", "validation": "val", "test": "test"}
@@ -35,7 +40,7 @@ def split_of_file(path: Path) -> str | None:
     return None
 
 
-def read(files: Sequence[Path], *, classes: Sequence[str] | None, config) -> object:
+def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: ArchiveConfig) -> Archive:
     from miner.data.archive import Archive
     from miner.data.kinds import class_list, dict_rows
 

@@ -5,14 +5,16 @@ for label files at its top level (``*.csv``, ``*.csv.gz``, ``*.csv.zip``); a fil
 kind: every column of `ArchiveKind.columns` must be in it. Each kind's reader is the module named in
 `ArchiveKind.module`, exposing ``read(files, *, classes, config) -> Archive``.
 
-| kind | label file | images |
-|---|---|---|
-| ``vindr`` (VinDr-CXR) | ``train.csv`` (Kaggle) or ``annotations_train.csv`` / ``annotations_test.csv`` (PhysioNet) | ``train/<image_id>.dicom`` (``test/`` for a test file) beside the label file or its folder |
-| ``rsna`` (RSNA Pneumonia Detection) | ``stage_2_train_labels.csv`` | ``stage_2_train_images/<patientId>.dcm`` |
-| ``siim`` (SIIM-ACR Pneumothorax) | ``train-rle.csv`` | ``<SOPInstanceUID>.dcm`` anywhere below the label file's folder |
-| ``chexpert`` (CheXpert) | ``train.csv``, ``valid.csv`` | the ``Path`` column, relative to the folder that holds ``CheXpert-v1.0*/`` |
-| ``padchest`` (PadChest) | ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` | ``<ImageDir>/<ImageID>`` |
-| ``google`` (Google's ChestX-ray14 relabels) | ``google2019_nih-chest-xray-labels.csv`` or ``four_findings_expert_labels_{test,validation}_labels.csv`` | ChestX-ray14's ``images/`` (or ``images_*/images/``) |
+- ``vindr`` (VinDr-CXR): ``train.csv`` (Kaggle) or ``annotations_train.csv`` / ``annotations_test.csv``
+  (PhysioNet); images ``train/<image_id>.dicom`` (``test/`` for a test file) beside the label file or its folder.
+- ``rsna`` (RSNA Pneumonia Detection): ``stage_2_train_labels.csv``; ``stage_2_train_images/<patientId>.dcm``.
+- ``siim`` (SIIM-ACR Pneumothorax): ``train-rle.csv``; ``<SOPInstanceUID>.dcm`` anywhere below its folder.
+- ``chexpert`` (CheXpert): ``train.csv``, ``valid.csv``; the ``Path`` column, relative to the folder that holds
+  ``CheXpert-v1.0*/``.
+- ``padchest`` (PadChest): ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv``; ``<ImageDir>/<ImageID>``.
+- ``google`` (Google's ChestX-ray14 relabels): ``google2019_nih-chest-xray-labels.csv`` or
+  ``four_findings_expert_labels_{test,validation}_labels.csv``; ChestX-ray14's ``images/`` (or
+  ``images_*/images/``).
 """
 from __future__ import annotations
 
@@ -22,10 +24,15 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from miner.data import nih
 from miner.errors import ArchiveError
 from miner.findings import archive_classes, canonical
+
+if TYPE_CHECKING:
+    from miner.config import ArchiveConfig
+    from miner.data.archive import Archive
 
 LABEL_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".csv.zip")
 
@@ -101,7 +108,7 @@ def detect(path: Path) -> tuple[ArchiveKind, list[Path]] | None:
         kind = kind_of(path)
         return (kind, [path]) if kind is not None else None
     found: dict[str, list[Path]] = {}
-    for candidate in sorted(p for p in path.iterdir() if p.is_file() and is_label_file(p)):
+    for candidate in sorted(p for p in path.iterdir() if is_label_file(p) and p.is_file()):
         kind = kind_of(candidate)
         if kind is not None:
             found.setdefault(kind.name, []).append(candidate)
@@ -115,7 +122,8 @@ def detect(path: Path) -> tuple[ArchiveKind, list[Path]] | None:
     return BY_NAME[name], files
 
 
-def read_kind(kind: ArchiveKind, files: Sequence[Path], *, classes: Sequence[str] | None, config) -> object:
+def read_kind(kind: ArchiveKind, files: Sequence[Path], *, classes: Sequence[str] | None,
+              config: ArchiveConfig) -> Archive:
     """Run `kind`'s reader on its label files (returns a `miner.data.archive.Archive`)."""
     module = importlib.import_module(kind.module)
     return module.read([Path(f).resolve() for f in files], classes=classes, config=config)

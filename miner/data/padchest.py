@@ -17,10 +17,15 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from miner.data.records import Record
 from miner.errors import ArchiveError
 from miner.findings import archive_finding
+
+if TYPE_CHECKING:
+    from miner.config import ArchiveConfig
+    from miner.data.archive import Archive
 
 
 def parse_labels(text: str, *, where: str) -> list[str]:
@@ -34,7 +39,7 @@ def parse_labels(text: str, *, where: str) -> list[str]:
     return [v.strip() for v in value if v.strip()]
 
 
-def read(files: Sequence[Path], *, classes: Sequence[str] | None, config) -> object:
+def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: ArchiveConfig) -> Archive:
     from miner.data.archive import Archive
     from miner.data.kinds import class_list, dict_rows
 

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from miner.data.records import GroundTruthBox, Record
 from miner.errors import ArchiveError
 from miner.findings import ARCHIVE_FINDINGS
+
+if TYPE_CHECKING:
+    from miner.config import ArchiveConfig
+    from miner.data.archive import Archive
 
 FINDING = ARCHIVE_FINDINGS["rsna"]["Target"]
 IMAGE_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
@@ -27,7 +32,7 @@ def image_folder(label_file: Path) -> Path:
     return label_file.parent / name
 
 
-def read(files: Sequence[Path], *, classes: Sequence[str] | None, config) -> object:
+def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: ArchiveConfig) -> Archive:
     from miner.data.archive import Archive
     from miner.data.kinds import class_list, dict_rows, number, stem_index
 

@@ -15,11 +15,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from miner.data.records import GroundTruthBox, Record
 from miner.data.rle import SIIM_MASK_SIZE, is_empty, rle_box
 from miner.errors import ArchiveError
 from miner.findings import ARCHIVE_FINDINGS
+
+if TYPE_CHECKING:
+    from miner.config import ArchiveConfig
+    from miner.data.archive import Archive
 
 FINDING = ARCHIVE_FINDINGS["siim"]["EncodedPixels"]
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
@@ -59,7 +64,7 @@ def index_dicoms(root: Path, wanted: set[str]) -> tuple[dict[str, Path], int]:
     return found, read
 
 
-def read(files: Sequence[Path], *, classes: Sequence[str] | None, config) -> object:
+def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: ArchiveConfig) -> Archive:
     from miner.data.archive import Archive
     from miner.data.kinds import class_list, dict_rows
 

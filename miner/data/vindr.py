@@ -16,10 +16,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from miner.data.records import GroundTruthBox, Record
 from miner.errors import ArchiveError
 from miner.findings import archive_finding
+
+if TYPE_CHECKING:
+    from miner.config import ArchiveConfig
+    from miner.data.archive import Archive
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".dicom", ".dcm", ".png", ".jpg", ".jpeg")
 _COORDS = ("x_min", "y_min", "x_max", "y_max")
@@ -34,7 +39,7 @@ def image_folder(label_file: Path) -> Path:
     return label_file.parent / name
 
 
-def read(files: Sequence[Path], *, classes: Sequence[str] | None, config) -> object:
+def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: ArchiveConfig) -> Archive:
     from miner.data.archive import Archive
     from miner.data.kinds import class_list, dict_rows, number, stem_index
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from miner.data.archive import Archive
 
 
 @dataclass
@@ -30,7 +34,7 @@ def label_auc(
     probs: np.ndarray,
     classes: Sequence[str],
     image_ids: Sequence[str],
-    archive,
+    archive: Archive,
     *,
     findings: Sequence[str] | None = None,
 ) -> list[AucResult]:
@@ -65,6 +69,7 @@ def label_auc(
 
 
 def format_auc(results: Sequence[AucResult]) -> str:
+    """One row per finding: images scored, positives, unknown labels left out, AUC (``-`` where undefined)."""
     head = ["finding", "images", "positives", "unknown", "AUC"]
     rows = [[r.finding, str(r.images), str(r.positives), str(r.unknown), "-" if math.isnan(r.auc) else f"{r.auc:.3f}"]
             for r in results]
@@ -74,4 +79,5 @@ def format_auc(results: Sequence[AucResult]) -> str:
 
 
 def results_json(results: Sequence[AucResult]) -> list[dict]:
+    """Plain dicts (for ``--json``)."""
     return [asdict(r) for r in results]

@@ -205,4 +205,5 @@ def format_coco(results: Sequence[CocoResult]) -> str:
 
 
 def results_json(results: Sequence[CocoResult]) -> list[dict]:
+    """Plain dicts (for ``--json``)."""
     return [asdict(r) for r in results]

@@ -210,9 +210,10 @@ CHEXPERT_HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardi
 ])
 def test_chexpert_uncertainty_policies_and_paths(tmp_path, policy, labels, unknown):
     folder = tmp_path / "CheXpert-v1.0-small"
+    prefix = "CheXpert-v1.0-small/valid/"
     _csv(folder / "valid.csv", CHEXPERT_HEADER
-         + "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg,Male,73,Frontal,AP,,,0.0,,,,,,1.0,,-1.0,,,\n"
-         + "CheXpert-v1.0-small/valid/patient64542/study1/view2_lateral.jpg,Male,70,Lateral,,1.0,,-1,,,,,,,,,,,\n")
+         + prefix + "patient64541/study1/view1_frontal.jpg,Male,73,Frontal,AP,,,0.0,,,,,,1.0,,-1.0,,,\n"
+         + prefix + "patient64542/study1/view2_lateral.jpg,Male,70,Lateral,,1.0,,-1,,,,,,,,,,,\n")
     archive = read_archive(folder, config=ArchiveConfig(uncertain=policy))
     assert archive.source == "chexpert" and [r.labels for r in archive.records] == labels
     assert [r.unknown for r in archive.records] == unknown
