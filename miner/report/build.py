@@ -21,7 +21,7 @@ from miner.report import describe
 from miner.report.describe import fmt
 from miner.report.evaluation import Evaluation
 from miner.report.gallery import Box, Entry, MapSource
-from miner.report.job import JobOutput, load_output
+from miner.report.job import JobSnapshot, load_snapshot
 
 #: written into every report folder; marks it as a report (`--to` refuses other non-empty folders)
 SUMMARY_NAME = "report.json"
@@ -67,6 +67,7 @@ class FindingView:
     prob_median: str
     gt_boxes: str = ""
     acc03: str = ""
+    ap: str = ""
     plot: str = ""
     eval_rows: list[list[str]] = field(default_factory=list)
     top: list[Entry] = field(default_factory=list)
@@ -86,7 +87,7 @@ def _prepare_target(target: Path) -> None:
         raise UsageError(f"--to: {target} is not empty and holds no earlier report; give a new or empty folder")
 
 
-def _archive(output: JobOutput, archive: str | Path | None) -> tuple[Any, list[str]]:
+def _archive(output: JobSnapshot, archive: str | Path | None) -> tuple[Any, list[str]]:
     """The job's archive (checked against the manifest's fingerprint) and notices; (None, notices) when the
     manifest's archive cannot be read and none was given."""
     from miner.data import read_archive
@@ -98,8 +99,15 @@ def _archive(output: JobOutput, archive: str | Path | None) -> tuple[Any, list[s
     path = archive if archive is not None else recorded
     if path is None:
         return None, ["The manifest names no archive: give --archive for pictures and ground truth."]
+    from dataclasses import fields
+
+    from miner.config import ArchiveConfig
+
+    # read as the job read it: the options the manifest records (as `miner.output.JobOutput.archive` does)
+    names = {f.name for f in fields(ArchiveConfig)}
+    options = {k: v for k, v in (output.manifest.get("archive", {}).get("options") or {}).items() if k in names}
     try:
-        arch = read_archive(path)
+        arch = read_archive(path, config=ArchiveConfig(**options))
     except ArchiveError as err:
         if archive is not None:
             raise UsageError(f"--archive: {err}") from None
@@ -133,7 +141,7 @@ class _Rows:
     mined_wh: dict[str, tuple[float, float]]
 
     @classmethod
-    def of(cls, output: JobOutput) -> _Rows:
+    def of(cls, output: JobSnapshot) -> _Rows:
         image_id = output.column("boxes", "image_id").astype(str)
         mined = output.column("images", "image_id").astype(str)
         wh = np.stack([output.column("images", "width"), output.column("images", "height")], axis=1)
@@ -158,7 +166,7 @@ class _Rows:
 class _Job:
     """Everything a report draws from: the output, its rows, the archive, the ground truth, the evaluation."""
 
-    output: JobOutput
+    output: JobSnapshot
     rows: _Rows
     config: ReportConfig
     archive: Any  # miner.data.Archive or None
@@ -169,7 +177,7 @@ class _Job:
     hues: dict[str, str]  # finding -> #rrggbb of its CLEAR hue (with a model)
 
 
-def _asked(output: JobOutput, archive: Any, mined: set[str]) -> dict[str, int | None]:
+def _asked(output: JobSnapshot, archive: Any, mined: set[str]) -> dict[str, int | None]:
     """Per finding, the images the job mined it for (`--classes`): labelled with it, predicted (p >= the
     threshold) or all; None where unknown (labels without the archive)."""
     config = output.manifest.get("config", {})
@@ -214,6 +222,8 @@ def _finding(job: _Job, name: str, slug: str, tmp: Path) -> FindingView:
         accuracy = ([c.threshold for c in bounded], [c.acc for c in bounded], [c.acc for c in every])
         view.gt_boxes = f"{bounded[0].gt_boxes:,}" if bounded else "-"
         view.acc03 = fmt(evaluation.acc(name, 0.3))
+        coco = evaluation.coco_of(name)
+        view.ap = fmt(coco.ap, 3) if coco is not None else "-"
         every_at = {c.threshold: c for c in every}
         for c in bounded + evaluation.cells(name, metric="iobb"):
             e = every_at.get(c.threshold) if c.metric == "iou" else None
@@ -222,7 +232,7 @@ def _finding(job: _Job, name: str, slug: str, tmp: Path) -> FindingView:
                                    f"{c.selected} of {c.available}", fmt(e.acc) if e else "",
                                    fmt(e.afp) if e else ""])
     elif evaluation is not None:
-        view.gt_boxes, view.acc03 = "0", "-"
+        view.gt_boxes, view.acc03, view.ap = "0", "-", "-"
     plots.finding_plot(tmp / view.plot, finding=name, scores=r.score[rows], per_image=counts,
                        sizes=r.xywh[rows, 2:] / r.image_wh[rows], gt_sizes=gt_sizes, accuracy=accuracy,
                        dpi=cfg.plot_dpi)
@@ -242,7 +252,7 @@ def _finding(job: _Job, name: str, slug: str, tmp: Path) -> FindingView:
     view.cards = [("images mined for it", view.asked_text), ("images with boxes", f"{view.images:,}"),
                   ("boxes", f"{view.boxes:,}"), ("median score", view.score_median)]
     if view.acc03:
-        view.cards.append(("Acc at T(IoU)=0.3", view.acc03))
+        view.cards += [("Acc at T(IoU)=0.3", view.acc03), ("COCO AP", view.ap)]
     return view
 
 
@@ -357,7 +367,7 @@ def write_report(
         if getattr(cfg, name) < least:
             raise UsageError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(cfg, name)}")
     say = log or (lambda text: None)
-    output = load_output(out)
+    output = load_snapshot(out)
     target = Path(to).expanduser().resolve() if to is not None else output.out / "report"
     _prepare_target(target)
     if model is not None and not Path(model).is_file():
@@ -380,7 +390,9 @@ def write_report(
             gt.setdefault((b.image_id, b.finding), []).append((b.x, b.y, b.w, b.h))
     evaluation = None
     if gt:
-        evaluation = evaluate_job(predictions(output.boxes), arch.boxes, mined=mined, classes=output.classes)
+        evaluation = evaluate_job(predictions(output.boxes), arch.boxes, mined=sorted(mined), classes=output.classes,
+                                  sizes={i: (int(h), int(w)) for i, (w, h) in rows.mined_wh.items()},
+                                  exhaustive=bool(getattr(arch, "exhaustive", False)))
     hues = finding_hues(len(output.classes)) if output.classes else []
     job = _Job(output=output, rows=rows, config=cfg, archive=arch, gt=gt, evaluation=evaluation,
                asked=_asked(output, arch, mined), maps=maps,

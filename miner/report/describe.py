@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from miner.report.job import JobOutput
+from miner.report.job import JobSnapshot
 
 #: the job options a report lists (`miner.config.JobConfig` fields, as the manifest records them)
 JOB_OPTIONS = ("shard_size", "batch_size", "workers", "cpus_per_worker", "gpus_per_worker", "backend", "malloc",
@@ -32,7 +32,7 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def model_rows(output: JobOutput, model: str | Path | None) -> list[tuple[str, str]]:
+def model_rows(output: JobSnapshot, model: str | Path | None) -> list[tuple[str, str]]:
     """The model's description: the manifest's record, plus arch and recipe from the checkpoint (or the model
     card beside it) when the file can be read."""
     m = output.manifest.get("model", {})
@@ -92,7 +92,7 @@ def run_rows(manifest: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def archive_rows(output: JobOutput, *, given: str | Path | None, gt_boxes: int | None) -> list[tuple[str, str]]:
+def archive_rows(output: JobSnapshot, *, given: str | Path | None, gt_boxes: int | None) -> list[tuple[str, str]]:
     """The archive as the manifest records it, where this report read it, and its ground-truth boxes."""
     manifest = output.manifest
     record = manifest.get("archive", {})
@@ -106,7 +106,7 @@ def archive_rows(output: JobOutput, *, given: str | Path | None, gt_boxes: int |
     return rows
 
 
-def option_rows(output: JobOutput) -> list[tuple[str, str]]:
+def option_rows(output: JobSnapshot) -> list[tuple[str, str]]:
     """The output-affecting options (which findings get boxes, mining, boxes, maps) and the job's own."""
     config = output.manifest.get("config", {})
     mode = config.get("classes", "labels")
@@ -117,12 +117,12 @@ def option_rows(output: JobOutput) -> list[tuple[str, str]]:
             ("job", text({k: config.get(k) for k in JOB_OPTIONS}))]
 
 
-def version_rows(output: JobOutput) -> list[tuple[str, str]]:
+def version_rows(output: JobSnapshot) -> list[tuple[str, str]]:
     """The versions the manifest records (Python, this package, torch, Ray, ...)."""
     return [(k, text(v)) for k, v in output.manifest.get("versions", {}).items()]
 
 
-def last_rate(output: JobOutput) -> str:
+def last_rate(output: JobSnapshot) -> str:
     """Images per second of the last run that recorded one."""
     timed = [r for r in output.manifest.get("runs", []) if r.get("images_per_second")]
     return fmt(timed[-1]["images_per_second"], 1) if timed else "-"

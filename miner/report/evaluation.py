@@ -1,9 +1,15 @@
 """`miner eval`'s tables for a report: the job's boxes against the archive's ground truth, where it has some.
 
-The same protocol and defaults as ``miner eval`` and ``miner demo`` (`miner.metrics.localization_table`): Acc and
-AFP per finding at every T(IoU) and T(IoBB) level, once with Wang et al.'s AFP bounds (the seed's Table 2) and once
-with every box of the ranked list B (its Table 3). Only the images that went through the model count, so broken
-files (error rows) and shards not yet done do not lower the accuracy.
+The same protocols and defaults as ``miner eval`` and ``miner demo``:
+
+- Acc and AFP per finding at every T(IoU) and T(IoBB) level (`miner.metrics.localization_table`), once with Wang
+  et al.'s AFP bounds (the seed's Table 2) and once with every box of the ranked list B (its Table 3);
+- COCO AP, AP50, AP75 and AR@1/10/100 per finding (`miner.metrics.coco`), with ``miner eval``'s images convention
+  (``negatives=auto``: every mined image counts where the archive's readers saw every image, else only the images
+  with a ground-truth box of the finding).
+
+Only the images that went through the model count, so broken files (error rows) and shards not yet done do not
+lower the scores.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from miner.metrics import BoxTable, LocalizationResult
+from miner.metrics.coco import CocoResult
 
 
 @dataclass
@@ -27,6 +34,7 @@ class Evaluation:
         bounded: cells with Wang et al.'s AFP bounds (T(IoBB): no bound); every_box: cells with all of B.
         bounds_source: where the AFP bounds come from.
         iou_levels, iobb_levels: the levels of the rows.
+        coco: COCO metrics per finding (in `findings` order) and their mean; coco_convention: ``all`` or ``boxed``.
     """
 
     findings: list[str]
@@ -37,6 +45,23 @@ class Evaluation:
     bounds_source: str
     iou_levels: tuple[float, ...]
     iobb_levels: tuple[float, ...]
+    coco: list[CocoResult]
+    coco_mean: CocoResult
+    coco_convention: str
+    coco_backend: str
+
+    def coco_of(self, finding: str) -> CocoResult | None:
+        return next((r for r in self.coco if r.finding == finding), None)
+
+    def coco_table(self) -> list[list[str]]:
+        """Rows of text cells: finding, images, ground-truth boxes, mined boxes, AP, AP50, AP75, AR@1/10/100
+        (``-`` = no value), then the mean over the findings."""
+        rows = []
+        for r in [*self.coco, self.coco_mean]:
+            cells = ["-" if math.isnan(v) else f"{v:.3f}" for v in (r.ap, r.ap50, r.ap75, r.ar1, r.ar10, r.ar100)]
+            rows.append([r.finding, "" if r is self.coco_mean else f"{r.images:,}", f"{r.gt_boxes:,}",
+                         f"{r.detections:,}", *cells])
+        return rows
 
     def cells(self, finding: str, *, metric: str = "iou", every_box: bool = False) -> list[LocalizationResult]:
         """The cells of one finding and overlap measure, in level order."""
@@ -86,14 +111,20 @@ def predictions(boxes: Any) -> BoxTable:
                                  rank=cols["rank"], score=cols["score"])
 
 
-def evaluate_job(pred: BoxTable, gt_boxes: Sequence[Any], *, mined: set[str],
-                 classes: Sequence[str]) -> Evaluation | None:
-    """The tables of `pred` against the ground-truth boxes of the `mined` images; None when there are none."""
+def evaluate_job(pred: BoxTable, gt_boxes: Sequence[Any], *, mined: Sequence[str], classes: Sequence[str],
+                 sizes: dict[str, tuple[int, int]], exhaustive: bool) -> Evaluation | None:
+    """The tables of `pred` against the ground-truth boxes of the `mined` images; None when there are none.
+
+    Args:
+        sizes: image id -> (height, width) of the mined images (the COCO data set's image sizes).
+        exhaustive: the archive's readers looked at every image for boxes (`miner.data.Archive.exhaustive`).
+    """
     from miner.config import EvalConfig
     from miner.demo import no_bounds
     from miner.metrics import default_bounds, localization_table
+    from miner.metrics.coco import coco_detections, coco_ground_truth, evaluate_coco, mean_result
 
-    gt = ground_truth_table(gt_boxes, images=mined)
+    gt = ground_truth_table(gt_boxes, images=set(mined))
     present = set(gt.finding.tolist())
     findings = [f for f in classes if f in present]
     if not findings:
@@ -106,6 +137,11 @@ def evaluate_job(pred: BoxTable, gt_boxes: Sequence[Any], *, mined: set[str],
     bounded = localization_table(pred, gt, config=cfg, bounds=bounds, findings=findings)
     every_box = localization_table(pred, gt, config=replace(cfg, iobb_thresholds=()), bounds=no_bounds(),
                                    findings=findings)
+    convention = cfg.negatives if cfg.negatives != "auto" else ("all" if exhaustive else "boxed")
+    dataset = coco_ground_truth(gt, list(mined), findings, sizes=sizes)
+    coco = evaluate_coco(dataset, coco_detections(pred, dataset, max_rank=cfg.max_rank), convention=convention,
+                         backend=cfg.coco_backend)
     return Evaluation(findings=findings, gt_boxes=len(gt), gt_images=len(set(gt.image_id.tolist())),
                       bounded=bounded, every_box=every_box, bounds_source=bounds.source,
-                      iou_levels=tuple(cfg.iou_thresholds), iobb_levels=tuple(cfg.iobb_thresholds))
+                      iou_levels=tuple(cfg.iou_thresholds), iobb_levels=tuple(cfg.iobb_thresholds), coco=coco,
+                      coco_mean=mean_result(coco), coco_convention=convention, coco_backend=cfg.coco_backend)

@@ -53,8 +53,8 @@ class JobState:
 
 
 @dataclass
-class JobOutput:
-    """The parts of ``OUT`` a report shows.
+class JobSnapshot:
+    """A snapshot of ``OUT`` as a report shows it (the finished shards; `miner.output.JobOutput` reads all rows).
 
     Attributes:
         out: the output folder.
@@ -144,7 +144,7 @@ def _read_parts(store: ShardStore, dataset: str, indices: list[int]) -> pa.Table
     return pa.concat_tables(tables) if tables else empty_table(schema)
 
 
-def load_output(out: str | Path) -> JobOutput:
+def load_snapshot(out: str | Path) -> JobSnapshot:
     """Read what a report shows of the job output folder `out` (raises `UsageError` if it is not one)."""
     out = Path(out).expanduser().resolve()
     if not out.is_dir():
@@ -165,5 +165,5 @@ def load_output(out: str | Path) -> JobOutput:
         names = boxes.column("finding").to_numpy(zero_copy_only=False)
         by_index = dict(zip(index.tolist(), names.tolist()))
         classes = [by_index.get(i, f"class {i}") for i in range(max(by_index) + 1)]
-    return JobOutput(out=out, manifest=manifest, state=job_state(out, manifest, done), boxes=boxes,
+    return JobSnapshot(out=out, manifest=manifest, state=job_state(out, manifest, done), boxes=boxes,
                      errors=errors, images=images, classes=classes)

@@ -154,8 +154,9 @@ def test_demo_report_matches_the_job(demo):
     assert not list(report.rglob("*.js"))
 
 
-def test_demo_report_tables_are_miner_evals(demo):
-    """The evaluation tables hold exactly the cells of the demo's evaluation.json (miner eval's protocol)."""
+def test_demo_report_tables_are_miner_evals(demo, tmp_path, capsys):
+    """The evaluation tables hold exactly the cells of the demo's evaluation.json (miner eval's protocol), and the
+    COCO table the numbers `miner eval OUT --json` gives."""
     out, _ = demo
     evaluation = json.loads((out / "evaluation.json").read_text())
     index = Page(out / "report" / "index.html")
@@ -172,6 +173,19 @@ def test_demo_report_tables_are_miner_evals(demo):
         for row in rows:
             assert dict(zip(findings, row[1:])) == expected[row[0]]
     assert Path(out / "report" / "img" / "plots" / "accuracy.png").is_file()
+    assert main(["eval", str(out), "--json", str(tmp_path / "eval.json")]) == 0
+    capsys.readouterr()
+    coco = json.loads((tmp_path / "eval.json").read_text())["coco"]
+    rows = index.rows("eval-coco")
+    expected = [[r["finding"], f"{r['images']:,}", f"{r['gt_boxes']:,}", f"{r['detections']:,}",
+                 *("-" if r[k] is None else f"{r[k]:.3f}" for k in ("ap", "ap50", "ap75", "ar1", "ar10", "ar100"))]
+                for r in coco["findings"]]
+    mean = coco["mean"]
+    expected.append(["mean", "", f"{mean['gt_boxes']:,}", f"{mean['detections']:,}",
+                     *("-" if mean[k] is None else f"{mean[k]:.3f}" for k in ("ap", "ap50", "ap75", "ar1", "ar10",
+                                                                                "ar100"))])
+    assert rows == expected
+    assert ("only the images with ground-truth boxes" in index.all_text) == (coco["negatives"] == "boxed")
 
 
 def test_report_bounds_without_model(demo, tmp_path, capsys):
@@ -239,7 +253,7 @@ def test_interrupted_job_report(interrupted):
 def test_killed_and_running_states(interrupted, tmp_path):
     """A manifest left at "running": killed when no process holds the lock, running while one does."""
     from miner.io import ShardStore
-    from miner.report.job import job_state, load_output
+    from miner.report.job import job_state, load_snapshot
 
     _, source = interrupted
     out = tmp_path / "out"
@@ -249,7 +263,7 @@ def test_killed_and_running_states(interrupted, tmp_path):
     (out / "_manifest.json").write_text(json.dumps(manifest))
     done = ShardStore(out).done()
     assert job_state(out, manifest, done).status == "killed"
-    assert load_output(out).state.line().startswith("Stopped without finishing")
+    assert load_snapshot(out).state.line().startswith("Stopped without finishing")
     with ShardStore(out).lock():
         state = job_state(out, manifest, done)
         assert (state.status, state.shards_done, state.shards_planned) == ("running", 1, 4)
@@ -340,8 +354,8 @@ def test_escaping_of_every_template_variable():
 
     evil = '<script>alert(1)</script>"\'&'
     assert render_page("macros.html").strip() == ""  # the macros alone render to nothing
-    template = environment().from_string(
-        '{% from "macros.html" import kv, legend %}<p title="{{ v }}">{{ v }}</p>{{ kv([(v, v)]) }}{{ legend([(v, v)]) }}')
+    template = environment().from_string('{% from "macros.html" import kv, legend %}'
+                                         '<p title="{{ v }}">{{ v }}</p>{{ kv([(v, v)]) }}{{ legend([(v, v)]) }}')
     out = template.render(v=evil)
     assert "<script" not in out and out.count("&lt;script&gt;") >= 4 and '"\'&' not in out
     assert "&#34;&#39;&amp;" in out
