@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, fields, replace
 
 from miner.config import UNCERTAIN_POLICIES, ArchiveConfig, BoxConfig, JobConfig, MiningConfig
@@ -16,6 +21,10 @@ different archive, model or output option on the same OUT is refused unless --ov
 
 Attaches to a Ray cluster given by --address or RAY_ADDRESS (as `ray job submit` sets it), else starts a
 local one. ARCHIVE and MODEL must be readable on every node; OUT is written by the driver.
+
+Exit codes: 0 done; 2 bad option or input; 74 OUT cannot be written (full disk, quota, read-only: free space
+and rerun the same command); 130/143 stopped by Ctrl-C/SIGTERM (`ray job stop`; rerun to resume); 1 other
+failures.
 """
 
 _DEFAULTS = {f.name: f.default for f in fields(JobConfig)}
@@ -83,7 +92,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, ``kill``, a pod being deleted) raised in the driver like Ctrl-C, so that the job
+    ends as an interrupted run: the shard being written is rolled back and the manifest says so."""
+
+    signum = int(signal.SIGTERM)
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        with _sigterm_interrupts():
+            return _run(args)
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", int(signal.SIGINT))
+        print(f"miner mine: stopped by {signal.Signals(signum).name}; the shards complete in {args.out} are kept: "
+              "rerun the same command to resume", file=sys.stderr, flush=True)
+        return 128 + signum
+
+
+def _run(args: argparse.Namespace) -> int:
     from miner.job import run_job
 
     config = JobConfig(

@@ -3,6 +3,18 @@
 `connect` attaches to an existing cluster (``--address`` or ``RAY_ADDRESS``, as set by ``ray job submit``) or
 starts a local one for the duration of the job, and reuses a session the caller already opened.
 
+Authentication. Ray 2.52+ protects a cluster with a shared token (``RAY_AUTH_MODE=token``; the token from
+``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``). Without it anyone who
+reaches the GCS or dashboard port can run code on every node, and a local cluster's GCS listens on every
+interface. So a local cluster started here runs with token authentication unless ``RAY_AUTH_MODE`` says
+otherwise: with the user's token where one is configured, else with a random token made here, kept in this
+process's environment for the rest of its life (inherited by the cluster's processes, written nowhere; Ray
+reads the mode and the token once per process, so a second local cluster of the same process reuses them).
+It must stay off only where the user turns it off (``RAY_AUTH_MODE=disabled``; the test suite does so for the
+in-process clusters of one pytest process, because Ray reads the mode once per process). Attaching, the mode
+and the token are the environment's, as ``ray job submit`` passes them to its entrypoint; an attach that fails
+for want of a token says so in one line.
+
 `worker_env` is the runtime environment of every model actor: thread counts equal to the CPUs a worker
 holds (so actors on one node do not oversubscribe its cores), passive OpenMP waiting, and, unless asked otherwise,
 glibc malloc thresholds raised: with glibc's defaults, torch eager inference on CPU returns its large
@@ -17,8 +29,12 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+import secrets
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from miner.errors import UsageError
 from miner.runtime import MALLOC_TUNED, OMP_PASSIVE
@@ -60,6 +76,60 @@ def _resources() -> tuple[float, float, int]:
     return float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0)), nodes
 
 
+AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def check_token_path(environ: Mapping[str, str]) -> None:
+    """Refuse a ``RAY_AUTH_TOKEN_PATH`` that does not name a readable, non-empty file (Ray aborts the whole
+    process on one)."""
+    path = environ.get("RAY_AUTH_TOKEN_PATH")
+    if not path or environ.get("RAY_AUTH_TOKEN"):
+        return
+    try:
+        token = Path(path).expanduser().read_text().strip()
+    except OSError as err:
+        raise UsageError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the Ray token file ({err.strerror}); point it "
+                         "at the cluster's token file") from None
+    if not token:
+        raise UsageError(f"RAY_AUTH_TOKEN_PATH={path}: the Ray token file is empty; point it at the cluster's "
+                         "token file")
+
+
+def token_configured(environ: Mapping[str, str]) -> bool:
+    """Whether Ray would find a token: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
+    if environ.get("RAY_AUTH_TOKEN") or environ.get("RAY_AUTH_TOKEN_PATH"):
+        return True
+    home = environ.get("HOME")
+    return bool(home) and (Path(home) / ".ray" / "auth_token").is_file()
+
+
+def local_auth_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables to set for a local cluster started by the job: token authentication on, with the token
+    the user configured, or a fresh random one for this job. Nothing when ``RAY_AUTH_MODE`` is already set
+    (``token`` or ``disabled``: the user's choice)."""
+    if environ.get("RAY_AUTH_MODE"):
+        return {}
+    changes = {"RAY_AUTH_MODE": "token"}
+    if not token_configured(environ):
+        changes["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as `ray get-auth-token --generate`
+    return changes
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """`ray.init` replaces SIGTERM's handler with ``sys.exit``; keep one the caller installed (``miner mine``
+    turns SIGTERM into an interrupt that ends the run cleanly, e.g. on ``ray job stop``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             quiet: bool = True) -> Iterator[ClusterInfo]:
@@ -67,29 +137,33 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
 
     Args:
         address: a cluster to attach to (``ray://``-less GCS address such as ``10.0.0.1:6379``, or ``auto``);
-            None = ``RAY_ADDRESS`` if set, else a local cluster started here and stopped on exit.
+            None = ``RAY_ADDRESS`` if set, else a local cluster started here (with token authentication; see
+            the module docstring) and stopped on exit.
         num_cpus, num_gpus: logical resources of a local cluster (default: what Ray detects); ignored when
             attaching.
         quiet: keep Ray's own INFO logging out of the terminal (the job prints its own progress).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        # A local cluster holds no secrets to protect; without this Ray 2.5x warns about token auth.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     level = logging.WARNING if quiet else logging.INFO
     started = False
     if not ray.is_initialized():
+        check_token_path(os.environ)
         if address is not None:
-            try:
-                ray.init(address=address, logging_level=level, log_to_driver=True)
-            except ConnectionError as err:
-                raise UsageError(f"--address {address}: no Ray cluster answers there ({err}); start one with "
-                                 "`ray start --head` or leave --address out to run locally") from err
+            _attach(address, level)
         else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=level)
+            changes = local_auth_env(os.environ)
+            os.environ.update(changes)
+            if changes:
+                # Ray read the mode into its config when it was imported; read it again (as ray.init does when
+                # it turns token authentication on by itself)
+                from ray._raylet import Config
+
+                Config.initialize("")
+            with _keep_sigterm_handler():
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=level)
             started = True
     try:
         cpus, gpus, nodes = _resources()
@@ -99,6 +173,26 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     finally:
         if started:
             ray.shutdown()
+
+
+def _attach(address: str, level: int) -> None:
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    try:
+        with _keep_sigterm_handler():
+            ray.init(address=address, logging_level=level, log_to_driver=True)
+    except AuthenticationError:
+        raise UsageError(f"--address {address}: token authentication is on here (RAY_AUTH_MODE=token) but no "
+                         "token was found; set RAY_AUTH_TOKEN_PATH to the cluster's token file (or RAY_AUTH_TOKEN), "
+                         "as README 'Running on a Ray cluster' shows") from None
+    except ConnectionError:
+        hint = ("or its token differs from the one configured here" if token_mode else
+                "or it requires token authentication (set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to its token "
+                "file)")
+        raise UsageError(f"--address {address}: no Ray cluster accepted the connection ({hint}); start one with "
+                         "`ray start --head`, or leave --address out to run locally") from None
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,55 @@ def test_documented_commands_parse(source):
     assert commands, f"{source} shows no `miner mine` command"
     for command in commands:
         _mine_args(command.strip())
+
+
+# ---------------------------------------------------------------------------------------------- token authentication
+
+# a secret's shape: 32+ hex characters, or a quoted base64 blob of 40+ characters
+_SECRET = re.compile(r"\b[0-9a-f]{32,}\b|['\"][A-Za-z0-9+/]{40,}={0,2}['\"]")
+
+
+def test_every_deploy_file_turns_token_authentication_on():
+    """The image, the cluster launcher config and the RayJob all run Ray with RAY_AUTH_MODE=token, each with a
+    token that comes from outside the repository (a file of yours, a Kubernetes Secret)."""
+    assert re.search(r"^ENV RAY_AUTH_MODE=token$", (DEPLOY / "Dockerfile").read_text(), flags=re.M)
+
+    config = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
+    assert sum("ray start" in c for c in starts) == 2
+    # the token: the user's ~/.ray/auth_token, copied to Ray's default path of the container's user (root)
+    assert config["file_mounts"] == {"/root/.ray/auth_token": "~/.ray/auth_token"}
+
+    job = yaml.safe_load((DEPLOY / "rayjob.yaml").read_text())
+    spec = job["spec"]["rayClusterSpec"]
+    assert spec["authOptions"]["mode"] == "token" and spec["authOptions"]["secretName"]
+    assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"  # open, hence the token
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    for container in (c for pod in pods for c in pod["spec"]["containers"]):
+        for variable in container.get("env", []):  # any token set by hand must come from a Secret
+            if variable["name"] == "RAY_AUTH_TOKEN":
+                assert "secretKeyRef" in variable["valueFrom"]
+
+
+@pytest.mark.parametrize("source", ["deploy/Dockerfile", "deploy/cluster.yaml", "deploy/rayjob.yaml",
+                                    "deploy/README.md", "README.md"])
+def test_no_token_is_committed(source):
+    text = (ROOT / source).read_text()
+    assert not _SECRET.search(text), _SECRET.search(text)
+    assert not re.search(r"RAY_AUTH_TOKEN=(?![\"']?\$\()\S", text)  # only ever from a command, e.g. kubectl
+    assert not re.search(r"auth_token:\s*\S", text)  # no literal Secret data
+
+
+@pytest.mark.parametrize("source", ["README.md", "deploy/README.md"])
+def test_documented_submissions_carry_the_token(source):
+    """Every shell block that submits a job or starts a head turns token authentication on first."""
+    text = (ROOT / source).read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    submitting = [b for b in blocks if re.search(r"^ray (job submit|start --head|up) ", b, flags=re.M)]
+    assert submitting
+    for block in submitting:
+        first = next(i for i, line in enumerate(block.splitlines()) if re.match(r"ray (job submit|start|up) ", line))
+        before = "\n".join(block.splitlines()[:first])
+        assert "export RAY_AUTH_MODE=token" in before, block

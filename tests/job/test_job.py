@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,8 @@ def ray_session(short_tmp):
     """One local Ray for the in-process runs of this module (run_job reuses a session it did not start)."""
     import ray
 
+    # auth off for the in-process clusters only (tests/conftest.py): Ray reads the mode once per process, and this
+    # pytest process hosts several local clusters; the subprocess clusters below run with tokens
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(short_tmp / "shared"), logging_level="warning")
     yield
@@ -222,10 +225,16 @@ def test_a_full_disk_stops_with_one_line_readers_see_whole_shards_and_a_rerun_re
     assert [(r["shards"], r["status"]) for r in runs] == [(11, "interrupted"), (8, "complete")]
 
 
-def _env(short_tmp: Path, name: str) -> dict[str, str]:
+def _env(short_tmp: Path, name: str, *, token: str | None = None) -> dict[str, str]:
+    """A subprocess's environment: its own Ray temp folder, and Ray's authentication as a user would have it:
+    none configured (a driver's local cluster then makes its own token) or the cluster's `token`."""
     temp = short_tmp / name
     temp.mkdir(exist_ok=True)
-    return {**os.environ, "RAY_TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(RAY_TMPDIR=str(temp), RAY_USAGE_STATS_ENABLED="0")
+    if token is not None:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    return env
 
 
 def test_killed_driver_then_rerun_gives_the_same_rows(reference, job_archive, job_model, short_tmp, tmp_path):
@@ -243,6 +252,12 @@ def test_killed_driver_then_rerun_gives_the_same_rows(reference, job_archive, jo
                 break
             time.sleep(0.02)
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        # the driver's local cluster runs with token authentication and a token of its own (none was configured)
+        gcs = [pid for pid in session_pids(driver.pid) if _name(pid) == "gcs_server"]
+        assert len(gcs) == 1
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{gcs[0]}/environ").read_bytes().decode().split("\0") if "=" in item)
+        assert environ["RAY_AUTH_MODE"] == "token" and len(environ["RAY_AUTH_TOKEN"]) == 64
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     finally:
@@ -261,6 +276,15 @@ def test_killed_driver_then_rerun_gives_the_same_rows(reference, job_archive, jo
     assert [(r["shards"], r["status"]) for r in runs] == [(11, "killed"), (11 - done, "complete")]
 
 
+def _name(pid: int) -> str:
+    import psutil
+
+    try:
+        return psutil.Process(pid).name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
 def _zombie(pid: int) -> bool:
     import psutil
 
@@ -277,6 +301,7 @@ RAY_CLI = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 def test_two_node_cluster_gives_the_same_rows(reference, job_archive, job_model, short_tmp, tmp_path):
     root, _ = job_archive
     port = free_port()
+    token = secrets.token_hex(32)  # the two nodes and the driver share it; the cluster refuses anyone else
     sessions = []  # session ids of the two `ray start` commands: every node process stays in its session
     try:
         for name, args in (("head", ["--head", f"--port={port}", "--include-dashboard=false"]),
@@ -284,7 +309,7 @@ def test_two_node_cluster_gives_the_same_rows(reference, job_archive, job_model,
             starter = subprocess.Popen(
                 [RAY_CLI, "start", *args, "--num-cpus=1", f"--temp-dir={short_tmp / name}",
                  "--object-store-memory=100000000", "--disable-usage-stats"],
-                env=_env(short_tmp, name), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=_env(short_tmp, name, token=token), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 start_new_session=True)
             sessions.append(starter.pid)
             output, _ = starter.communicate(timeout=120)
@@ -293,7 +318,7 @@ def test_two_node_cluster_gives_the_same_rows(reference, job_archive, job_model,
         driver = subprocess.run(
             [sys.executable, "-m", "miner", "mine", str(root), "--model", str(job_model), "--out", str(out),
              *OPTIONS, "--address", f"127.0.0.1:{port}"],
-            env=_env(short_tmp, "driver2"), capture_output=True, text=True, timeout=300)
+            env=_env(short_tmp, "driver2", token=token), capture_output=True, text=True, timeout=300)
         assert driver.returncode == 0, driver.stderr
         assert "mined 201 images" in driver.stdout
     finally:
