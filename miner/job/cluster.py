@@ -76,9 +76,6 @@ def _resources() -> tuple[float, float, int]:
     return float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0)), nodes
 
 
-AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-
 def check_token_path(environ: Mapping[str, str]) -> None:
     """Refuse a ``RAY_AUTH_TOKEN_PATH`` that does not name a readable, non-empty file (Ray aborts the whole
     process on one)."""

@@ -87,3 +87,32 @@ def test_ray_init_leaves_miner_mines_sigterm_handler():
         assert signal.getsignal(signal.SIGTERM) is ours
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_ends_miner_mine_as_an_interrupt(monkeypatch, capsys, tmp_path):
+    """`ray job stop` sends SIGTERM: `miner mine` ends like Ctrl-C (the run's finally blocks roll back and record),
+    says what is kept and exits 143; its handler is gone afterwards."""
+    import argparse
+    import os
+    import time
+
+    from miner.cli import mine
+
+    finished = []
+
+    def job(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            finished.append(True)  # what run_job's finally does: it runs
+        return 0
+
+    monkeypatch.setattr(mine, "_run", job)
+    before = signal.getsignal(signal.SIGTERM)
+    started = time.time()
+    assert mine.run(argparse.Namespace(out=str(tmp_path / "out"))) == 143
+    assert time.time() - started < 4 and finished == [True]
+    assert capsys.readouterr().err.strip() == (f"miner mine: stopped by SIGTERM; the shards complete in "
+                                               f"{tmp_path / 'out'} are kept: rerun the same command to resume")
+    assert signal.getsignal(signal.SIGTERM) is before
