@@ -56,7 +56,7 @@ def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: Archiv
         # rows share few label patterns: one decision per distinct pattern (about 20,000 in 224,316 rows)
         patterns: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         seen_patterns: Counter = Counter()
-        for line, row in dict_rows(path, ("Path",)):
+        for line, row in dict_rows(path, ("Path",), also=(*mapping, "AP/PA", "Frontal/Lateral")):
             if base is None:
                 columns = [c for c in row if c in mapping]
                 if len(columns) < 2:

@@ -51,7 +51,7 @@ def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: Archiv
     cache: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     for path in files:
         base = str(path.parent)
-        for line, row in dict_rows(path, ("ImageID", "ImageDir", "Labels")):
+        for line, row in dict_rows(path, ("ImageID", "ImageDir", "Labels"), also=("PatientID", "Projection")):
             image_id, folder, text = row["ImageID"], row["ImageDir"], row["Labels"]
             if not image_id or not folder:
                 raise ArchiveError(f"{path}:{line}: empty ImageID or ImageDir")
