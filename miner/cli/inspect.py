@@ -66,7 +66,8 @@ def format_report(report: dict) -> str:
                 for name, v in inside + others[:MAX_OTHER_ROWS]]
         if len(others) > MAX_OTHER_ROWS:
             rest = others[MAX_OTHER_ROWS:]
-            rows.append([f"({len(rest)} more labels outside the class list)", sum(v["images"] for _, v in rest),
+            rows.append([f"({len(rest)} more labels outside the class list; images summed)",
+                         sum(v["images"] for _, v in rest),
                          *("" for _ in splits), "", ""])
         nf = report["no_finding"]
         rows.append(["No Finding", nf["images"], *(nf.get(s, 0) for s in splits), "", ""])

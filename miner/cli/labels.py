@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="a finished mining job's output folder")
     parser.add_argument("--format", required=True, choices=("coco", "yolo"), help="label format")
     parser.add_argument("--to", required=True, metavar="DIR", help="folder to write (new or empty)")
-    parser.add_argument("--min-score", type=float, default=cfg.min_score,
+    parser.add_argument("--min-score", type=float, default=cfg.min_score, metavar="S",
                         help="keep boxes with score (mean fused heatmap in the box) >= S (default: %(default)s)")
-    parser.add_argument("--max-rank", type=int, default=cfg.max_rank,
+    parser.add_argument("--max-rank", type=int, default=cfg.max_rank, metavar="K",
                         help="keep boxes of rank <= K per image and finding (default: %(default)s)")
     parser.add_argument("--findings", default=None,
                         help="comma-separated findings to export (default: every class of the model)")
