@@ -33,8 +33,7 @@ class ReportResult:
 
     index: Path
     findings: int
-    thumbnails: int
-    pictures: int
+    thumbnails: int  # each with its full-size picture
     error_rows: int
     error_rows_listed: int
     files: int
@@ -439,7 +438,7 @@ def write_report(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     files, size = _folder_size(target)
-    return ReportResult(index=target / "index.html", findings=len(views), thumbnails=thumbs, pictures=thumbs,
+    return ReportResult(index=target / "index.html", findings=len(views), thumbnails=thumbs,
                         error_rows=summary["error_rows"], error_rows_listed=summary["error_rows_listed"], files=files,
                         bytes=size, seconds=time.perf_counter() - started, status=output.state.status,
                         notices=notices)
