@@ -10,8 +10,8 @@ DESCRIPTION = """\
 Write OUT/report/index.html (or --to DIR) for the job output folder OUT: the job (archive, model, options,
 counts, timings, versions; a job still running or stopped says so, with shards done / planned), per finding a
 page with a score histogram, boxes per image, box sizes and two galleries (top-scoring boxes and a random
-sample; each thumbnail links to a full-size picture), miner eval's tables and an Acc-vs-T(IoU) plot where the
-archive has ground-truth boxes, and the error rows. With --model the pictures show the fused heatmap H_f and
+sample; each thumbnail links to a full-size picture), miner eval's tables (Acc-AFP, COCO AP/AR) and an
+Acc-vs-T(IoU) plot where the archive has ground-truth boxes, and the error rows. With --model the pictures show the fused heatmap H_f and
 the CLEAR picture (dominant finding as hue, its response as brightness). The report opens from the file
 system with no server and no network, runs no scripts, and shows every name from the archive as text.
 """
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="the job's output folder (written by miner mine or miner demo)")
     parser.add_argument("--archive", default=None, help="the job's archive (default: the path in the manifest)")
     parser.add_argument("--model", default=None, help="model file: draw the fused heatmaps and CLEAR pictures")
-    parser.add_argument("--to", default=None, help="report folder (default: OUT/report; an earlier report there "
+    parser.add_argument("--to", default=None, metavar="DIR", help="report folder (default: OUT/report; an earlier report there "
                                                    "is replaced)")
     parser.add_argument("--top", type=int, default=_D.top, help="top-scoring boxes per finding (default: %(default)s)")
     parser.add_argument("--sample", type=int, default=_D.sample,
