@@ -270,6 +270,30 @@ def test_killed_and_running_states(interrupted, tmp_path):
         assert "Still running" in state.line()
 
 
+def test_report_when_the_archive_has_moved(interrupted, tmp_path):
+    """The manifest's archive is gone and no --archive is given: the report says so, shows counts, plots and
+    errors, and each gallery tile says why it has no picture; a wrong --archive is refused (test below)."""
+    from miner.report import write_report
+
+    _, source = interrupted
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest["archive"]["path"] = str(tmp_path / "moved")
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    result = write_report(out, config=ReportConfig(top=1, sample=1))
+    assert result.thumbnails == 0 and len(result.notices) == 1 and "give --archive" in result.notices[0]
+    index = Page(result.index)
+    assert "Pictures and ground truth are left out" in index.all_text
+    assert index.find("p", id="no-ground-truth")[0][1].startswith("No evaluation: the archive is not readable")
+    failed = [text for page in (result.index.parent / "findings").glob("*.html")
+              for _, text in Page(page).find("figure") if "could not be drawn" in text]
+    boxes = rows_of(out, "boxes", BOXES_SCHEMA)
+    assert len(failed) == sum(sum(expected_gallery(boxes, f, ReportConfig(top=1, sample=1)))
+                              for f in set(boxes["finding"]))
+    assert not list((result.index.parent / "img").rglob("*.jpg"))
+
+
 def test_report_without_ground_truth_and_markup_names(markup, markup_report):
     """A plain folder of images (no labels, no boxes) mined with --classes all: no evaluation section, every
     image mined for every finding, and every name from the archive escaped in the HTML."""
