@@ -2,10 +2,11 @@
 
 How the maps are computed (`ClassMapper.mode`):
 
-``analytic``  a GAP + linear head at its input (``model.head_is_linear`` and layer = ``model.feature_layer``):
+``analytic``  a linear head at its input (``model.head_is_linear`` and layer = ``model.feature_layer``):
               one forward pass of ``forward_features``; the logits are ``forward_head(X)``, CAM uses the branch
-              weights w_c, and every gradient method uses its analytic gradient dy_c / dX(i, j) = w_c / (h w).
-              No backward pass.
+              weights w_c, and with GAP (``model.head_pooling == "avg"``) every gradient method uses its analytic
+              gradient dy_c / dX(i, j) = w_c / (h w). No backward pass. With another pooling (log-sum-exp,
+              top-k) the gradient depends on the scores, so only CAM is analytic; gradient methods run ``split``.
 ``split``     any other head at the feature layer: X = ``forward_features(images)`` (no graph), then
               ``forward_head`` on X as a leaf and one `torch.autograd.grad` per requested class on that small
               graph (retain_graph). With class-wise erasure masks, the C erased copies of X go through the head
@@ -104,7 +105,9 @@ class ClassMapper:
         self.layers = self._resolve_layers(layer, scales)
         feature_layer = getattr(model, "feature_layer", None)
         at_features = len(self.layers) == 1 and self.layers[0] == feature_layer and _has_split(model)
-        if at_features and not self.segmentation and bool(getattr(model, "head_is_linear", False)):
+        linear = bool(getattr(model, "head_is_linear", False))
+        gap = getattr(model, "head_pooling", "avg") == "avg"
+        if at_features and not self.segmentation and linear and (gap or not self.method.needs_gradients):
             self.mode = "analytic"
         elif at_features and not self.segmentation:
             self.mode = "split"
@@ -113,7 +116,7 @@ class ClassMapper:
         if not self.method.needs_gradients and self.mode != "analytic":
             head = "linear" if getattr(model, "head_is_linear", False) else "non-linear"
             raise UsageError(
-                f"{self.method.name} needs a GAP + linear head at its input (layer {feature_layer!r}); got layer "
+                f"{self.method.name} needs a linear head at its input (layer {feature_layer!r}); got layer "
                 f"{', '.join(self.layers)} of a {head} head: use gradcam or hirescam"
             )
 

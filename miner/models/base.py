@@ -8,6 +8,10 @@ branch on the global average of X (Cai et al. Eq. 1-3):
     logit_c = w_c . GAP(relu(W1 (X * M_c) + b1)) + b_c    (``head="mlp"``: 1x1 conv, ReLU, GAP, branch)
 
 The C branches are the rows of one ``nn.Linear`` named ``fc`` (so a ResNet's keys stay torchvision's).
+
+GAP is the default pooling (``pooling="avg"``). ``pooling="lse"`` / ``"topk"`` pool the per-position class scores
+instead (`miner.models.pooling`): logit_c = pool(w_c . (X * M_c)) + b_c for the linear head; for the mlp head the
+per-position scores are w_c . relu(W1 (X * M_c) + b1).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from miner.errors import ModelError, UsageError
+from miner.models.pooling import check_pooling, pool_scores
 
 #: ImageNet normalisation (torchvision's); grey images use the mean of the three channels.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -100,16 +105,26 @@ class Classifier(Normalised):
         classes, in_chans, mean, std: see `Normalised`.
         feature_layer: name of the module whose output is X (``model.get_submodule(feature_layer)``).
         map_layers: names of the modules a class map may be taken at (finest scale first where it matters).
-        head_is_linear: True when logits are an affine function of GAP(X) (CAM == Grad-CAM shape).
+        head_is_linear: True when each branch scores every position linearly, s_c = w_c . X(i, j) (CAM exists);
+            the logit is then pool(s_c) + b_c.
+        head_pooling: ``avg`` (GAP: the logit is an affine function of GAP(X)), ``lse`` or ``topk``
+            (`miner.models.pooling`).
     """
 
     feature_layer: str = ""
     map_layers: tuple[str, ...] = ()
+    #: where a map cell sits on the input: ``centre`` (cell i of stride s spans [s i, s (i + 1))) or ``corner``
+    #: (centred on input pixel s i, as in ResNets); `miner.boxes.cell_shift`
+    cell_origin: str = "centre"
 
-    def _build_head(self, dim: int, *, head: str = "linear", hidden: int | None = None) -> None:
+    def _build_head(self, dim: int, *, head: str = "linear", hidden: int | None = None, pooling: str = "avg",
+                    pool_r: float = 10.0, pool_k: float = 0.1, pool_alpha: float = 0.0) -> None:
         if head not in HEADS:
             raise UsageError(f"head must be one of {HEADS}, got {head!r}")
+        check_pooling(pooling, r=pool_r, k=pool_k, alpha=pool_alpha)
         self.head_kind = head
+        self.head_pooling = pooling
+        self.pool_r, self.pool_k, self.pool_alpha = float(pool_r), float(pool_k), float(pool_alpha)
         self.feature_dim = int(dim)
         if head == "linear":
             self.fc = nn.Linear(dim, self.num_classes)
@@ -122,6 +137,10 @@ class Classifier(Normalised):
     @property
     def head_is_linear(self) -> bool:
         return self.head_kind == "linear"
+
+    def pool_maps(self, scores: Tensor) -> Tensor:
+        """Per-position class scores (Tensor[B, C, h, w], no bias) -> pooled (Tensor[B, C])."""
+        return pool_scores(scores, self.head_pooling, r=self.pool_r, k=self.pool_k, alpha=self.pool_alpha)
 
     @property
     def head_weight(self) -> Tensor:
@@ -159,17 +178,20 @@ class Classifier(Normalised):
         copy per class: B*C*hidden*h*w values, processed in class chunks of ~32M elements.
         """
         if masks is None:
-            if self.head_is_linear:
-                return self.fc(features.mean(dim=(2, 3)))
-            return self.fc(self.head_act(self.head_conv(features)).mean(dim=(2, 3)))
+            if self.head_pooling == "avg":
+                if self.head_is_linear:
+                    return self.fc(features.mean(dim=(2, 3)))
+                return self.fc(self.head_act(self.head_conv(features)).mean(dim=(2, 3)))
+            b, _, h, w = features.shape
+            masks = features.new_ones(b, self.num_classes, h, w)
         b, _, h, w = features.shape
         if masks.shape != (b, self.num_classes, h, w):
             raise ValueError(f"masks must be {(b, self.num_classes, h, w)}, got {tuple(masks.shape)}")
         masks = masks.to(features.dtype)
         if self.head_is_linear:
-            # GAP(X * M_c) . w_c == mean over (h, w) of M_c * (w_c . X): the class maps, masked, averaged.
+            # GAP(X * M_c) . w_c == mean over (h, w) of M_c * (w_c . X): the class maps, masked, pooled.
             cams = torch.einsum("bdhw,cd->bchw", features, self.fc.weight.to(features.dtype))
-            return (cams * masks).mean(dim=(2, 3)) + self.fc.bias.to(features.dtype)
+            return self.pool_maps(cams * masks) + self.fc.bias.to(features.dtype)
         z = F.conv2d(features, self.head_conv.weight.to(features.dtype))  # [B, hidden, h, w], no bias
         bias1 = self.head_conv.bias.to(features.dtype).view(1, 1, -1, 1, 1)
         hidden = z.shape[1]
@@ -177,9 +199,13 @@ class Classifier(Normalised):
         out = []
         for c0 in range(0, self.num_classes, step):
             m = masks[:, c0 : c0 + step, None]  # [B, k, 1, h, w]
-            act = self.head_act(z[:, None] * m + bias1).mean(dim=(3, 4))  # [B, k, hidden]
+            act = self.head_act(z[:, None] * m + bias1)  # [B, k, hidden, h, w]
             wc = self.fc.weight[c0 : c0 + step].to(features.dtype)  # [k, hidden]
-            out.append((act * wc).sum(-1) + self.fc.bias[c0 : c0 + step].to(features.dtype))
+            if self.head_pooling == "avg":
+                pooled = (act.mean(dim=(3, 4)) * wc).sum(-1)
+            else:
+                pooled = self.pool_maps(torch.einsum("bkdhw,kd->bkhw", act, wc))
+            out.append(pooled + self.fc.bias[c0 : c0 + step].to(features.dtype))
         return torch.cat(out, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -34,6 +34,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def constructor(name: str) -> Callable[..., Any]:
+    """The registered constructor of `name` (UsageError for an unknown name)."""
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
 def default_classes(num_classes: int) -> tuple[str, ...]:
     """The ChestX-ray14 list (or its first `num_classes` names); ``class_0..`` beyond 14 classes."""
     if num_classes <= len(CHESTXRAY14):

@@ -85,6 +85,8 @@ class ResNet(Classifier):
 
     feature_layer = "layer4"
     map_layers = ("layer1", "layer2", "layer3", "layer4")
+    #: a stride-s cell i is centred on input pixel s * i ('same'-padded strided layers; `miner.boxes.cell_shift`)
+    cell_origin = "corner"
 
     def __init__(
         self,
@@ -96,6 +98,10 @@ class ResNet(Classifier):
         width: float = 1.0,
         head: str = "linear",
         head_hidden: int | None = None,
+        pooling: str = "avg",
+        pool_r: float = 10.0,
+        pool_k: float = 0.1,
+        pool_alpha: float = 0.0,
         zero_init_residual: bool = False,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -121,7 +127,8 @@ class ResNet(Classifier):
             _scaled(512, width) * blk.expansion,
         )
         self._init_trunk(zero_init_residual)
-        self._build_head(self._head_dim(), head=head, hidden=head_hidden)
+        self._build_head(self._head_dim(), head=head, hidden=head_hidden, pooling=pooling, pool_r=pool_r,
+                         pool_k=pool_k, pool_alpha=pool_alpha)
 
     def _head_dim(self) -> int:
         return self.stage_channels[3]
@@ -207,71 +214,155 @@ class MSA(nn.Module):
         return torch.cat([up, lo], dim=1)
 
 
+def upsample_cells(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling that keeps strided cells on their centres: x (Tensor[B, K, h, w]) -> Tensor[B, K, H, W].
+
+    A ResNet's stride-s cell i is centred on input pixel s * i (every stride-2 layer, the 7x7 stem included, has
+    'same' padding, so its output j is centred on input 2 j). Output cell m of a grid f = H / h times finer must
+    therefore read input cell m / f -- not (m + 0.5) / f - 0.5 as ``align_corners=False`` does, which moves the
+    coarse grid (f - 1) / 2 fine cells down and right of the fine one (4 px for stage 3 and 12 px for stage 4 on
+    the stride-8 grid). Beyond the last cell the value is held. Two small interpolation matrices (an exact,
+    exportable MatMul pair).
+    """
+    h, w = x.shape[-2:]
+    return torch.einsum("Hh,bkhw,Ww->bkHW", _cell_matrix(size[0], h, x), x, _cell_matrix(size[1], w, x))
+
+
+def _cell_matrix(out: int, inp: int, like: Tensor) -> Tensor:
+    """U [out, inp] with U[m, i] = max(0, 1 - |min(m * inp / out, inp - 1) - i|)."""
+    src = (torch.arange(out, dtype=torch.float64) * (inp / out)).clamp(max=inp - 1)
+    weight = (1 - (src.view(-1, 1) - torch.arange(inp, dtype=torch.float64).view(1, -1)).abs()).clamp(min=0)
+    return weight.to(device=like.device, dtype=like.dtype)
+
+
+class MSA8(nn.Module):
+    """Multi-scale aggregation at stride 8: Cai et al.'s MSA extended down to stage 2.
+
+    X_k (stage 4, S/32) -> 1x1 conv to `hi` channels (+BN, ReLU), bilinear x4; X_{k-1} (stage 3, S/16) -> 1x1 conv
+    to `mid` channels (+BN, ReLU), bilinear x2; X_{k-2} (stage 2, S/8) -> 1x1 conv to `lo` channels (+BN, ReLU);
+    output = concat([hi, mid, lo]) (Tensor[B, hi + mid + lo, S/8, S/8]); with `fuse`, a 3x3 conv (+BN, ReLU) to
+    `fuse` channels on top. The upsampling keeps every stage's cells on their centres (`upsample_cells`).
+
+    A linear map commutes with bilinear upsampling, so the CAM of this X is up4(CAM of stage 4's part) +
+    up2(CAM of stage 3's part) + CAM of stage 2's part: the coarse stages say which finding, the stage-2 part
+    can say where at 8-px cells (a 17-px nodule at 256 px spans two cells instead of one at stride 16).
+    """
+
+    def __init__(self, c4: int, c3: int, c2: int, *, hi: int = 512, mid: int = 256, lo: int = 128,
+                 fuse: int = 0) -> None:
+        super().__init__()
+        self.upsample_mode = "bilinear"
+        self.reduce4 = nn.Sequential(conv1x1(c4, hi), nn.BatchNorm2d(hi), nn.ReLU(inplace=True))
+        self.reduce3 = nn.Sequential(conv1x1(c3, mid), nn.BatchNorm2d(mid), nn.ReLU(inplace=True))
+        self.reduce2 = nn.Sequential(conv1x1(c2, lo), nn.BatchNorm2d(lo), nn.ReLU(inplace=True))
+        self.out_channels = hi + mid + lo
+        self.fuse = None
+        if fuse:
+            self.fuse = nn.Sequential(conv3x3(self.out_channels, fuse), nn.BatchNorm2d(fuse), nn.ReLU(inplace=True))
+            self.out_channels = fuse
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, c4: Tensor, c3: Tensor, c2: Tensor) -> Tensor:
+        size = (int(c2.shape[-2]), int(c2.shape[-1]))
+        up4 = upsample_cells(self.reduce4(c4), size)
+        up3 = upsample_cells(self.reduce3(c3), size)
+        x = torch.cat([up4, up3, self.reduce2(c2)], dim=1)
+        return x if self.fuse is None else self.fuse(x)
+
+
+MSA_STRIDES = (16, 8)
+
+
 class ResNetMSA(ResNet):
-    """ResNet + MSA: X = concat(up2(conv1x1(layer4)), conv1x1(layer3)) at stride 16 (768 channels at width 1)."""
+    """ResNet + MSA: X = concat(up2(conv1x1(layer4)), conv1x1(layer3)) at stride 16 (768 channels at width 1);
+    with ``msa_stride=8``, concat(up4(conv1x1(layer4)), up2(conv1x1(layer3)), conv1x1(layer2)) at stride 8
+    (896 channels at width 1, `MSA8`)."""
 
     feature_layer = "msa"
     map_layers = ("layer3", "layer4", "msa")
 
-    def __init__(self, block: str, depths: Sequence[int], *, upsample: str = "bilinear", **kwargs) -> None:
+    def __init__(self, block: str, depths: Sequence[int], *, upsample: str = "bilinear", msa_stride: int = 16,
+                 msa_fuse: int = 0, **kwargs) -> None:
+        if msa_stride not in MSA_STRIDES:
+            raise UsageError(f"msa_stride must be one of {MSA_STRIDES}, got {msa_stride!r}")
+        if msa_stride == 8 and upsample != "bilinear":
+            raise UsageError("msa_stride=8 upsamples bilinearly only (upsample='bilinear')")
         self._msa_upsample = upsample
+        self.msa_stride = int(msa_stride)
+        if msa_fuse and msa_stride != 8:
+            raise UsageError("msa_fuse applies to msa_stride=8")
+        self.msa_fuse = int(msa_fuse)
         super().__init__(block, depths, **kwargs)
 
     def _head_dim(self) -> int:
-        self.msa = MSA(
-            self.stage_channels[3],
-            self.stage_channels[2],
-            hi=_scaled(512, self.width),
-            lo=_scaled(256, self.width),
-            upsample=self._msa_upsample,
-        )
+        if self.msa_stride == 8:
+            self.msa = MSA8(self.stage_channels[3], self.stage_channels[2], self.stage_channels[1],
+                            hi=_scaled(512, self.width), mid=_scaled(256, self.width), lo=_scaled(128, self.width),
+                            fuse=_scaled(self.msa_fuse, self.width) if self.msa_fuse else 0)
+        else:
+            self.msa = MSA(
+                self.stage_channels[3],
+                self.stage_channels[2],
+                hi=_scaled(512, self.width),
+                lo=_scaled(256, self.width),
+                upsample=self._msa_upsample,
+            )
         return self.msa.out_channels
 
     def _features(self, x: Tensor) -> Tensor:
-        _, _, c3, c4 = self.stages(x)
+        _, c2, c3, c4 = self.stages(x)
+        if self.msa_stride == 8:
+            return self.msa(c4, c3, c2)
         return self.msa(c4, c3)
 
 
 def _options_doc(fn):
     fn.__doc__ = (fn.__doc__ or "") + (
         "\n\n    Options: width (float, 1.0), head ('linear' | 'mlp'), head_hidden (int, mlp only),"
+        " pooling ('avg' | 'lse' | 'topk', with pool_r, pool_k, pool_alpha: `miner.models.pooling`),"
         " zero_init_residual (bool), mean/std (per-channel normalisation of [0, 1] inputs)."
     )
     return fn
 
 
+def _resnet(block: str, depths: tuple[int, ...], options: dict, *, msa: bool = False):
+    """Build a ResNet / ResNet-MSA from a constructor's keyword options."""
+    return (ResNetMSA if msa else ResNet)(block, depths, **options)
+
+
 @register_model("resnet18")
 @_options_doc
-def resnet18(*, classes, in_chans=1, width=1.0, head="linear", head_hidden=None, zero_init_residual=False,
-             mean=None, std=None) -> ResNet:
+def resnet18(*, classes, in_chans=1, width=1.0, head="linear", head_hidden=None, pooling="avg", pool_r=10.0,
+             pool_k=0.1, pool_alpha=0.0, zero_init_residual=False, mean=None, std=None) -> ResNet:
     """ResNet-18 (BasicBlock [2, 2, 2, 2]); torchvision-compatible keys at width 1, linear head."""
-    return ResNet("basic", (2, 2, 2, 2), classes=classes, in_chans=in_chans, width=width, head=head,
-                  head_hidden=head_hidden, zero_init_residual=zero_init_residual, mean=mean, std=std)
+    return _resnet("basic", (2, 2, 2, 2), dict(locals()))
 
 
 @register_model("resnet50")
 @_options_doc
-def resnet50(*, classes, in_chans=1, width=1.0, head="linear", head_hidden=None, zero_init_residual=False,
-             mean=None, std=None) -> ResNet:
+def resnet50(*, classes, in_chans=1, width=1.0, head="linear", head_hidden=None, pooling="avg", pool_r=10.0,
+             pool_k=0.1, pool_alpha=0.0, zero_init_residual=False, mean=None, std=None) -> ResNet:
     """ResNet-50 (Bottleneck [3, 4, 6, 3]); torchvision-compatible keys at width 1, linear head."""
-    return ResNet("bottleneck", (3, 4, 6, 3), classes=classes, in_chans=in_chans, width=width, head=head,
-                  head_hidden=head_hidden, zero_init_residual=zero_init_residual, mean=mean, std=std)
+    return _resnet("bottleneck", (3, 4, 6, 3), dict(locals()))
 
 
 @register_model("resnet18_msa")
 @_options_doc
-def resnet18_msa(*, classes, in_chans=1, width=1.0, upsample="bilinear", head="linear", head_hidden=None,
-                 zero_init_residual=False, mean=None, std=None) -> ResNetMSA:
-    """ResNet-18 trunk + MSA (upsample 'bilinear' | 'deconv'); X has 768 * width channels at stride 16."""
-    return ResNetMSA("basic", (2, 2, 2, 2), upsample=upsample, classes=classes, in_chans=in_chans, width=width,
-                     head=head, head_hidden=head_hidden, zero_init_residual=zero_init_residual, mean=mean, std=std)
+def resnet18_msa(*, classes, in_chans=1, width=1.0, upsample="bilinear", msa_stride=16, msa_fuse=0, head="linear",
+                 head_hidden=None, pooling="avg", pool_r=10.0, pool_k=0.1, pool_alpha=0.0, zero_init_residual=False,
+                 mean=None, std=None) -> ResNetMSA:
+    """ResNet-18 trunk + MSA (upsample 'bilinear' | 'deconv'); X has 768 * width channels at stride 16, or
+    896 * width at stride 8 with msa_stride=8."""
+    return _resnet("basic", (2, 2, 2, 2), dict(locals()), msa=True)
 
 
 @register_model("resnet50_msa")
 @_options_doc
-def resnet50_msa(*, classes, in_chans=1, width=1.0, upsample="bilinear", head="linear", head_hidden=None,
-                 zero_init_residual=False, mean=None, std=None) -> ResNetMSA:
-    """ResNet-50 trunk + MSA (Cai et al.): X = [B, 768, S/16, S/16] at width 1."""
-    return ResNetMSA("bottleneck", (3, 4, 6, 3), upsample=upsample, classes=classes, in_chans=in_chans,
-                     width=width, head=head, head_hidden=head_hidden, zero_init_residual=zero_init_residual,
-                     mean=mean, std=std)
+def resnet50_msa(*, classes, in_chans=1, width=1.0, upsample="bilinear", msa_stride=16, msa_fuse=0, head="linear",
+                 head_hidden=None, pooling="avg", pool_r=10.0, pool_k=0.1, pool_alpha=0.0, zero_init_residual=False,
+                 mean=None, std=None) -> ResNetMSA:
+    """ResNet-50 trunk + MSA (Cai et al.): X = [B, 768, S/16, S/16] at width 1 ([B, 896, S/8, S/8] with
+    msa_stride=8)."""
+    return _resnet("bottleneck", (3, 4, 6, 3), dict(locals()), msa=True)

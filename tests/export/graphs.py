@@ -49,6 +49,11 @@ CASES: dict[str, Case] = {
     "resnet18-cam": Case("resnet18", (("width", 0.125),), "cam", 64),
     "msa-bilinear-cam": Case("resnet18_msa", (("width", 0.125), ("upsample", "bilinear")), "cam", 64),
     "msa-deconv-cam": Case("resnet18_msa", (("width", 0.125), ("upsample", "deconv")), "cam", 64),
+    # the default recipe's head: stride-8 MSA, log-sum-exp pooling (CAM stays analytic)
+    "msa8-lse-cam": Case("resnet18_msa", (("width", 0.125), ("msa_stride", 8), ("pooling", "lse")), "cam", 64),
+    # top-k pooling makes dy/dX score-dependent: Grad-CAM goes through autograd (and a masks input)
+    "msa8-topk-gradcam": Case("resnet18_msa", (("width", 0.125), ("msa_stride", 8), ("pooling", "topk"),
+                                               ("pool_k", 0.1)), "gradcam", 64),
     "mlp-gradcam": Case("resnet18", (("width", 0.125), ("head", "mlp")), "gradcam", 64),
     "mlp-hirescam": Case("resnet18", (("width", 0.125), ("head", "mlp")), "hirescam", 64),
     "unet-seg-gradcam": Case("unet", (("channels", 4), ("depth", 2)), "seg-gradcam", 32),
