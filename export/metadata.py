@@ -44,6 +44,10 @@ class GraphMeta:
     model_hash: str = ""
     miner_version: str = ""
     task: str = "classification"
+    #: ``corner``: a stride-s map cell i is centred on input pixel s * i (ResNets); ``centre``: at s * i + (s - 1) / 2
+    cell_origin: str = "centre"
+    #: the model's recipe record (`miner.recipes`: recipe name, mining and box settings); {} = made before recipes
+    inference: dict = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -59,7 +63,7 @@ class GraphMeta:
                 for k, v in value.items():
                     props[f"{PREFIX}extra.{k}"] = str(v)
                 continue
-            if isinstance(value, (tuple, list, bool, int, float)):
+            if isinstance(value, (tuple, list, bool, int, float, dict)):
                 value = json.dumps(list(value) if isinstance(value, tuple) else value)
             props[PREFIX + f.name] = str(value)
         return props
@@ -98,6 +102,8 @@ class GraphMeta:
                 model_hash=kwargs.get("model_hash", ""),
                 miner_version=kwargs.get("miner_version", ""),
                 task=kwargs.get("task", "classification"),
+                cell_origin=kwargs.get("cell_origin", "centre"),
+                inference=dict(json.loads(kwargs.get("inference", "{}"))),
                 extra=extra,
             )
         except (KeyError, ValueError, TypeError) as err:

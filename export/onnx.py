@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,8 +155,13 @@ class MapGraph:
     def input_names(self) -> list[str]:
         return ["images", "masks"] if self.masks_input else ["images"]
 
-    def describe(self, input_size: tuple[int, int], map_size: tuple[int, int], *, model_hash: str) -> GraphMeta:
-        """What this graph computes: the record its ONNX file carries, and what the torch backend reports."""
+    def describe(self, input_size: tuple[int, int], map_size: tuple[int, int], *, model_hash: str,
+                 inference: Mapping[str, Any] | None = None) -> GraphMeta:
+        """What this graph computes: the record its ONNX file carries, and what the torch backend reports.
+
+        `inference` is the checkpoint's recipe record (`miner.recipes.recorded`), carried into the graph so that
+        mining an exported model uses the settings it was trained and calibrated with.
+        """
         import miner
 
         model = self.model
@@ -176,6 +181,8 @@ class MapGraph:
             model_hash=model_hash,
             miner_version=miner.__version__,
             task=str(getattr(model, "task", "classification")),
+            cell_origin=str(getattr(model, "cell_origin", "centre")),
+            inference=dict(inference or {}),
         )
 
 
@@ -212,6 +219,7 @@ def export_model(
     model_hash: str | None = None,
     target: Any = None,
     scales: Sequence[int] | str | None = None,
+    inference: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Export `model`'s logits and all class maps to one ONNX graph with a dynamic batch.
 
@@ -230,6 +238,7 @@ def export_model(
         trace_batch: batch of the tracing example (>= 2).
         model_hash: recorded in the metadata (default: a hash of the state_dict).
         target, scales: segmentation pixel set / pyramid scales, as `miner.cam.class_maps`.
+        inference: the model's recipe record (`miner.recipes.recorded`) for the metadata.
 
     Returns:
         an `ExportResult` (path, metadata, parity report, seconds, size).
@@ -257,7 +266,7 @@ def export_model(
             example.append(torch.ones(trace_batch, len(classes), *map_size))
         else:
             map_size = tuple(int(v) for v in graph.mapper(example[0])[1].shape[-2:])
-        meta = graph.describe(size, map_size, model_hash=model_hash or state_dict_hash(model))
+        meta = graph.describe(size, map_size, model_hash=model_hash or state_dict_hash(model), inference=inference)
         with quiet() as log:
             try:
                 gm = trace_graph(graph, example)
@@ -339,13 +348,17 @@ def export_checkpoint(
     """`export_model` for a checkpoint from `miner.models.save_checkpoint`.
 
     The input size defaults to the checkpoint's ``input_size``; the recorded model hash is the checkpoint
-    file's sha256.
+    file's sha256; the checkpoint's recipe record (recipe, mining and box settings) goes into the metadata.
     """
     from miner.models import load_checkpoint
+    from miner.recipes import recorded
 
     checkpoint = Path(checkpoint)
     model, ckpt_meta = load_checkpoint(checkpoint)
     size = parse_size(input_size) or parse_size(ckpt_meta.get("input_size"))
     if size is None:
         raise UsageError(f"{checkpoint} records no input_size: pass --input-size HxW")
+    options.setdefault("inference", recorded(ckpt_meta))
+    if options.get("method") is None and options.get("layer") is None and ckpt_meta.get("method"):
+        options["method"] = ckpt_meta["method"]  # the recipe's map method
     return export_model(model, path, input_size=size, model_hash=file_hash(checkpoint), **options)

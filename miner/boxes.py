@@ -46,6 +46,9 @@ WANG_THRESHOLDS: tuple[float, ...] = (60 / 255, 180 / 255)
 #: which (image, finding) pairs get boxes
 SELECT_MODES = ("labels", "predicted", "all")
 
+#: how boxes are read off the mining result (`BoxConfig.rule`)
+BOX_RULES = ("levels", "steps")
+
 #: the row fields `boxes_from_maps` fills per box (the Parquet contract adds image_id, finding, prob)
 BOX_FIELDS = ("class_index", "rank", "x", "y", "w", "h", "score", "threshold")
 
@@ -97,6 +100,22 @@ def select_classes(
     raise UsageError(f"classes must be one of {', '.join(SELECT_MODES)}, got {mode!r}")
 
 
+def cell_shift(input_size: Sequence[int], map_size: Sequence[int], cell_origin: str) -> tuple[float, float]:
+    """(dy, dx) in map cells that puts each cell on its receptive-field centre (`BoxConfig.align_cells`).
+
+    ``cell_origin="corner"`` (ResNets: a stride-s cell i is centred on input pixel s * i): -(s - 1) / (2 s) cells,
+    i.e. (s - 1) / 2 input pixels up and left of where bilinear upsampling with ``align_corners=False`` puts it.
+    ``"centre"``: (0, 0).
+    """
+    if cell_origin != "corner":
+        return 0.0, 0.0
+    out = []
+    for size, cells in zip(input_size, map_size):
+        s = float(size) / float(cells)
+        out.append(-(s - 1.0) / (2.0 * s) if s > 1 else 0.0)
+    return out[0], out[1]
+
+
 def work_size(map_size: tuple[int, int], config: BoxConfig) -> tuple[int, int]:
     """Working resolution (H_work, W_work) for maps of `map_size` (module docstring, step 1)."""
     h, w = int(map_size[0]), int(map_size[1])
@@ -130,7 +149,7 @@ def boxes_from_maps(
     labels: np.ndarray | None = None,
     prob_threshold: float = 0.5,
 ) -> list[list[dict[str, Any]]]:
-    """Up to ``config.max_boxes`` ranked boxes per selected (image, finding) pair.
+    """Up to ``config.max_boxes`` ranked boxes per selected (image, finding) pair, by the ``levels`` rule.
 
     Args:
         fused: H_f (Tensor[B, C, h, w]) from `miner.mining.attention_mining` (any device).
@@ -138,7 +157,7 @@ def boxes_from_maps(
         classes: which (image, finding) pairs get boxes: a Tensor/np.ndarray[B, C] bool, or a mode of
             `select_classes` -- ``"labels"`` (needs `labels`), ``"predicted"`` (needs `probs`; probability >=
             `prob_threshold`) or ``"all"``; None = all.
-        config: `miner.config.BoxConfig` (None = defaults).
+        config: `miner.config.BoxConfig` (None = defaults; its ``rule`` is not consulted: this is the levels rule).
         probs, labels, prob_threshold: for the string modes (np.ndarray or Tensor [B, C]).
 
     Returns:
@@ -148,23 +167,44 @@ def boxes_from_maps(
     from miner.mining import small_ops
 
     with small_ops(fused.device):
-        return _boxes(fused, original_sizes, classes, config, probs, labels, prob_threshold)
+        return _boxes(fused, None, original_sizes, classes, config, probs, labels, prob_threshold, None)
 
 
-def _boxes(fused, original_sizes, classes, config, probs, labels, prob_threshold) -> list[list[dict[str, Any]]]:
-    from miner.kernels import component_stats, label_components
+def boxes_from_mining(
+    mined: Any,
+    *,
+    original_sizes: Sequence[tuple[int, int]],
+    classes: np.ndarray | Tensor | str | None = None,
+    config: BoxConfig | None = None,
+    class_names: Sequence[str] | None = None,
+    shift: tuple[float, float] = (0.0, 0.0),
+    probs: np.ndarray | Tensor | None = None,
+    labels: np.ndarray | None = None,
+    prob_threshold: float = 0.5,
+) -> list[list[dict[str, Any]]]:
+    """Boxes of a `miner.mining.MiningResult` by ``config.rule``: ``levels`` (the fused map H_f at fixed levels,
+    as `boxes_from_maps`) or ``steps`` (one box per mining step, `miner.step_boxes`).
+
+    `class_names` (the C maps' finding names) lets ``config.finding_levels`` apply; `shift` (dy, dx, in map
+    cells, from `cell_shift`) moves the boxes where ``config.align_cells`` asks; other arguments as
+    `boxes_from_maps`. Returns per image a list of dicts with `BOX_FIELDS` (``threshold`` = the level of the box:
+    a level of H_f for ``levels``, the fraction of its step's peak for ``steps``).
+    """
+    from miner.mining import small_ops
 
     cfg = config or BoxConfig()
-    if fused.dim() != 4:
-        raise UsageError(f"fused maps must be Tensor[B, C, h, w], got shape {tuple(fused.shape)}")
-    b, c, h, w = fused.shape
-    if len(original_sizes) != b:
-        raise UsageError(f"original_sizes has {len(original_sizes)} entries for a batch of {b}")
-    if cfg.max_boxes < 1:
-        raise UsageError(f"max_boxes must be at least 1, got {cfg.max_boxes}")
-    levels = resolve_thresholds(cfg.thresholds)
-    out: list[list[dict[str, Any]]] = [[] for _ in range(b)]
-    device = fused.device
+    if cfg.rule not in BOX_RULES:
+        raise UsageError(f"box rule must be one of {', '.join(BOX_RULES)}, got {cfg.rule!r}")
+    with small_ops(mined.fused.device):
+        shift = shift if cfg.align_cells else (0.0, 0.0)
+        if cfg.rule == "levels":
+            return _boxes(mined.fused, None, original_sizes, classes, cfg, probs, labels, prob_threshold, None, shift)
+        return _boxes(mined.fused, mined, original_sizes, classes, cfg, probs, labels, prob_threshold, class_names,
+                      shift)
+
+
+def _chosen_pairs(classes, probs, labels, prob_threshold, shape, device) -> Tensor:
+    b, c = shape
     if isinstance(classes, str):
         if isinstance(probs, Tensor):
             probs = probs.detach().float().cpu().numpy()
@@ -176,12 +216,76 @@ def _boxes(fused, original_sizes, classes, config, probs, labels, prob_threshold
         if chosen.shape != (b, c):
             raise UsageError(f"classes selection must be [B, C] = {(b, c)}, got {tuple(chosen.shape)}")
         chosen = chosen.bool()
-    pairs = chosen.nonzero()  # [N, 2]
-    n = int(pairs.shape[0])
-    if n == 0:
-        return out
+    return chosen.nonzero()  # [N, 2]
 
+
+def _boxes(fused, mined, original_sizes, classes, config, probs, labels, prob_threshold, class_names,
+           shift=(0.0, 0.0)) -> list[list[dict[str, Any]]]:
+    cfg = config or BoxConfig()
+    if fused.dim() != 4:
+        raise UsageError(f"fused maps must be Tensor[B, C, h, w], got shape {tuple(fused.shape)}")
+    b, c, h, w = fused.shape
+    if len(original_sizes) != b:
+        raise UsageError(f"original_sizes has {len(original_sizes)} entries for a batch of {b}")
+    if cfg.max_boxes < 1:
+        raise UsageError(f"max_boxes must be at least 1, got {cfg.max_boxes}")
+    out: list[list[dict[str, Any]]] = [[] for _ in range(b)]
+    pairs = _chosen_pairs(classes, probs, labels, prob_threshold, (b, c), fused.device)
+    if int(pairs.shape[0]) == 0:
+        return out
     hw, ww = work_size((h, w), cfg)
+    if mined is None:
+        found = _level_boxes(fused, pairs, (hw, ww), cfg)
+    else:
+        from miner.step_boxes import step_boxes
+
+        found = step_boxes(mined.step_maps, mined.masks, pairs, work=(hw, ww), config=cfg, classes=class_names)
+    if found is None:
+        return out
+    sel_box, ok, sel_score, sel_level = found
+    if shift != (0.0, 0.0):  # receptive-field centres (BoxConfig.align_cells), clipped to the image
+        dy, dx = shift[0] * hw / h, shift[1] * ww / w
+        move = torch.tensor([dx, dy, dx, dy], dtype=sel_box.dtype, device=sel_box.device)
+        limit = torch.tensor([ww, hw, ww, hw], dtype=sel_box.dtype, device=sel_box.device)
+        sel_box = torch.minimum(torch.clamp(sel_box + move, min=0), limit)
+    # the one host copy: a few numbers per pair
+    pairs_h = pairs.cpu().numpy()
+    box_h = sel_box.cpu().numpy()
+    score_h = sel_score.cpu().numpy()
+    level_h = sel_level.cpu().numpy()
+    ok_h = ok.cpu().numpy()
+    for i, (bi, ci) in enumerate(pairs_h):
+        height, width = (float(v) for v in original_sizes[bi])
+        sx, sy = width / ww, height / hw
+        rank = 0
+        for r in range(ok_h.shape[1]):
+            if not ok_h[i, r]:
+                break
+            rank += 1
+            bx0, by0, bx1, by1 = box_h[i, r]
+            out[bi].append({
+                "class_index": int(ci),
+                "rank": rank,
+                "x": np.float32(bx0 * sx),
+                "y": np.float32(by0 * sy),
+                "w": np.float32((bx1 - bx0) * sx),
+                "h": np.float32((by1 - by0) * sy),
+                "score": np.float32(score_h[i, r]),
+                "threshold": np.float32(level_h[i, r]),
+            })
+    return out
+
+
+def _level_boxes(fused: Tensor, pairs: Tensor, work: tuple[int, int], cfg: BoxConfig):
+    """The ``levels`` rule (module docstring, steps 1-5): (boxes [N, R, 4] working pixels, present [N, R],
+    score [N, R], level [N, R]) or None when no map has a component."""
+    from miner.kernels import component_stats, label_components
+
+    levels = resolve_thresholds(cfg.thresholds)
+    device = fused.device
+    h, w = fused.shape[-2:]
+    hw, ww = work
+    n = int(pairs.shape[0])
     maps = fused[pairs[:, 0], pairs[:, 1]].float()  # [N, h, w]
     if (hw, ww) != (h, w):
         maps = F.interpolate(maps.unsqueeze(1), size=(hw, ww), mode="bilinear", align_corners=False).squeeze(1)
@@ -196,7 +300,7 @@ def _boxes(fused, original_sizes, classes, config, probs, labels, prob_threshold
     labels, counts = label_components(binary, connectivity=cfg.connectivity)
     k = int(counts.max()) if counts.numel() else 0
     if k == 0:
-        return out
+        return None
     stats = component_stats(labels, maps.repeat(nl, 1, 1), num_labels=k)
     cell = (hw / h) * (ww / w)
     valid = stats.area.to(torch.float32) >= max(1.0, cfg.min_area * cell)  # [nl * N, K]
@@ -240,35 +344,7 @@ def _boxes(fused, original_sizes, classes, config, probs, labels, prob_threshold
     pick = torch.stack(picks, 1)  # [N, R]
     ok = torch.stack(has, 1)
     sel_box = bbox_f.gather(1, pick.unsqueeze(-1).expand(-1, -1, 4))
-    sel_score = score.gather(1, pick)
-    sel_level = level_of.gather(1, pick)
-
-    # the one host copy: a few numbers per pair
-    pairs_h = pairs.cpu().numpy()
-    box_h = sel_box.cpu().numpy()
-    score_h = sel_score.cpu().numpy()
-    level_h = sel_level.cpu().numpy()
-    ok_h = ok.cpu().numpy()
-    for i, (bi, ci) in enumerate(pairs_h):
-        height, width = (float(v) for v in original_sizes[bi])
-        sx, sy = width / ww, height / hw
-        rank = 0
-        for r in range(cfg.max_boxes):
-            if not ok_h[i, r]:
-                break
-            rank += 1
-            bx0, by0, bx1, by1 = box_h[i, r]
-            out[bi].append({
-                "class_index": int(ci),
-                "rank": rank,
-                "x": np.float32(bx0 * sx),
-                "y": np.float32(by0 * sy),
-                "w": np.float32((bx1 - bx0) * sx),
-                "h": np.float32((by1 - by0) * sy),
-                "score": np.float32(score_h[i, r]),
-                "threshold": np.float32(level_h[i, r]),
-            })
-    return out
+    return sel_box, ok, score.gather(1, pick), level_of.gather(1, pick)
 
 
 def box_columns(

@@ -130,11 +130,18 @@ class PhantomConfig:
 # --- training (miner.train, `miner train`; owner: models & training) -----------------------------------
 
 
+#: the recipe `miner train` uses and records unless told otherwise (`miner.recipes`; ``cai2018`` is the seed's)
+DEFAULT_RECIPE = "peaks"
+
+
 @dataclass
 class TrainConfig:
     """Defaults for `miner train` (README "Training"). Stages follow Cai et al. Sec. 3.1-3.2."""
 
     arch: str = "resnet50_msa"
+    #: named recipe (`miner.recipes`): its model options apply where the arch takes them (explicit
+    #: `model_options` win), and the checkpoint records its mining and box settings
+    recipe: str = DEFAULT_RECIPE
     #: constructor options of the model (width, upsample, head, ...)
     model_options: dict = field(default_factory=dict)
     input_size: int = 512
@@ -213,24 +220,42 @@ class BoxConfig:
     """Boxes from fused heatmaps (`miner.boxes.boxes_from_maps`).
 
     Attributes:
-        thresholds: levels on the fused map min-max-normalised per map; each level's components give boxes.
-            ``"wang"`` = (60/255, 180/255), Wang et al.'s levels on heatmaps scaled to [0, 255].
-        max_boxes: boxes kept per image and finding (ranked by mean fused heat inside the box).
+        rule: ``levels`` (Cai et al.: components of the fused map H_f at fixed levels, ranked by the mean H_f
+            inside the box; `miner.boxes`) or ``steps`` (one box per attention-mining step: the region around the
+            step's peak down to ``step_level`` of it, ranked by the mean H_1 inside the region;
+            `miner.step_boxes`).
+        thresholds: (``levels``) levels on the fused map min-max-normalised per map; each level's components give
+            boxes. ``"wang"`` = (60/255, 180/255), Wang et al.'s levels on heatmaps scaled to [0, 255].
+        step_level: (``steps``) a step's region is where its map is >= step_level x its peak.
+        finding_levels: (``steps``) per-finding step levels (finding name -> level) that override
+            ``step_level``, e.g. fixed on a validation split with boxes (`miner.calibrate`).
+        max_boxes: boxes kept per image and finding.
         upsample: working resolution = map size x upsample (bilinear, align_corners=False) ...
         max_work_side: ... but no side above this unless the map itself is larger (then the map's own size).
         min_area: smallest component kept, in map cells (one cell = upsample^2 working pixels).
         dedup_iou: a box whose IoU with a better-ranked box of the same image and finding exceeds this is a
             duplicate (the same region found at another level) and dropped.
+        dedup_iobb: (``steps``) a box lying inside an earlier step's box by more than this share of its own
+            area is a duplicate too.
         connectivity: 8 or 4, for the components.
+        align_cells: place map cells on their receptive-field centres when mapping boxes to pixels. A ResNet's
+            stride-s cell i is centred on input pixel s * i, not s * i + (s - 1) / 2 as plain bilinear upsampling
+            assumes: boxes move (s - 1) / 2 input pixels up and left (3.5 px at stride 8, 7.5 at stride 16) for
+            models whose maps say so (``cell_origin == "corner"``). Off in the seed's recipe.
     """
 
+    rule: str = "levels"
     thresholds: tuple[float, ...] | str = (0.3, 0.5, 0.7)
+    step_level: float = 0.5
+    finding_levels: dict | None = None
     max_boxes: int = 3
     upsample: int = 4
     max_work_side: int = 256
     min_area: float = 1.0
     dedup_iou: float = 0.8
+    dedup_iobb: float = 0.8
     connectivity: int = 8
+    align_cells: bool = False
 
 
 @dataclass

@@ -203,7 +203,10 @@ def pick_overlays(archive: Any, processed: set[str], count: int) -> list[str]:
 
 
 def draw_overlays(out: Path, archive: Any, model: Path, *, count: int, mining: Any, boxes: Any) -> list[Path]:
-    """``miner show`` pictures of `count` images and one attention-mining figure; returns the files written."""
+    """``miner show`` pictures of `count` images and one attention-mining figure; returns the files written.
+
+    `mining`, `boxes`: as the job's pipeline took them (`miner.pipeline.Pipeline`: None or overrides of the
+    model's own settings), so the figure mines as the job did."""
     import pyarrow.dataset as ds
 
     from miner.backends import open_backend
@@ -227,6 +230,9 @@ def draw_overlays(out: Path, archive: Any, model: Path, *, count: int, mining: A
         gt_of.setdefault((b.image_id, b.finding), []).append((b.x, b.y, b.w, b.h))
     items = [(i, paths[i], f, gt) for (i, f), gt in sorted(gt_of.items()) if i in chosen and f in classes]
     cases = mining_cases(backend, items, mining=mining, boxes=boxes)
+    from miner.pipeline import Pipeline
+
+    steps = Pipeline(backend, mining=mining, boxes=boxes).mining.steps
     mined = read_boxes(out)
     written: list[Path] = []
     for image_id in chosen:
@@ -242,7 +248,7 @@ def draw_overlays(out: Path, archive: Any, model: Path, *, count: int, mining: A
             panels.append(Panel(finding=case.finding, heat=case.fused, gt=case.gt,
                                 mined=[tuple(xywh[k]) for k in order],
                                 labels=[f"{int(ranks[k])} {scores[k]:.2f}" for k in order],
-                                note=f"H_f, T={mining.steps}, p={case.prob:.2f}"))
+                                note=f"H_f, T={steps}, p={case.prob:.2f}"))
         picture = render(own[0].image, panels, panel_size=320,
                          title=f"{image_id}: ground truth red, mined boxes green (rank, mean H_f)")
         path = out / "overlays" / f"{Path(image_id).stem}.png"
@@ -250,7 +256,7 @@ def draw_overlays(out: Path, archive: Any, model: Path, *, count: int, mining: A
         written.append(path)
     multi = sorted((c for c in cases if len(c.gt) >= 2), key=lambda c: (-len(c.gt), c.image_id))[:3] or cases[:3]
     figure = steps_figure(multi, panel_size=224, title=(
-        f"attention mining, T={mining.steps}: H_t per step (white: component erased at step t), fused H_f; "
+        f"attention mining, T={steps}: H_t per step (white: component erased at step t), fused H_f; "
         "ground truth red, mined boxes green"))
     path = out / "overlays" / "attention_mining.png"
     write_png(path, figure)
@@ -279,7 +285,7 @@ def run_demo(
         log: where the phase lines go (default: stdout).
     """
     from miner.backends import open_backend
-    from miner.config import BoxConfig, JobConfig, MiningConfig
+    from miner.config import JobConfig
     from miner.data import make_phantoms, read_archive
     from miner.data.bad_files import inject_bad_files
     from miner.job import run_job
@@ -316,11 +322,11 @@ def run_demo(
     t0 = time.perf_counter()
     log(f"[2/5] miner mine on Ray with {model_path.name} ({meta.arch or 'model'}, {meta.method}, "
         f"{len(meta.classes)} findings, T={cfg.steps}) -> {out}/boxes, errors, images, _manifest.json")
-    mining = replace(MiningConfig(), steps=cfg.steps)
-    box_config = BoxConfig()
+    mining = {"steps": cfg.steps}  # the model's own recipe settings (miner.recipes), T as asked
+    box_config: dict[str, Any] = {}
     job = JobConfig(shard_size=cfg.shard_size, batch_size=cfg.batch_size, workers=cfg.workers)
     summary = run_job(out / "archive", model_path, out, config=job,
-                      pipeline_options={"mining": _plain(mining), "boxes": _plain(box_config)},
+                      pipeline_options={"mining": mining, "boxes": box_config},
                       address=address, overwrite=True, progress=progress,
                       log=lambda text: log(f"      {text}"))
     log(f"      {summary.line()}")
@@ -355,12 +361,6 @@ def run_demo(
                       errors=summary.errors, boxes=summary.boxes, multi_lesion=report["multi_lesion_images"],
                       acc_iou03={k: (math.nan if v is None else float(v)) for k, v in acc.items()},
                       overlays=overlays, seconds=seconds, report=written.index)
-
-
-def _plain(config: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(config)
 
 
 def _phantom_findings() -> tuple[str, ...]:

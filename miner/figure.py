@@ -11,7 +11,8 @@ ground-truth boxes of the finding in red; the last one shows the fused map H_f (
 it in green, labelled with their rank.
 
 `mining_cases` computes the cases through a `miner.backends.Backend` with exactly the steps the mining job runs
-(`backend.run` -> `attention_mining` -> `boxes_from_maps`), so the green boxes are the boxes the job writes.
+(`backend.run` -> `attention_mining` -> `boxes_from_mining`, with the settings `miner.pipeline.Pipeline` resolves),
+so the green boxes are the boxes the job writes.
 Drawing is OpenCV only (BGR uint8).
 """
 from __future__ import annotations
@@ -63,22 +64,22 @@ def mining_cases(
     Args:
         backend: a `miner.backends.Backend` whose classes include every item's finding.
         items: the cases; an image may appear with several findings.
-        mining: `miner.config.MiningConfig` (None = defaults, T = 3).
-        boxes: `miner.config.BoxConfig` (None = defaults).
+        mining, boxes: as `miner.pipeline.Pipeline` takes them (None = the model's own settings; a config object;
+            or a dict of overrides), so the boxes drawn are the boxes the mining job writes.
 
     Returns:
         one `MiningCase` per item, in order.
     """
     import torch
 
-    from miner.boxes import boxes_from_maps
-    from miner.config import BoxConfig, MiningConfig
+    from miner.boxes import boxes_from_mining
     from miner.data import load_image, to_model_input
     from miner.errors import UsageError
     from miner.mining import attention_mining
+    from miner.pipeline import Pipeline
 
-    mining = mining or MiningConfig()
-    boxes = boxes or BoxConfig()
+    settings = Pipeline(backend, mining=mining, boxes=boxes)
+    mining, boxes = settings.mining, settings.box_config
     classes = list(backend.meta.classes)
     for _, _, finding, _ in items:
         if finding not in classes:
@@ -101,7 +102,8 @@ def mining_cases(
             chosen = np.zeros(tuple(maps.shape[:2]), dtype=bool)
             for b, (_, _, finding, _) in enumerate(chunk):
                 chosen[b, classes.index(finding)] = True
-            found = boxes_from_maps(result.fused, original_sizes=sizes, classes=chosen, config=boxes)
+            found = boxes_from_mining(result, original_sizes=sizes, classes=chosen, config=boxes,
+                                      class_names=classes, shift=settings.shift)
             probs = torch.sigmoid(logits.float()).cpu().numpy()
             step_maps = result.step_maps.float().cpu().numpy()  # [T, B, C, h, w]
             kept = result.masks.cpu().numpy()  # [T, B, C, h, w], True = kept after step t

@@ -129,9 +129,12 @@ class Pipeline:
     """Backend -> attention mining -> boxes for decoded batches, on the backend's device.
 
     Args:
-        backend: a `miner.backends.Backend` (its `meta` gives classes, input size, head type).
-        mining: `miner.config.MiningConfig` (or its fields as a dict; None = defaults: T = 3 steps).
-        boxes: `miner.config.BoxConfig` (or its fields as a dict; None = defaults).
+        backend: a `miner.backends.Backend` (its `meta` gives classes, input size, head type, and the model's
+            recipe record: the mining and box settings it was trained and calibrated with, `miner.recipes`).
+        mining: `miner.config.MiningConfig` (used as it is), or a dict of fields that override the base settings,
+            or None (the base settings).
+        boxes: `miner.config.BoxConfig`, a dict of overrides, or None, likewise.
+        recipe: take the base settings from this named recipe instead of the model's record.
         classes: which findings of an image get boxes: ``labels`` (the archive's labels of the image that are
             in the model's class list), ``predicted`` (probability >= `prob_threshold`) or ``all``.
         prob_threshold: see `classes`.
@@ -141,15 +144,24 @@ class Pipeline:
     """
 
     def __init__(self, backend: Any, *, mining: Any = None, boxes: Any = None, classes: str = "labels",
-                 prob_threshold: float = 0.5) -> None:
+                 prob_threshold: float = 0.5, recipe: str | None = None) -> None:
+        from miner.boxes import cell_shift
         from miner.config import BoxConfig, MiningConfig
         from miner.errors import UsageError
+        from miner.recipes import get_recipe, inference_settings, settings_with
 
         if classes not in CLASS_MODES:
             raise UsageError(f"--classes must be one of {', '.join(CLASS_MODES)} (got {classes!r})")
         self.backend = backend
-        self.mining = MiningConfig(**mining) if isinstance(mining, dict) else (mining or MiningConfig())
-        self.box_config = BoxConfig(**boxes) if isinstance(boxes, dict) else (boxes or BoxConfig())
+        meta = backend.meta
+        if recipe:
+            base = get_recipe(recipe)
+            self.recipe, base_mining, base_boxes = base.name, base.mining, base.boxes
+        else:
+            self.recipe, base_mining, base_boxes = inference_settings(getattr(meta, "inference", {}))
+        self.mining = mining if isinstance(mining, MiningConfig) else settings_with(base_mining, mining)
+        self.box_config = boxes if isinstance(boxes, BoxConfig) else settings_with(base_boxes, boxes)
+        self.shift = cell_shift(meta.input_size, meta.map_size, getattr(meta, "cell_origin", "centre"))
         if self.mining.steps < 1:
             raise UsageError(f"--steps must be at least 1 (got {self.mining.steps})")
         backend.meta.check_mining(self.mining.steps)
@@ -214,14 +226,35 @@ class Pipeline:
                         matrix[b, c] = True
         return select_classes(self.classes, probs=probs, labels=matrix, prob_threshold=self.prob_threshold)
 
+    def mine_maps(self, maps: Any, images: Any, chosen: np.ndarray,
+                  sizes: Sequence[tuple[int, int]]) -> tuple[Any, list[list[dict[str, Any]]]]:
+        """Attention mining and boxes of one batch's maps, with this pipeline's settings.
+
+        Args:
+            maps: the backend's maps (Tensor[B, C, h, w]) of `images` (Tensor[B, in_chans, H, W], for recompute).
+            chosen: np.ndarray[B, C] bool, the (image, finding) pairs that get boxes.
+            sizes: original (height, width) of each image.
+
+        Returns:
+            (`miner.mining.MiningResult`, per image a list of box dicts of `miner.boxes.boxes_from_mining`).
+        """
+        from miner.boxes import boxes_from_mining
+        from miner.mining import attention_mining
+
+        m = self.mining
+        mined = attention_mining(maps, steps=m.steps, threshold=m.threshold, connectivity=m.connectivity,
+                                 normalize=m.normalize, recompute=self.backend.recompute(images))
+        found = boxes_from_mining(mined, original_sizes=sizes, classes=chosen, config=self.box_config,
+                                  class_names=self.class_names, shift=self.shift)
+        return mined, found
+
     def _rows(self, batch: DecodedBatch, *, select: str | None = None) -> tuple[dict[str, np.ndarray],
                                                                                 list[dict[str, Any]]]:
         """Box columns (`miner.boxes.box_columns`) and images rows of one batch (`select` overrides
         `classes`)."""
         import torch
 
-        from miner.boxes import box_columns, boxes_from_maps
-        from miner.mining import attention_mining
+        from miner.boxes import box_columns
 
         per_image: list[list[dict[str, Any]]] = [[] for _ in range(len(batch))]
         with torch.inference_mode():
@@ -235,14 +268,10 @@ class Pipeline:
                 index = torch.as_tensor(rows, device=maps.device)
                 sub_maps = maps if rows.size == len(batch) else maps.index_select(0, index)
                 sub_images = images if rows.size == len(batch) else images[torch.as_tensor(rows)]
-                m = self.mining
-                mined = attention_mining(sub_maps, steps=m.steps, threshold=m.threshold,
-                                         connectivity=m.connectivity, normalize=m.normalize,
-                                         recompute=self.backend.recompute(sub_images))
                 sizes = [tuple(batch.sizes[r].tolist()) for r in rows]
-                for r, found in zip(rows, boxes_from_maps(mined.fused, original_sizes=sizes, classes=chosen[rows],
-                                                          config=self.box_config)):
-                    per_image[r] = found
+                _, found = self.mine_maps(sub_maps, sub_images, chosen[rows], sizes)
+                for r, boxes in zip(rows, found):
+                    per_image[r] = boxes
         columns = box_columns(per_image, image_ids=batch.image_ids, classes=self.class_names, probs=probs)
         image_rows = [{"image_id": image_id, "height": int(batch.sizes[b, 0]), "width": int(batch.sizes[b, 1]),
                        "boxes": len(per_image[b]), "probs": probs[b].astype(np.float32).tolist()}

@@ -45,6 +45,9 @@ class BackendMeta:
         shortcut_exact: masking the first maps equals recomputing them on erased features, so mining needs
             no recompute. Without it or `masks_input`, mining beyond one step would be an approximation:
             `check_mining` refuses it.
+        cell_origin: where a map cell sits on the input (`miner.boxes.cell_shift`).
+        inference: the model's recipe record (`miner.recipes.recorded`): the mining and box settings it was
+            trained and calibrated with ({} for models made before recipes: the seed's settings).
     """
 
     classes: tuple[str, ...]
@@ -60,6 +63,8 @@ class BackendMeta:
     shortcut_exact: bool = False
     arch: str = ""
     model_hash: str = ""
+    cell_origin: str = "centre"
+    inference: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,6 +96,8 @@ class BackendMeta:
             shortcut_exact=bool(meta.shortcut_exact),
             arch=meta.arch,
             model_hash=meta.model_hash,
+            cell_origin=str(getattr(meta, "cell_origin", "centre")),
+            inference=dict(getattr(meta, "inference", {}) or {}),
         )
 
 

@@ -28,6 +28,7 @@ class TorchBackend(Backend):
         device: ``cpu``, ``cuda``, ``cuda:N`` (default: cuda when available, else cpu).
         compile: trace the map function and run it through `torch.compile`.
         model_hash: recorded in `meta` (e.g. the checkpoint's sha256).
+        inference: the model's recipe record (`miner.recipes.recorded`), reported in `meta`.
     """
 
     name = "torch"
@@ -44,6 +45,7 @@ class TorchBackend(Backend):
         model_hash: str = "",
         target: Any = None,
         scales: Any = None,
+        inference: dict | None = None,
     ) -> None:
         from miner.export.onnx import MapGraph, default_method
 
@@ -69,7 +71,8 @@ class TorchBackend(Backend):
         with torch.no_grad():
             probe = torch.zeros(2, int(getattr(model, "in_chans", 1)), h, w, device=self.device)
             map_size = tuple(int(v) for v in self.mapper(probe)[1].shape[-2:])
-        self.meta = BackendMeta.from_graph_meta(self.graph.describe((h, w), map_size, model_hash=model_hash))
+        self.meta = BackendMeta.from_graph_meta(self.graph.describe((h, w), map_size, model_hash=model_hash,
+                                                                    inference=inference))
 
     @classmethod
     def from_checkpoint(
@@ -85,7 +88,12 @@ class TorchBackend(Backend):
         size = parse_size(input_size) or parse_size(meta.get("input_size"))
         if size is None:
             raise UsageError(f"{path} records no input_size: pass input_size=")
+        from miner.recipes import recorded
+
         options["device"] = device
+        options.setdefault("inference", recorded(meta))
+        if options.get("method") is None and options.get("layer") is None and meta.get("method"):
+            options["method"] = meta["method"]  # the recipe's map method
         return cls(model, input_size=size, model_hash=file_hash(path), **options)
 
     def _run(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:

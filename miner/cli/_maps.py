@@ -22,9 +22,22 @@ def open_checkpoint(path: str | Path, *, size: int | None = None) -> tuple[Any, 
     return model, meta, hw
 
 
-def default_method(model: Any) -> str:
-    """``cam`` for a GAP + linear head (the seed's maps), ``gradcam`` otherwise."""
+def default_method(model: Any, meta: dict | None = None) -> str:
+    """The map method of the model's recipe record (`miner.recipes`), else ``cam`` for a linear head (the seed's
+    maps) and ``gradcam`` otherwise."""
+    if meta and meta.get("method"):
+        return str(meta["method"])
     return "cam" if bool(getattr(model, "head_is_linear", False)) else "gradcam"
+
+
+def mining_config(meta: dict | None, steps: int | None = None) -> Any:
+    """The model's recorded mining settings (`miner.recipes.inference_settings`), T overridden by `steps`."""
+    from dataclasses import replace
+
+    from miner.recipes import inference_settings
+
+    _, mining, _ = inference_settings(meta)
+    return mining if steps is None else replace(mining, steps=steps)
 
 
 def fused_maps(

@@ -249,18 +249,15 @@ def _finite(value):
 
 def _wsol(args, archive, gt, findings) -> dict:
     """MaxBoxAccV2 per finding (images with its GT boxes) and PxAP where the archive has masks."""
-    from dataclasses import replace
-
     import numpy as np
     from torch.nn import functional as F
 
-    from miner.cli._maps import default_method, fused_maps, open_checkpoint
-    from miner.config import MiningConfig
+    from miner.cli._maps import default_method, fused_maps, mining_config, open_checkpoint
     from miner.metrics.wsol import max_box_acc_v2, pxap
 
-    model, _meta, size = open_checkpoint(args.model, size=args.size)
-    method = args.method or default_method(model)
-    config = MiningConfig() if args.steps is None else replace(MiningConfig(), steps=args.steps)
+    model, meta, size = open_checkpoint(args.model, size=args.size)
+    method = args.method or default_method(model, meta)
+    config = mining_config(meta, args.steps)
     paths = {r.image_id: r.path for r in archive.records}
     out = {}
     print(f"WSOL metrics of {args.model} ({method}, T={config.steps}) -- Choe et al. 2020:")

@@ -7,9 +7,9 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, fields, replace
+from dataclasses import fields
 
-from miner.config import UNCERTAIN_POLICIES, ArchiveConfig, BoxConfig, JobConfig, MiningConfig
+from miner.config import UNCERTAIN_POLICIES, ArchiveConfig, JobConfig
 
 HELP = "mine a whole archive into Parquet boxes (Ray actors; resumable)"
 DESCRIPTION = """\
@@ -28,8 +28,6 @@ failures.
 """
 
 _DEFAULTS = {f.name: f.default for f in fields(JobConfig)}
-_MINING = MiningConfig()
-_BOXES = BoxConfig()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,14 +43,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="map method of a checkpoint (cam, gradcam, hirescam, ...; default: the model's); "
                            "ONNX graphs and engines carry their own")
     what.add_argument("--layer", default=None, help="layer of a checkpoint's maps (default: the model's)")
-    what.add_argument("--steps", type=int, default=_MINING.steps,
-                      help="attention-mining steps T (default: %(default)s)")
-    what.add_argument("--mining-threshold", type=float, default=_MINING.threshold,
-                      help="binarisation level of each normalised step map (default: %(default)s)")
-    what.add_argument("--box-thresholds", default=",".join(f"{v:g}" for v in _BOXES.thresholds),
-                      help="levels on the normalised fused map that give boxes, or 'wang' (default: %(default)s)")
-    what.add_argument("--max-boxes", type=int, default=_BOXES.max_boxes,
-                      help="boxes per image and finding (default: %(default)s)")
+    what.add_argument("--recipe", default=None,
+                      help="mine with this named recipe's mining and box settings (miner.recipes: peaks, cai2018) "
+                           "instead of the model's own (the settings it was trained and calibrated with)")
+    what.add_argument("--steps", type=int, default=None,
+                      help="attention-mining steps T (default: the model's recipe, 3)")
+    what.add_argument("--mining-threshold", type=float, default=None,
+                      help="level of each normalised step map whose component at the peak is erased (default: the "
+                           "model's recipe: 0.8 for peaks, 0.5 for cai2018)")
+    what.add_argument("--box-rule", default=None, choices=("steps", "levels"),
+                      help="boxes: one per mining step around its peak (steps), or components of the fused map at "
+                           "fixed levels (levels, the seed's) (default: the model's recipe)")
+    what.add_argument("--box-thresholds", default=None,
+                      help="levels rule: levels on the normalised fused map, or 'wang' (cai2018: 0.3,0.5,0.7)")
+    what.add_argument("--step-level", type=float, default=None,
+                      help="steps rule: a step's box is where its map is >= this fraction of its peak, for every "
+                           "finding (default: the model's calibrated per-finding levels, else 0.85)")
+    what.add_argument("--max-boxes", type=int, default=None,
+                      help="boxes per image and finding (default: 3)")
     what.add_argument("--classes", default=_DEFAULTS["classes"], choices=("labels", "predicted", "all"),
                       help="findings that get boxes: the image's labels, the predicted ones, or all "
                            "(default: %(default)s)")
@@ -126,6 +134,32 @@ def run(args: argparse.Namespace) -> int:
         return 128 + signum
 
 
+def mining_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The mining and box options given on the command line, as overrides of the model's (or --recipe's)
+    settings (`miner.pipeline.Pipeline`)."""
+    from miner.boxes import resolve_thresholds
+    from miner.errors import UsageError
+
+    mining = {k: v for k, v in (("steps", args.steps), ("threshold", args.mining_threshold)) if v is not None}
+    boxes: dict = {}
+    if args.box_rule is not None:
+        boxes["rule"] = args.box_rule
+    if args.box_thresholds is not None:
+        boxes["thresholds"] = resolve_thresholds(args.box_thresholds)
+    if args.step_level is not None:
+        if not 0 < args.step_level <= 1:
+            raise UsageError(f"--step-level must lie in (0, 1], got {args.step_level}")
+        boxes["step_level"] = args.step_level
+        boxes["finding_levels"] = None  # one level for every finding, as asked
+    if args.max_boxes is not None:
+        boxes["max_boxes"] = args.max_boxes
+    if args.recipe is not None:
+        from miner.recipes import get_recipe
+
+        get_recipe(args.recipe)  # an unknown name is a usage error before Ray starts
+    return mining, boxes
+
+
 def _run(args: argparse.Namespace) -> int:
     from miner.job import run_job
 
@@ -143,13 +177,10 @@ def _run(args: argparse.Namespace) -> int:
         malloc=args.malloc,
         max_pixels=args.max_pixels,
     )
-    from miner.boxes import resolve_thresholds
-
-    mining = replace(_MINING, steps=args.steps, threshold=args.mining_threshold)
-    boxes = replace(_BOXES, thresholds=resolve_thresholds(args.box_thresholds), max_boxes=args.max_boxes)
+    mining, boxes = mining_overrides(args)
     summary = run_job(args.archive, args.model, args.out, config=config,
                       backend_options={"method": args.method, "layer": args.layer},
-                      pipeline_options={"mining": asdict(mining), "boxes": asdict(boxes)},
+                      pipeline_options={"recipe": args.recipe, "mining": mining, "boxes": boxes},
                       address=args.address, num_cpus=args.num_cpus, overwrite=args.overwrite,
                       progress=not args.no_progress, archive_config=ArchiveConfig(uncertain=args.uncertain))
     print(summary.line(), flush=True)

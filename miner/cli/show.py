@@ -35,13 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
     from pathlib import Path
 
     import cv2
     import numpy as np
 
-    from miner.config import MiningConfig
     from miner.data import load_image, read_archive
     from miner.errors import UsageError
     from miner.findings import canonical
@@ -79,12 +77,12 @@ def run(args: argparse.Namespace) -> int:
     clear_panel = None
     note = "boxes only: give --model for the heatmap"
     if args.model:
-        from miner.cli._maps import default_method, fused_maps, open_checkpoint
+        from miner.cli._maps import default_method, fused_maps, mining_config, open_checkpoint
 
-        model, _meta, size = open_checkpoint(args.model, size=args.size)
+        model, meta, size = open_checkpoint(args.model, size=args.size)
         known = [f for f in findings if f in model.classes]
-        method = args.method or default_method(model)
-        config = MiningConfig() if args.steps is None else replace(MiningConfig(), steps=args.steps)
+        method = args.method or default_method(model, meta)
+        config = mining_config(meta, args.steps)
         if known:
             _, fused, _ = fused_maps(model, [path], input_size=size, classes=known, method=method, config=config)
             heat = {f: fused[0, i].numpy() for i, f in enumerate(known)}

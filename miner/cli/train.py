@@ -29,10 +29,16 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("archive", metavar="ARCHIVE", help="release folder, Data_Entry file or manifest")
+    p.add_argument("archive", metavar="ARCHIVE", nargs="+",
+                   help="release folder, Data_Entry file or manifest; several archives train on their union "
+                        "(e.g. plain and real-background phantoms)")
     p.add_argument("--out", required=True, metavar="CKPT", help="final checkpoint path (e.g. runs/model.pt)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", default=_D.arch, help=f"model name (default {_D.arch}; see miner.models.list_models)")
+    g.add_argument("--recipe", default=_D.recipe,
+                   help=f"named recipe (default {_D.recipe}; cai2018 = the seed's method): its map options (MSA "
+                        "stride, pooling) apply where the arch takes them, and the checkpoint records its mining and "
+                        "box settings (README 'Box quality')")
     g.add_argument("--width", type=float, help="channel-width multiplier (small models: 0.25)")
     g.add_argument("--upsample", choices=("bilinear", "deconv"), help="MSA upsampling (default bilinear)")
     g.add_argument("--head", choices=("linear", "mlp"), help="branch head (default linear)")
@@ -87,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     return TrainConfig(
-        arch=args.arch, model_options=options, input_size=args.input_size,
+        arch=args.arch, recipe=args.recipe, model_options=options, input_size=args.input_size,
         classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None,
         init=args.init, stages=tuple(s.strip() for s in args.stage.split(",") if s.strip()),
         base_epochs=args.epochs, msa_init_epochs=args.msa_init_epochs, end2end_epochs=args.end2end_epochs,

@@ -73,6 +73,15 @@ def save_checkpoint(
     record["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     if train_state is not None:
         record["train_state"] = dict(train_state)
+    return write_record(path, record)
+
+
+def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Write a checkpoint record (as `read_checkpoint` returns it) to `path` atomically (temp file + rename)."""
+    path = Path(path)
+    if record.get("format") != FORMAT or "state_dict" not in record:
+        raise ModelError(f"{path}: not an attention-miner checkpoint record")
+    record = {k: (v if k in _RESERVED else _plain(v)) for k, v in record.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)

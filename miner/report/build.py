@@ -376,7 +376,8 @@ def write_report(
     if model is not None:
         job_config = output.manifest.get("config", {})
         maps = MapSource(model, backend_options=job_config.get("backend_options"),
-                         mining=job_config.get("pipeline", {}).get("mining"))
+                         mining=job_config.get("pipeline", {}).get("mining"),
+                         recipe=job_config.get("pipeline", {}).get("recipe"))
         recorded = output.manifest.get("model", {}).get("sha256")
         if recorded and model_hash(model) != recorded:
             notices.append(f"Heatmaps come from --model {model}, which is not the file the job mined with "

@@ -90,20 +90,24 @@ class MapSource:
     Args:
         model: a checkpoint, ONNX graph or engine (`miner.backends.open_backend`).
         backend_options: the job's ``backend_options`` (``method``, ``layer`` of a checkpoint's maps).
-        mining: the job's mining options (`miner.config.MiningConfig` fields).
+        mining: the job's mining options (overrides of the model's recipe settings, or all
+            `miner.config.MiningConfig` fields as older jobs recorded them); recipe: the job's ``--recipe``.
     """
 
     def __init__(self, model: str | Path, *, backend_options: Mapping[str, Any] | None = None,
-                 mining: Mapping[str, Any] | None = None) -> None:
+                 mining: Mapping[str, Any] | None = None, recipe: str | None = None) -> None:
         from miner.backends import backend_for_path, open_backend
         from miner.config import MiningConfig
+        from miner.pipeline import Pipeline
 
         options = {}
         if backend_for_path(Path(model)) == "torch":  # graphs and engines carry their own method and layer
             options = {k: v for k, v in dict(backend_options or {}).items() if k in ("method", "layer")}
         self.backend = open_backend(model, **options)
         known = MiningConfig.__dataclass_fields__
-        self.mining = MiningConfig(**{k: v for k, v in dict(mining or {}).items() if k in known})
+        # the settings the job's pipeline resolved: the model's recipe (or the job's --recipe), then the job's options
+        self.mining = Pipeline(self.backend, recipe=recipe,
+                               mining={k: v for k, v in dict(mining or {}).items() if k in known}).mining
         self.backend.meta.check_mining(self.mining.steps)
         self.classes = list(self.backend.meta.classes)
 

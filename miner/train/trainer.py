@@ -16,9 +16,11 @@ The final model is also written to OUT itself, with the test-split AUC per findi
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,14 +127,20 @@ class TrainResult:
 class Trainer:
     """Runs the planned stages on one archive (one process, or one rank of a torchrun job)."""
 
-    def __init__(self, archive: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bool = False,
-                 start_from: str | Path | None = None) -> None:
-        self.archive_path = Path(archive)
+    def __init__(self, archive: str | Path | Sequence[str | Path], out: str | Path, cfg: TrainConfig, *,
+                 resume: bool = False, start_from: str | Path | None = None) -> None:
+        self.archive_paths = [Path(a) for a in ([archive] if isinstance(archive, (str, Path)) else archive)]
+        if not self.archive_paths:
+            raise UsageError("miner train needs at least one archive")
+        self.archive_path = self.archive_paths[0]
         self.out = Path(out)
         self.cfg = cfg
         self.resume = resume
         self.start_from = Path(start_from) if start_from else None
         self.history: list[dict[str, Any]] = []
+        from miner.recipes import get_recipe
+
+        self.recipe = get_recipe(cfg.recipe)
 
     # ------------------------------------------------------------------ set-up
     def log(self, message: str) -> None:
@@ -144,12 +152,23 @@ class Trainer:
         from miner.data import read_archive
 
         cfg = self.cfg
-        archive = read_archive(self.archive_path, classes=cfg.classes)
-        if not archive.has_labels:
-            raise UsageError(f"{self.archive_path}: archive has no labels to train on")
-        self.classes = archive.classes
-        pool = [r for r in archive.records if r.split != "test"]
-        test = [r for r in archive.records if r.split == "test"]
+        records = []
+        for k, path in enumerate(self.archive_paths):
+            archive = read_archive(path, classes=cfg.classes if k == 0 else self.classes)
+            if not archive.has_labels:
+                raise UsageError(f"{path}: archive has no labels to train on")
+            if k == 0:
+                self.classes = archive.classes
+            elif archive.classes != self.classes:
+                raise UsageError(f"{path}: its classes {list(archive.classes)} differ from {self.archive_path}'s "
+                                 f"{list(self.classes)}: pass --classes")
+            if len(self.archive_paths) > 1:  # several archives: names and patients stay apart (phantoms reuse names)
+                archive.records = [dataclasses.replace(r, image_id=f"{k}:{r.image_id}",
+                                                       patient_id=f"{k}:{r.patient_id or r.image_id}")
+                                   for r in archive.records]
+            records += archive.records
+        pool = [r for r in records if r.split != "test"]
+        test = [r for r in records if r.split == "test"]
         train, val = split_validation(pool, cfg.val_fraction, seed=cfg.seed)
         if len(train) < 2:
             raise UsageError(f"{self.archive_path}: {len(train)} training image(s); need at least 2")
@@ -183,14 +202,24 @@ class Trainer:
                           persistent_workers=False)
 
     # ------------------------------------------------------------------ models per stage
+    def _options(self, arch: str) -> dict[str, Any]:
+        """Constructor options of `arch`: the recipe's (those the arch takes), then `model_options` over them."""
+        from miner.models.registry import constructor
+
+        opts = {**self.recipe.options_for(arch), **self.cfg.model_options}
+        accepted = set(inspect.signature(constructor(arch)).parameters)
+        if arch != self.cfg.arch:  # the plain trunk of an *_msa arch (base stage): MSA options do not apply
+            opts = {k: v for k, v in opts.items() if k in accepted}
+        return opts
+
     def _stage_model(self, stage: str, prev: Path | None) -> nn.Module:
         cfg = self.cfg
-        opts = dict(cfg.model_options)
+        opts = self._options(cfg.arch)
         if stage == "base" or (stage == "msa-init" and prev is None and cfg.init):
             arch = cfg.arch
             if stage == "base" and is_msa(arch):
                 arch = arch[: -len("_msa")]
-                opts.pop("upsample", None)
+                opts = self._options(arch)
             model = create_model(arch, classes=self.classes, **opts)
             if getattr(model, "task", "classification") != "classification":
                 raise UsageError(f"--arch {arch}: miner train trains classifiers; {arch} is a {model.task} net")
@@ -318,7 +347,7 @@ class Trainer:
     def _meta(self, stage: str, epoch: int, epochs: int) -> dict[str, Any]:
         return {"input_size": self.cfg.input_size, "stage": stage, "epoch": epoch,
                 "stage_complete": epoch >= epochs, "config": dataclasses.asdict(self.cfg),
-                "history": self.history}
+                "history": self.history, **self.recipe.record()}
 
     def _train_epoch(self, stage, model, forward, opt, sched, scaler, kp, epoch, epochs, steps, generator):
         cfg, rt = self.cfg, self.rt
@@ -431,7 +460,8 @@ class Trainer:
         return TrainResult(self.out, plan, self.classes, test_auc, mean, seconds, self.history)
 
 
-def train(archive: str | Path, out: str | Path, cfg: TrainConfig | None = None, *, resume: bool = False,
-          start_from: str | Path | None = None) -> TrainResult:
-    """Train on `archive` and write `out` (plus ``out.<stage>.pt`` per stage). See `Trainer`."""
+def train(archive: str | Path | Sequence[str | Path], out: str | Path, cfg: TrainConfig | None = None, *,
+          resume: bool = False, start_from: str | Path | None = None) -> TrainResult:
+    """Train on `archive` (or on the union of several archives: their test splits are tested together) and
+    write `out` (plus ``out.<stage>.pt`` per stage). See `Trainer`."""
     return Trainer(archive, out, cfg or TrainConfig(), resume=resume, start_from=start_from).run()

@@ -1,0 +1,108 @@
+"""Boxes of the mining steps (BoxConfig.rule="steps"): hand-made maps, per-finding levels, cell centres."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from miner.boxes import boxes_from_mining, cell_shift
+from miner.config import BoxConfig
+from miner.errors import UsageError
+from miner.mining import attention_mining
+
+STEPS = BoxConfig(rule="steps", upsample=1, step_level=0.5, dedup_iou=0.5, dedup_iobb=0.8)
+
+
+def two_peaks() -> torch.Tensor:
+    """A 12x12 map: a strong 3x3 peak (1.0 with a 0.6 rim) and a weaker 2x2 one (0.4), apart."""
+    m = torch.zeros(1, 1, 12, 12)
+    m[0, 0, 1:6, 1:6] = 0.6
+    m[0, 0, 2:5, 2:5] = 1.0
+    m[0, 0, 8:10, 7:9] = 0.4
+    return m
+
+
+def boxes(maps, *, steps=3, config=STEPS, sizes=((12, 12),), threshold=0.5, **kw):
+    mined = attention_mining(maps, steps=steps, threshold=threshold)
+    return boxes_from_mining(mined, original_sizes=list(sizes), config=config, **kw)
+
+
+def xywh(box):
+    return (float(box["x"]), float(box["y"]), float(box["w"]), float(box["h"]))
+
+
+def test_one_box_per_step_each_around_its_own_peak():
+    out = boxes(two_peaks())[0]
+    # step 1: the peak, cut at 0.5 of its height (the 0.6 rim is above half of 1.0): rows/cols 1..5
+    # step 2: the weaker lesion, cut at half of its own height: exactly its 2x2 cells
+    assert [xywh(b) for b in out] == [(1, 1, 5, 5), (7, 8, 2, 2)]
+    assert [b["rank"] for b in out] == [1, 2]
+    # ranked by the mean of H_1 (min-max over the whole map) inside the region: (9 * 1 + 16 * 0.6) / 25, then 0.4
+    assert out[0]["score"] == pytest.approx((9 * 1.0 + 16 * 0.6) / 25)
+    assert out[1]["score"] == pytest.approx(0.4)
+    assert all(b["threshold"] == pytest.approx(0.5) for b in out)
+
+
+def test_t1_gives_one_box_and_a_higher_level_a_tighter_one():
+    assert [xywh(b) for b in boxes(two_peaks(), steps=1)[0]] == [(1, 1, 5, 5)]
+    tight = BoxConfig(rule="steps", upsample=1, step_level=0.8)
+    assert [xywh(b) for b in boxes(two_peaks(), steps=1, config=tight)[0]] == [(2, 2, 3, 3)]
+
+
+def test_per_finding_levels_override_the_default():
+    maps = torch.cat([two_peaks(), two_peaks()], dim=1)  # two findings, same map
+    cfg = BoxConfig(rule="steps", upsample=1, step_level=0.5, finding_levels={"Nodule": 0.8})
+    out = boxes(maps, steps=1, config=cfg, class_names=("Mass", "Nodule"))[0]
+    got = {b["class_index"]: (xywh(b), float(b["threshold"])) for b in out}
+    assert got == {0: ((1, 1, 5, 5), 0.5), 1: ((2, 2, 3, 3), pytest.approx(0.8))}
+
+
+def test_a_shoulder_of_the_first_lesion_is_a_duplicate():
+    m = torch.zeros(1, 1, 12, 12)
+    m[0, 0, 2:9, 2:9] = 0.5
+    m[0, 0, 4:7, 4:7] = 1.0  # erasing at 0.9 leaves the 0.5 plateau around it for step 2
+    out = boxes(m, steps=2, threshold=0.9)[0]
+    # step 2 boxes the plateau ring (2..8), which holds step 1's box: kept (it is not inside it) but IoU
+    # 9/49 < 0.5; step 1 at level 0.5 already boxed the plateau: step 2 is inside it -> dropped
+    assert [xywh(b) for b in out] == [(2, 2, 7, 7)]
+
+
+def test_background_peak_of_a_later_step_ranks_below_a_stronger_lesion():
+    m = torch.zeros(1, 1, 12, 12)
+    m[0, 0, 1:3, 1:3] = 1.0
+    m[0, 0, 8:11, 8:11] = 0.9  # second lesion, nearly as strong
+    m[0, 0, 6, 1] = 0.2  # weak background blip, found at step 3
+    out = boxes(m)[0]
+    assert [xywh(b) for b in out] == [(1, 1, 2, 2), (8, 8, 3, 3), (1, 6, 1, 1)]
+    assert [round(float(b["score"]), 3) for b in out] == [1.0, 0.9, 0.2]
+
+
+def test_cell_shift_moves_boxes_to_receptive_field_centres():
+    assert cell_shift((256, 256), (32, 32), "corner") == pytest.approx((-3.5 / 8, -3.5 / 8))
+    assert cell_shift((256, 256), (32, 32), "centre") == (0.0, 0.0)
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, 1, 2] = 1.0
+    cfg = BoxConfig(rule="steps", upsample=1, step_level=0.5, align_cells=True)
+    shift = cell_shift((32, 32), (4, 4), "corner")  # stride 8: 3.5 px up and left
+    (box,) = boxes(m, steps=1, config=cfg, sizes=((32, 32),), shift=shift)[0]
+    assert xywh(box) == pytest.approx((16 - 3.5, 8 - 3.5, 8, 8))
+    # the seed's recipe leaves boxes where they were
+    (box,) = boxes(m, steps=1, config=BoxConfig(rule="steps", upsample=1, step_level=0.5), sizes=((32, 32),),
+                   shift=shift)[0]
+    assert xywh(box) == (16, 8, 8, 8)
+    # clipped to the image at the border
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, 0, 0] = 1.0
+    (box,) = boxes(m, steps=1, config=cfg, sizes=((32, 32),), shift=shift)[0]
+    assert xywh(box) == pytest.approx((0, 0, 8 - 3.5, 8 - 3.5))
+
+
+def test_levels_rule_is_the_seed_rule_and_unknown_rules_are_refused():
+    from miner.boxes import boxes_from_maps
+
+    maps = two_peaks()
+    mined = attention_mining(maps, steps=3)
+    seed = BoxConfig(upsample=1)
+    assert boxes_from_mining(mined, original_sizes=[(12, 12)], config=seed) == boxes_from_maps(
+        mined.fused, original_sizes=[(12, 12)], config=seed)
+    with pytest.raises(UsageError, match="box rule"):
+        boxes_from_mining(mined, original_sizes=[(12, 12)], config=BoxConfig(rule="peaks"))
