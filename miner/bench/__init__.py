@@ -8,6 +8,7 @@ from __future__ import annotations
 BENCHES: dict[str, str] = {
     "export": "miner.bench.export",
     "kernels": "miner.bench.kernels",
+    "localize": "miner.bench.localize",
     "maps": "miner.bench.maps",
     "mine": "miner.bench.mine",
     "paper": "miner.bench.paper",

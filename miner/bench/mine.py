@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=256, help="model input side (default %(default)s)")
     parser.add_argument("--arch", default="resnet18", help="model (default %(default)s, random weights)")
     parser.add_argument("--width", type=float, default=1.0, help="model width multiplier (default %(default)s)")
+    parser.add_argument("--recipe", default=None,
+                        help="build the model with this recipe's map options and mine with its settings (miner.recipes;"
+                             " e.g. cai2018 vs peaks at the same arch and size); default: the arch as it is, the seed's "
+                             "mining and boxes")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default %(default)s)")
     parser.add_argument("--shard-size", type=int, default=100, help="images per shard (default %(default)s)")
     parser.add_argument("--classes", default="labels", choices=("labels", "predicted", "all"),
@@ -73,12 +77,20 @@ def _prepare(args: argparse.Namespace, cases: list[str]) -> tuple[Path, Path, Pa
         if not (archive / "Data_Entry_2017.csv").is_file():
             print(f"writing {args.images} phantom images ({args.image_size} px) to {archive} (once)", flush=True)
             make_phantoms(archive, images=args.images, size=args.image_size, seed=0, overwrite=True, progress=True)
-    stem = f"{args.arch}-w{args.width:g}-{args.input_size}"
+    recipe = getattr(args, "recipe", None)
+    stem = f"{args.arch}-w{args.width:g}-{args.input_size}" + (f"-{recipe}" if recipe else "")
     checkpoint = cache / f"{stem}.pt"
     if not checkpoint.is_file():
+        options: dict[str, Any] = {}
+        meta: dict[str, Any] = {"input_size": args.input_size}
+        if recipe:
+            from miner.recipes import get_recipe
+
+            options = get_recipe(recipe).options_for(args.arch)
+            meta.update(get_recipe(recipe).record())
         torch.manual_seed(0)
-        model = create_model(args.arch, classes=CHESTXRAY14, width=args.width)
-        save_checkpoint(checkpoint, model, meta={"input_size": args.input_size})
+        model = create_model(args.arch, classes=CHESTXRAY14, width=args.width, **options)
+        save_checkpoint(checkpoint, model, meta=meta)
     graph = None
     if "onnx2" in cases:
         graph = cache / f"{stem}.onnx"

@@ -136,12 +136,13 @@ def recipe(cfg: PaperConfig, max_steps: int | None) -> dict[str, Any]:
 
 def train_config(cfg: PaperConfig, classes: Sequence[str], *, stages: tuple[str, ...], kp: str = "kp",
                  max_steps: int | None = None) -> Any:
-    """The `miner.config.TrainConfig` of the bench's models (the embedded default model's recipe)."""
+    """The `miner.config.TrainConfig` of the bench's models: the seed's recipe (``cai2018``), which the first
+    embedded model also used."""
     from miner.config import TrainConfig
 
     # workers=0: the phantom archives are small and cached in memory once; decode workers would cost more
     # to start than they save
-    return TrainConfig(arch=cfg.arch, model_options={"width": cfg.width}, input_size=cfg.size,
+    return TrainConfig(arch=cfg.arch, recipe="cai2018", model_options={"width": cfg.width}, input_size=cfg.size,
                        classes=tuple(classes), stages=stages, base_epochs=cfg.epochs,
                        msa_init_epochs=cfg.msa_init_epochs, end2end_epochs=cfg.end2end_epochs,
                        am_epochs=cfg.am_epochs, lr=cfg.lr, finetune_lr=cfg.finetune_lr, batch_size=cfg.batch_size,
@@ -155,12 +156,12 @@ def mine_boxes(model_path: Path, batches: Sequence[Any], *, steps: int) -> Any:
     import pyarrow as pa
 
     from miner.backends import open_backend
-    from miner.config import MiningConfig
     from miner.io import BOXES_SCHEMA
     from miner.pipeline import Pipeline
 
-    pipeline = Pipeline(open_backend(model_path, backend="torch", device="cpu"),
-                        mining=replace(MiningConfig(), steps=steps), classes="labels")
+    # the model's own recipe settings (the bench's models record cai2018's), T overridden
+    pipeline = Pipeline(open_backend(model_path, backend="torch", device="cpu"), mining={"steps": steps},
+                        classes="labels")
     tables = [pipeline.run(batch).boxes for batch in batches]
     return pa.concat_tables(tables).cast(BOXES_SCHEMA) if tables else BOXES_SCHEMA.empty_table()
 
@@ -488,13 +489,12 @@ def run_paper(out: str | Path, cfg: PaperConfig | None = None, *, max_steps: int
     # the mechanism: what the erasure steps do on the multi-lesion cases --------------------------------
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     from miner.backends import open_backend
-    from miner.config import MiningConfig
 
     image_path = {r.image_id: r.path for r in eval_archive.records}
     gt_of: dict[tuple[str, str], list] = {}
     for b in eval_archive.boxes:
         gt_of.setdefault((b.image_id, b.finding), []).append((b.x, b.y, b.w, b.h))
-    top_mining = replace(MiningConfig(), steps=max(cfg.steps))
+    top_mining = {"steps": max(cfg.steps)}  # the models' own (cai2018) settings at the largest T
     multi_items = [(i, image_path[i], f, gt_of[(i, f)]) for (i, f) in sorted(pairs) if f in classes]
     mech: dict[str, dict[str, float]] = {}
     for variant, path in paths.items():

@@ -19,6 +19,7 @@ VERBS: dict[str, str] = {
     "phantoms": "miner.cli.phantoms",
     "inspect": "miner.cli.inspect",
     "train": "miner.cli.train",
+    "calibrate": "miner.cli.calibrate",
     "eval": "miner.cli.eval",
     "labels": "miner.cli.labels",
     "show": "miner.cli.show",

@@ -1,0 +1,196 @@
+"""Per-finding box levels fixed on a validation archive with boxes (``miner calibrate``).
+
+Lesions of different findings have different extents relative to the peak of their class map: a nodule is the
+tip of its peak, cardiomegaly the whole broad hump. The ``steps`` box rule (`miner.step_boxes`) cuts each peak at
+a fraction of its height; this module picks that fraction per finding on images that have ground-truth boxes and
+were not used for training (a validation split, never the test split), and records it in the checkpoint
+(``boxes.finding_levels``), where ``miner mine``, ``miner export`` and every backend find it.
+
+For every candidate level, the model's boxes (its own recipe settings, the mining job's code) are scored with
+Acc at T(IoU) = ``iou`` with every box (`miner.metrics.hits`); each finding with at least ``min_boxes``
+ground-truth boxes takes the level with the highest Acc (ties: the level closest to the recipe's default), the
+others keep the default. The model's maps are computed once; only mining and boxes run per level.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from miner.errors import UsageError
+
+#: candidate levels (fractions of a step's peak)
+LEVELS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+
+
+@dataclass
+class BoxedSet:
+    """Positive images of one or more archives, decoded for one model input size, with their ground truth.
+
+    gt maps (image_id, finding) -> [(x, y, w, h), ...]; image ids of a second archive are prefixed ``"1:"`` etc.
+    when several archives are merged (phantom archives reuse names).
+    """
+
+    batches: list[Any]
+    gt: dict[tuple[str, str], list[tuple[float, float, float, float]]]
+    images: int
+    maps: list[tuple[Any, Any]] = field(default_factory=list)
+
+    @property
+    def multi(self) -> list[tuple[str, str]]:
+        return sorted(k for k, boxes in self.gt.items() if len(boxes) >= 2)
+
+
+def load_boxed_set(archives: Sequence[str | Path], input_size: tuple[int, int], *, split: str | None = None,
+                   batch_size: int = 32, val: tuple[float, int] | None = None) -> BoxedSet:
+    """The positive images with boxes of `archives` (one split of each, or all; ``split="val"`` holds out the
+    training run's validation patients: `val` = (val_fraction, seed) as `miner.train.dataset.split_validation`)."""
+    from miner.data import read_archive
+    from miner.pipeline import decode_batch
+
+    records: list[tuple[str, str, tuple[str, ...]]] = []
+    gt: dict[tuple[str, str], list[tuple[float, float, float, float]]] = defaultdict(list)
+    for k, path in enumerate(archives):
+        archive = read_archive(path)
+        chosen = list(archive.records)
+        if split == "val":
+            from miner.train.dataset import split_validation
+
+            fraction, seed = val if val is not None else (0.1, 0)
+            _, chosen = split_validation([r for r in chosen if r.split != "test"], fraction, seed=seed)
+        elif split is not None:
+            chosen = [r for r in chosen if r.split == split]
+        prefix = f"{k}:" if k else ""
+        boxed = {b.image_id for b in archive.boxes}
+        for r in chosen:
+            if r.labels and r.image_id in boxed:
+                records.append((prefix + r.image_id, r.path, tuple(r.labels)))
+        ids = {r.image_id for r in chosen}
+        for b in archive.boxes:
+            if b.image_id in ids:
+                gt[(prefix + b.image_id, b.finding)].append((b.x, b.y, b.w, b.h))
+    if not records:
+        where = ", ".join(str(p) for p in archives)
+        raise UsageError(f"{where}: no labelled image with ground-truth boxes"
+                         + (f" in split {split!r}" if split else "") + ": calibration and scoring need boxes")
+    batches = [decode_batch(records[i:i + batch_size], input_size=input_size)
+               for i in range(0, len(records), batch_size)]
+    return BoxedSet(batches, dict(gt), len(records))
+
+
+def compute_maps(backend: Any, data: BoxedSet) -> BoxedSet:
+    """Run the backend once over `data` (kept in `data.maps`: (images, maps) per batch)."""
+    import torch
+
+    data.maps = []
+    with torch.inference_mode():
+        for batch in data.batches:
+            images = torch.from_numpy(np.require(batch.images, requirements="W"))
+            data.maps.append((images, backend.run(images)[1] if len(batch) else None))
+    return data
+
+
+def mine_set(pipeline: Any, data: BoxedSet, *, on_batch: Callable[[Any, Any, np.ndarray], None] | None = None,
+             ) -> list[tuple[str, str, int, float, tuple[float, float, float, float]]]:
+    """Boxes of every batch of `data` (maps from `compute_maps`) under `pipeline`'s settings, for the images'
+    labelled findings: rows (image_id, finding, rank, score, xywh). `on_batch(batch, mined, chosen)` sees each
+    batch's `miner.mining.MiningResult`."""
+    import torch
+
+    rows = []
+    for batch, (images, maps) in zip(data.batches, data.maps):
+        if not len(batch):
+            continue
+        chosen = pipeline.select(np.zeros((len(batch), len(pipeline.class_names))), batch.labels)
+        sizes = [tuple(int(v) for v in s) for s in batch.sizes]
+        with torch.inference_mode():
+            mined, found = pipeline.mine_maps(maps, images, chosen, sizes)
+        if on_batch is not None:
+            on_batch(batch, mined, chosen)
+        for b, boxes in enumerate(found):
+            for box in boxes:
+                xywh = (float(box["x"]), float(box["y"]), float(box["w"]), float(box["h"]))
+                rows.append((batch.image_ids[b], pipeline.class_names[box["class_index"]], int(box["rank"]),
+                             float(box["score"]), xywh))
+    return rows
+
+
+@dataclass
+class Calibration:
+    """Chosen level per finding and the Acc of every candidate level (finding -> level -> Acc)."""
+
+    levels: dict[str, float]
+    table: dict[str, dict[float, float]]
+    boxes: dict[str, int]
+    default: float
+    iou: float
+    recipe: str = ""
+    method: str = "cam"
+    mining: Any = None
+    box_config: Any = None
+
+    def lines(self) -> list[str]:
+        head = f"{'finding':<14}{'boxes':>6}" + "".join(f"{lv:>7g}" for lv in LEVELS) + "   chosen"
+        out = [head]
+        for f, accs in self.table.items():
+            mark = self.levels.get(f)
+            out.append(f"{f:<14}{self.boxes.get(f, 0):>6}" + "".join(f"{accs.get(lv, math.nan):>7.2f}" for lv in LEVELS)
+                       + (f"   {mark:g}" if mark is not None else f"   {self.default:g} (default: too few boxes)"))
+        return out
+
+
+def calibrate_levels(backend: Any, data: BoxedSet, *, levels: Sequence[float] = LEVELS, iou: float = 0.3,
+                     min_boxes: int = 10, recipe: str | None = None) -> Calibration:
+    """Pick ``boxes.finding_levels`` on `data` (module docstring). The backend's own settings (or `recipe`'s) are
+    the base; their box rule must be ``steps``."""
+    from miner.metrics.hits import found_per_finding, group_boxes
+    from miner.pipeline import Pipeline
+
+    pipeline = Pipeline(backend, recipe=recipe)
+    if pipeline.box_config.rule != "steps":
+        raise UsageError(f"recipe {pipeline.recipe!r} reads boxes with the {pipeline.box_config.rule!r} rule: "
+                         "per-finding levels apply to the 'steps' rule only")
+    if not data.maps:
+        compute_maps(backend, data)
+    default = float(pipeline.box_config.step_level)
+    base = replace(pipeline.box_config, finding_levels=None)
+    table: dict[str, dict[float, float]] = defaultdict(dict)
+    counts: dict[str, int] = {}
+    for level in levels:
+        pipeline.box_config = replace(base, step_level=float(level))
+        rows = mine_set(pipeline, data)
+        pred = group_boxes((r[0], r[1], r[2], r[4]) for r in rows)
+        for finding, (hit, n) in found_per_finding(pred, data.gt, iou).items():
+            table[finding][float(level)] = hit / n
+            counts[finding] = n
+    chosen = {}
+    for finding, accs in table.items():
+        if counts.get(finding, 0) >= min_boxes:
+            chosen[finding] = max(accs, key=lambda lv: (accs[lv], -abs(lv - default)))
+    return Calibration(chosen, dict(table), counts, default, iou, pipeline.recipe, backend.meta.method,
+                       pipeline.mining,
+                       replace(base, step_level=default, finding_levels=dict(chosen)))
+
+
+def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calibration, *,
+                     source: Mapping[str, Any]) -> Path:
+    """A copy of `checkpoint` whose recipe record holds the calibration's recipe, mining settings and box settings
+    with the calibrated ``finding_levels`` (and where they came from, ``calibration``)."""
+    from dataclasses import asdict
+
+    from miner.models.checkpoint import read_checkpoint, write_record
+
+    record = read_checkpoint(checkpoint)
+    record["recipe"] = calibration.recipe
+    record["method"] = calibration.method
+    record["mining"] = asdict(calibration.mining)
+    record["boxes"] = asdict(calibration.box_config)
+    record["calibration"] = {**dict(source), "iou": calibration.iou, "levels": dict(calibration.levels),
+                             "boxes": dict(calibration.boxes),
+                             "acc": {f: {f"{lv:g}": a for lv, a in accs.items()} for f, accs in calibration.table.items()}}
+    return write_record(out, record)
