@@ -79,6 +79,7 @@ class DemoResult:
     multi_lesion: dict[str, int]
     acc_iou03: dict[str, float]
     overlays: list[Path]
+    acc_iou03_every: dict[str, float] = field(default_factory=dict)  # every box of B (no AFP bound)
     seconds: dict[str, float] = field(default_factory=dict)
     report: Path | None = None  # OUT/report/index.html
 
@@ -86,12 +87,14 @@ class DemoResult:
         """The one-line summary printed at the end of ``miner demo``."""
         accs = [v for v in self.acc_iou03.values() if not math.isnan(v)]
         mean = sum(accs) / len(accs) if accs else math.nan
+        every = [v for v in self.acc_iou03_every.values() if not math.isnan(v)]
+        mean_every = sum(every) / len(every) if every else math.nan
         multi = sum(self.multi_lesion.values())
         return (f"miner demo: {self.images} archive images ({multi} image-findings with 2+ lesions), "
                 f"{self.processed} mined on Ray in {self.seconds.get('mine', 0):.1f} s: {self.boxes} boxes, "
-                f"{self.errors} error rows; mean Acc at T(IoU)=0.3 (Wang AFP bounds) {mean:.2f} over {len(accs)} "
-                f"findings; total {self.seconds.get('total', 0):.1f} s -> {self.out}/ (boxes/ errors/ images/ "
-                f"_manifest.json evaluation.txt overlays/)"
+                f"{self.errors} error rows; mean Acc at T(IoU)=0.3 over {len(accs)} findings {mean_every:.2f} "
+                f"(every box), {mean:.2f} (Wang AFP bounds); total {self.seconds.get('total', 0):.1f} s "
+                f"-> {self.out}/ (boxes/ errors/ images/ _manifest.json evaluation.txt overlays/)"
                 + (f"; report: {self.report}" if self.report else ""))
 
 
@@ -250,7 +253,7 @@ def draw_overlays(out: Path, archive: Any, model: Path, *, count: int, mining: A
                                 labels=[f"{int(ranks[k])} {scores[k]:.2f}" for k in order],
                                 note=f"H_f, T={steps}, p={case.prob:.2f}"))
         picture = render(own[0].image, panels, panel_size=320,
-                         title=f"{image_id}: ground truth red, mined boxes green (rank, mean H_f)")
+                         title=f"{image_id}: ground truth red, mined boxes green (rank, score)")
         path = out / "overlays" / f"{Path(image_id).stem}.png"
         write_png(path, picture)
         written.append(path)
@@ -356,10 +359,14 @@ def run_demo(
     seconds["report"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
 
-    acc = {c["finding"]: c["acc"] for c in report["cells"] if c["metric"] == "iou" and abs(c["threshold"] - 0.3) < 1e-9}
+    def at03(cells: list[dict[str, Any]]) -> dict[str, float]:
+        return {c["finding"]: (math.nan if c["acc"] is None else float(c["acc"])) for c in cells
+                if c["metric"] == "iou" and abs(c["threshold"] - 0.3) < 1e-9}
+
+    acc = at03(report["cells"])
     return DemoResult(out=out, model=model_path, images=summary.images, processed=summary.processed,
                       errors=summary.errors, boxes=summary.boxes, multi_lesion=report["multi_lesion_images"],
-                      acc_iou03={k: (math.nan if v is None else float(v)) for k, v in acc.items()},
+                      acc_iou03=acc, acc_iou03_every=at03(report["cells_all_boxes"]),
                       overlays=overlays, seconds=seconds, report=written.index)
 
 

@@ -55,7 +55,7 @@ def finding_plot(
     """Three panels of one finding (four with `accuracy`), written as PNG to `path`.
 
     Args:
-        scores: np.ndarray[N] the boxes' scores (mean H_f in the box, in [0, 1]).
+        scores: np.ndarray[N] the boxes' `score` column (the mean heat in the box, in [0, 1]).
         per_image: boxes of the finding per image -> number of images (0 = images mined for the finding
             that got no box, where known).
         sizes: np.ndarray[N, 2] width and height of each box as fractions of its image's width and height.
