@@ -6,7 +6,19 @@ default that a user may want to change.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+def to_plain(value: Any) -> Any:
+    """Tuples -> lists and mapping keys -> str, recursively: settings as checkpoints and graphs store them
+    (JSON-like values)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value
+
 
 #: default pixel limit of one image (`JobConfig.max_pixels`, `miner.data.load_image`): 2^28 = 16,384^2
 MAX_PIXELS = 1 << 28

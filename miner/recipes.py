@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from miner.config import DEFAULT_RECIPE, BoxConfig, MiningConfig
+from miner.config import DEFAULT_RECIPE, BoxConfig, MiningConfig, to_plain
 from miner.errors import UsageError
 
 
@@ -68,15 +68,7 @@ class Recipe:
     def record(self) -> dict[str, Any]:
         """What a checkpoint or graph stores: the name and the inference settings (JSON-ready)."""
         return {"recipe": self.name, "method": self.method, "mining": asdict(self.mining),
-                "boxes": _plain(asdict(self.boxes))}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+                "boxes": to_plain(asdict(self.boxes))}
 
 
 SEED_RECIPE = "cai2018"

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from miner.config import to_plain
 from miner.errors import ModelError
 from miner.models.registry import create_model
 
@@ -33,22 +34,13 @@ def model_meta(model: nn.Module) -> dict[str, Any]:
         raise ModelError(f"{type(model).__name__} was not built by create_model(): no arch to record")
     return {
         "arch": arch,
-        "options": _plain(dict(getattr(model, "options", {}))),
+        "options": to_plain(dict(getattr(model, "options", {}))),
         "classes": list(model.classes),
         "in_chans": int(model.in_chans),
         "mean": list(model.mean),
         "std": list(model.std),
         "task": getattr(model, "task", "classification"),
     }
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists, recursively (checkpoints keep to JSON-like values)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def save_checkpoint(
@@ -67,7 +59,7 @@ def save_checkpoint(
     """
     path = Path(path)
     module = getattr(model, "module", model)  # unwrap DDP
-    record: dict[str, Any] = {k: _plain(v) for k, v in dict(meta or {}).items() if k not in _RESERVED}
+    record: dict[str, Any] = {k: to_plain(v) for k, v in dict(meta or {}).items() if k not in _RESERVED}
     record.update(model_meta(module))
     record["format"] = FORMAT
     record["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
@@ -81,7 +73,7 @@ def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     path = Path(path)
     if record.get("format") != FORMAT or "state_dict" not in record:
         raise ModelError(f"{path}: not an attention-miner checkpoint record")
-    record = {k: (v if k in _RESERVED else _plain(v)) for k, v in record.items()}
+    record = {k: (v if k in _RESERVED else to_plain(v)) for k, v in record.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
