@@ -10,6 +10,13 @@ For every candidate level, the model's boxes (its own recipe settings, the minin
 Acc at T(IoU) = ``iou`` with every box (`miner.metrics.hits`); each finding with at least ``min_boxes``
 ground-truth boxes takes the level with the highest Acc (ties: the level closest to the recipe's default), the
 others keep the default. The model's maps are computed once; only mining and boxes run per level.
+
+The same validation images can also choose the image size the model runs at (`calibrate_input_size`): the
+models are fully convolutional, so a model trained at 256 px runs at 288 or 320 px, where a lesion covers more
+cells of the class map and the boxes read from it are finer (README "Box quality" measures it). Each candidate
+size gets its own per-finding levels; the size with the highest macro mean Acc over the calibrated findings wins
+(ties: the size closest to the one the model was trained at), and the checkpoint records it as ``input_size``
+(the training size stays in ``trained_input_size``). The model's time grows with the pixel count.
 """
 from __future__ import annotations
 
@@ -134,6 +141,12 @@ class Calibration:
     mining: Any = None
     box_config: Any = None
 
+    @property
+    def macro(self) -> float:
+        """Mean over the calibrated findings of the Acc at their chosen level (NaN when none was calibrated)."""
+        accs = [self.table[f][lv] for f, lv in self.levels.items()]
+        return float(np.mean(accs)) if accs else math.nan
+
     def lines(self) -> list[str]:
         head = f"{'finding':<14}{'boxes':>6}" + "".join(f"{lv:>7g}" for lv in LEVELS) + "   chosen"
         out = [head]
@@ -177,15 +190,67 @@ def calibrate_levels(backend: Any, data: BoxedSet, *, levels: Sequence[float] = 
                        replace(base, step_level=default, finding_levels=dict(chosen)))
 
 
+@dataclass
+class SizeSearch:
+    """The per-finding calibration at each candidate input size, and the size chosen (`calibrate_input_size`)."""
+
+    size: int
+    trained: int
+    results: dict[int, Calibration]
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.results[self.size]
+
+    def lines(self) -> list[str]:
+        out = [f"{'size':>6}{'macro Acc':>11}"]
+        for size, result in self.results.items():
+            notes = [n for n, yes in (("trained", size == self.trained), ("chosen", size == self.size)) if yes]
+            out.append(f"{size:>6}{result.macro:>11.3f}" + (f"   {', '.join(notes)}" if notes else ""))
+        return out
+
+
+def calibrate_input_size(backend_at: Callable[[int], Any], data_at: Callable[[int], BoxedSet],
+                         sizes: Sequence[int], *, trained: int,
+                         on_size: Callable[[int, Calibration], None] | None = None, **options: Any) -> SizeSearch:
+    """Per-finding levels (`calibrate_levels` with `options`) at each of `sizes`, with the backend and the
+    validation images made for that size by `backend_at(size)` and `data_at(size)`; the size whose calibrated
+    findings have the highest macro mean Acc is chosen (ties: the one closest to `trained`, then the smaller).
+    `on_size(size, calibration)` sees each result as it comes."""
+    if not sizes:
+        raise UsageError("calibrate_input_size: no candidate size")
+    results: dict[int, Calibration] = {}
+    for size in sizes:
+        backend = backend_at(int(size))
+        data = compute_maps(backend, data_at(int(size)))  # this size's maps, whatever `data` held before
+        result = calibrate_levels(backend, data, **options)
+        if not result.levels:
+            raise UsageError(f"no finding has enough ground-truth boxes to calibrate at {size} px: "
+                             "an input size cannot be chosen (lower --min-boxes or add validation images)")
+        results[int(size)] = result
+        if on_size is not None:
+            on_size(int(size), result)
+    chosen = max(results, key=lambda s: (round(results[s].macro, 12), -abs(s - trained), -s))
+    return SizeSearch(chosen, int(trained), results)
+
+
 def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calibration, *,
-                     source: Mapping[str, Any]) -> Path:
+                     source: Mapping[str, Any], sizes: SizeSearch | None = None) -> Path:
     """A copy of `checkpoint` whose recipe record holds the calibration's recipe, mining settings and box settings
-    with the calibrated ``finding_levels`` (and where they came from, ``calibration``)."""
+    with the calibrated ``finding_levels`` (and where they came from, ``calibration``). With `sizes` (a
+    `SizeSearch` whose chosen calibration is `calibration`), the record's ``input_size`` becomes the chosen size,
+    the size it was trained at is kept as ``trained_input_size``, and ``calibration.input_sizes`` holds each
+    candidate's macro Acc."""
     from dataclasses import asdict
 
     from miner.models.checkpoint import read_checkpoint, write_record
 
     record = read_checkpoint(checkpoint)
+    if sizes is not None:
+        if sizes.calibration is not calibration:
+            raise ValueError("write_calibrated: `calibration` is not the size search's chosen one")
+        record.setdefault("trained_input_size", record.get("input_size"))
+        record["input_size"] = int(sizes.size)
     record["recipe"] = calibration.recipe
     record["method"] = calibration.method
     record["mining"] = asdict(calibration.mining)
@@ -193,4 +258,6 @@ def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calib
     record["calibration"] = {**dict(source), "iou": calibration.iou, "levels": dict(calibration.levels),
                              "boxes": dict(calibration.boxes),
                              "acc": {f: {f"{lv:g}": a for lv, a in accs.items()} for f, accs in calibration.table.items()}}
+    if sizes is not None:
+        record["calibration"]["input_sizes"] = {str(s): r.macro for s, r in sizes.results.items()}
     return write_record(out, record)

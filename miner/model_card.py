@@ -103,6 +103,7 @@ def write_card(checkpoint: str | Path, out: str | Path, *, command: str, seconds
                           if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))),
         "classes": list(meta["classes"]),
         "input_size": int(meta["input_size"]),
+        "trained_input_size": int(meta.get("trained_input_size") or meta["input_size"]),
         "in_chans": int(meta["in_chans"]),
         "mean": list(meta["mean"]),
         "std": list(meta["std"]),

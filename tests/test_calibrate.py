@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from miner.backends.base import Backend, BackendMeta
-from miner.calibrate import BoxedSet, calibrate_levels, write_calibrated
+from miner.calibrate import BoxedSet, calibrate_input_size, calibrate_levels, write_calibrated
 from miner.pipeline import DecodedBatch
 
 CLASSES = ("Mass", "Nodule")
@@ -87,6 +87,44 @@ def test_the_calibrated_checkpoint_records_the_levels_and_mines_with_them(tmp_pa
     assert pipeline.box_config.finding_levels == {"Mass": 0.85, "Nodule": 0.6}
 
 
+def test_the_input_size_with_the_best_macro_acc_is_chosen_and_recorded(tmp_path):
+    """Two candidate sizes: at one the maps peak on the lesions (macro Acc 1), at the other 3 cells to the right
+    of them. By hand, at T(IoU) = 0.7: the 3x3-cell Mass lesion and a 3x3 (level 0.85) or 7x7 (0.6) box 3 cells
+    off overlap 0 or 6 cells (IoU 6/52); the 7x7 Nodule lesion and a 7x7 box 3 cells off, 28 cells (IoU 28/70):
+    macro 0. The checkpoint records the better size and keeps the one it was trained at."""
+    from miner.models import create_model, read_checkpoint, save_checkpoint
+
+    data, good = boxed_set()
+    bad = ConeBackend(torch.roll(good.table, shifts=3, dims=-1))  # every peak 3 cells (12 px) to the right
+    seen = []
+    search = calibrate_input_size(lambda size: good if size == 96 else bad, lambda size: data, (64, 96),
+                                  trained=64, on_size=lambda size, result: seen.append(size),
+                                  levels=(0.6, 0.85), iou=0.7, min_boxes=1)
+    assert seen == [64, 96] and search.size == 96 and search.trained == 64
+    assert search.results[96].macro == 1.0
+    assert search.results[64].table == {"Mass": {0.6: 0.0, 0.85: 0.0}, "Nodule": {0.6: 0.0, 0.85: 0.0}}
+    assert search.results[64].macro == 0.0
+    assert search.calibration is search.results[96]
+    assert any(line.split()[:1] == ["96"] and "chosen" in line for line in search.lines())
+    # equal macro Acc: the size the model was trained at wins, then the smaller
+    assert calibrate_input_size(lambda size: good, lambda size: data, (64, 96, 128), trained=96,
+                                levels=(0.6, 0.85), iou=0.7, min_boxes=1).size == 96
+    assert calibrate_input_size(lambda size: good, lambda size: data, (64, 128), trained=96,
+                                levels=(0.6, 0.85), iou=0.7, min_boxes=1).size == 64
+
+    src = tmp_path / "m.pt"
+    save_checkpoint(src, create_model("resnet18_msa", classes=CLASSES, width=0.125, msa_stride=8),
+                    meta={"input_size": 64})
+    out = write_calibrated(src, tmp_path / "cal.pt", search.calibration, source={"archives": ["val"]}, sizes=search)
+    record = read_checkpoint(out)
+    assert record["input_size"] == 96 and record["trained_input_size"] == 64
+    assert record["calibration"]["input_sizes"] == {"64": search.results[64].macro, "96": 1.0}
+    # calibrating the calibrated copy again keeps the size it was trained at
+    again = write_calibrated(out, tmp_path / "cal2.pt", search.results[64], source={},
+                             sizes=type(search)(64, 64, search.results))
+    assert read_checkpoint(again)["input_size"] == 64 and read_checkpoint(again)["trained_input_size"] == 64
+
+
 def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
     from miner.cli import main
     from miner.data import make_phantoms
@@ -110,6 +148,21 @@ def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
     assert "'levels' rule" in capsys.readouterr().err
     assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--levels", "1.5"]) == 2
     assert "--levels" in capsys.readouterr().err
+    # --input-sizes: every candidate is calibrated and the best one recorded as the model's input size
+    assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "sized.pt"), "--recipe", "peaks",
+                 "--min-boxes", "1", "--levels", "0.5,0.9", "--input-sizes", "64,96"]) == 0
+    text = capsys.readouterr().out
+    assert "at 64 px" in text and "at 96 px" in text and "macro mean" in text
+    record = read_checkpoint(tmp_path / "sized.pt")
+    assert record["trained_input_size"] == 64 and record["input_size"] in (64, 96)
+    assert set(record["calibration"]["input_sizes"]) == {"64", "96"}
+    assert f"at input size {record['input_size']}" in text
+    from miner.backends import open_backend
+    assert open_backend(tmp_path / "sized.pt", backend="torch", device="cpu").meta.input_size == (record["input_size"],) * 2
+    for bad in ("64,x", "8"):
+        assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks",
+                     "--input-sizes", bad]) == 2
+        assert "--input-sizes" in capsys.readouterr().err
     empty = make_phantoms(tmp_path / "none", images=4, size=64, seed=1, findings=("Nodule",)).root
     (empty / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
     assert main(["calibrate", str(src), str(empty), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks"]) == 2

@@ -10,7 +10,9 @@ DESCRIPTION = (
     "boxes of ARCHIVE(s) at each candidate level of the 'steps' box rule, pick the best level per finding (Acc at "
     "T(IoU) = --iou, every box), and write a copy of the checkpoint that records them (boxes.finding_levels, used "
     "by miner mine, miner export and every backend). Use images the model was not trained on and that you will "
-    "not report results on: a validation archive, or --split val for the training run's held-out patients."
+    "not report results on: a validation archive, or --split val for the training run's held-out patients. "
+    "With --input-sizes, the same images also choose the image size the model runs at (each size with its own "
+    "levels; the highest macro mean Acc wins) and the copy records it as its input_size."
 )
 
 
@@ -32,13 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="findings with fewer ground-truth boxes keep the recipe's level (default %(default)s)")
     parser.add_argument("--levels", default=",".join(f"{v:g}" for v in LEVELS),
                         help="candidate levels, fractions of a step's peak (default %(default)s)")
+    parser.add_argument("--input-sizes", default=None, metavar="N,N,...",
+                        help="candidate square image sizes to run the model at, e.g. 256,288,320 (fully "
+                             "convolutional models only); the best on these images is recorded as the model's "
+                             "input_size. Default: the checkpoint's own size only. Time grows with the pixels")
     parser.add_argument("--batch-size", type=int, default=32)
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from miner.backends import open_backend
-    from miner.calibrate import calibrate_levels, load_boxed_set, write_calibrated
+    from miner.calibrate import calibrate_input_size, calibrate_levels, load_boxed_set, write_calibrated
     from miner.errors import UsageError
     from miner.models.checkpoint import read_checkpoint
 
@@ -50,19 +56,70 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--levels must lie in (0, 1], got {args.levels!r}")
     if not 0 < args.iou <= 1:
         raise UsageError(f"--iou must lie in (0, 1], got {args.iou}")
+    sizes = parse_sizes(args.input_sizes)
     record = read_checkpoint(args.checkpoint)
     config = record.get("config") or {}
-    backend = open_backend(args.checkpoint, backend="torch", device="cpu", method=args.method)
-    data = load_boxed_set(args.archives, backend.meta.input_size, split=args.split, batch_size=args.batch_size,
-                          val=(float(config.get("val_fraction", 0.1)), int(config.get("seed", 0))))
-    result = calibrate_levels(backend, data, levels=levels, iou=args.iou, min_boxes=args.min_boxes,
-                              recipe=args.recipe)
-    print(f"Acc at T(IoU)={args.iou:g} (every box) per candidate level, {data.images} images:")
-    for line in result.lines():
-        print("  " + line)
-    path = write_calibrated(args.checkpoint, args.out, result,
-                            source={"archives": [str(a) for a in args.archives], "split": args.split,
-                                    "images": data.images})
+    val = (float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
+    source = {"archives": [str(a) for a in args.archives], "split": args.split}
+    options = dict(levels=levels, iou=args.iou, min_boxes=args.min_boxes, recipe=args.recipe)
+
+    def data_at(size):
+        data = load_boxed_set(args.archives, (size, size), split=args.split, batch_size=args.batch_size, val=val)
+        source["images"] = data.images
+        return data
+
+    def show(size, result):
+        where = f" at {size} px" if size else ""
+        print(f"Acc at T(IoU)={args.iou:g} (every box) per candidate level{where}, {source['images']} images:")
+        for line in result.lines():
+            print("  " + line)
+        if size:
+            print(f"  macro mean over the calibrated findings: {result.macro:.3f}", flush=True)
+
+    if sizes is None:
+        backend = open_backend(args.checkpoint, backend="torch", device="cpu", method=args.method)
+        data = load_boxed_set(args.archives, backend.meta.input_size, split=args.split,
+                              batch_size=args.batch_size, val=val)
+        source["images"] = data.images
+        result = calibrate_levels(backend, data, **options)
+        show(None, result)
+        search = None
+    else:
+        trained = int(record.get("trained_input_size") or _side(record.get("input_size")) or sizes[0])
+        search = calibrate_input_size(
+            lambda size: open_backend(args.checkpoint, backend="torch", device="cpu", method=args.method,
+                                      input_size=(size, size)),
+            data_at, sizes, trained=trained, on_size=show, **options)
+        result = search.calibration
+        print(f"input size on these images (macro mean Acc at T(IoU)={args.iou:g} over the calibrated findings):")
+        for line in search.lines():
+            print("  " + line)
+    path = write_calibrated(args.checkpoint, args.out, result, source=source, sizes=search)
     chosen = ", ".join(f"{f} {v:g}" for f, v in result.levels.items()) or "none (too few boxes)"
-    print(f"miner calibrate: wrote {path} with box levels {chosen}", flush=True)
+    at = f" at input size {search.size}" if search is not None else ""
+    print(f"miner calibrate: wrote {path} with box levels {chosen}{at}", flush=True)
     return 0
+
+
+def _side(size):
+    """The side of a square size recorded as N or [N, N] (None otherwise)."""
+    if isinstance(size, int):
+        return size
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        return int(size[0])
+    return None
+
+
+def parse_sizes(text):
+    """--input-sizes "256,288,320" -> (256, 288, 320); None for None."""
+    from miner.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        sizes = tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
+    except ValueError:
+        raise UsageError(f"--input-sizes: expected whole numbers like 256,288,320, got {text!r}") from None
+    if not sizes or any(not 32 <= v <= 4096 for v in sizes):
+        raise UsageError(f"--input-sizes: sizes must lie in 32..4096 px, got {text!r}")
+    return sizes
