@@ -185,7 +185,7 @@ def boxes_from_mining(
     """Boxes of a `miner.mining.MiningResult` by ``config.rule``: ``levels`` (the fused map H_f at fixed levels,
     as `boxes_from_maps`) or ``steps`` (one box per mining step, `miner.step_boxes`).
 
-    `class_names` (the C maps' finding names) lets ``config.finding_levels`` apply; `shift` (dy, dx, in map
+    `class_names` (the C maps' finding names) lets ``config.finding_levels`` and ``config.finding_shapes`` apply; `shift` (dy, dx, in map
     cells, from `cell_shift`) moves the boxes where ``config.align_cells`` asks; other arguments as
     `boxes_from_maps`. Returns per image a list of dicts with `BOX_FIELDS` (``threshold`` = the level of the box:
     a level of H_f for ``levels``, the fraction of its step's peak for ``steps``).
@@ -198,7 +198,8 @@ def boxes_from_mining(
     with small_ops(mined.fused.device):
         shift = shift if cfg.align_cells else (0.0, 0.0)
         if cfg.rule == "levels":
-            return _boxes(mined.fused, None, original_sizes, classes, cfg, probs, labels, prob_threshold, None, shift)
+            return _boxes(mined.fused, None, original_sizes, classes, cfg, probs, labels, prob_threshold, class_names,
+                          shift)
         return _boxes(mined.fused, mined, original_sizes, classes, cfg, probs, labels, prob_threshold, class_names,
                       shift)
 
@@ -248,6 +249,13 @@ def _boxes(fused, mined, original_sizes, classes, config, probs, labels, prob_th
         move = torch.tensor([dx, dy, dx, dy], dtype=sel_box.dtype, device=sel_box.device)
         limit = torch.tensor([ww, hw, ww, hw], dtype=sel_box.dtype, device=sel_box.device)
         sel_box = torch.minimum(torch.clamp(sel_box + move, min=0), limit)
+    if cfg.finding_shapes:  # per-finding box shapes (BoxConfig.finding_shapes), clipped to the image
+        from miner.step_boxes import pair_shapes, shape_boxes
+
+        shapes = pair_shapes(pairs[:, 1], class_names, cfg)
+        if shapes is not None:
+            limit = torch.tensor([ww, hw], dtype=sel_box.dtype, device=sel_box.device)
+            sel_box = shape_boxes(sel_box, shapes.unsqueeze(1), limit)
     # the one host copy: a few numbers per pair
     pairs_h = pairs.cpu().numpy()
     box_h = sel_box.cpu().numpy()

@@ -11,12 +11,22 @@ Acc at T(IoU) = ``iou`` with every box (`miner.metrics.hits`); each finding with
 ground-truth boxes takes the level with the highest Acc (ties: the level closest to the recipe's default), the
 others keep the default. The model's maps are computed once; only mining and boxes run per level.
 
+With ``shapes`` (the default) each finding also gets a box shape (`fit_shape`): the hot region of a class map has
+the map's shape, not the lesion's -- a round blob for a flat band of atelectasis, a hump that runs below an
+effusion's meniscus, a region a cell or two off the lesion where the network's receptive fields are not centred
+-- so at every candidate level the boxes are rescaled (width x sx, height x sy) and moved (centre + dx x width,
+dy x height) by the (sx, sy, dx, dy) that finds the most validation boxes, searched by coordinate descent on a
+grid (`SCALES` x `SCALES`, then `SHIFTS` x `SHIFTS`, twice). The level and shape are chosen together; a shape is
+kept only where it finds at least ``min_gain`` (share of the finding's boxes, and at least one box) more than the
+plain boxes at that level, and at equal Acc a level with plain boxes wins over one with a shape. The product
+applies them as ``boxes.finding_shapes`` (`miner.step_boxes.shape_boxes`).
+
 The same validation images can also choose the image size the model runs at (`calibrate_input_size`): the
 models are fully convolutional, so a model trained at 256 px runs at 288 or 320 px, where a lesion covers more
 cells of the class map and the boxes read from it are finer (README "Box quality" measures it). Each candidate
-size gets its own per-finding levels; the size with the highest macro mean Acc over the calibrated findings wins
-(ties: the size closest to the one the model was trained at), and the checkpoint records it as ``input_size``
-(the training size stays in ``trained_input_size``). The model's time grows with the pixel count.
+size gets its own per-finding levels (and shapes); the size with the best macro mean Acc over the calibrated
+findings wins (or, with a tolerance, the smallest within it of the best: the model's time grows with the pixel
+count), and the checkpoint records it as ``input_size`` (the training size stays in ``trained_input_size``).
 """
 from __future__ import annotations
 
@@ -33,6 +43,9 @@ from miner.errors import UsageError
 
 #: candidate levels (fractions of a step's peak)
 LEVELS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+#: candidate box scales (width x sx, height x sy) and centre shifts (fractions of the box's width / height)
+SCALES: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)
+SHIFTS: tuple[float, ...] = (-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3)
 
 
 @dataclass
@@ -128,8 +141,103 @@ def mine_set(pipeline: Any, data: BoxedSet, *, on_batch: Callable[[Any, Any, np.
 
 
 @dataclass
+class ShapeCandidates:
+    """One finding's mined boxes and ground truth, padded per image-finding (K of them) for `fit_shape`."""
+
+    pred: Any  # Tensor[K, P, 4] float64 x0, y0, x1, y1, original pixels
+    pred_ok: Any  # Tensor[K, P] bool
+    truth: Any  # Tensor[K, G, 4]
+    truth_ok: Any  # Tensor[K, G] bool
+    limit: Any  # Tensor[K, 2] image (width, height)
+
+    @property
+    def boxes(self) -> int:
+        return int(self.truth_ok.sum())
+
+    def hits(self, shapes: Any, iou: float) -> Any:
+        """Ground-truth boxes found at T(IoU) = `iou` by a box of their image-finding, per shape (Tensor[Q] long
+        for shapes Tensor[Q, 4])."""
+        import torch
+
+        from miner.step_boxes import shape_boxes
+
+        q = shapes.shape[0]
+        boxes = shape_boxes(self.pred.unsqueeze(0), shapes.view(q, 1, 1, 4), self.limit.view(1, -1, 1, 2))
+        a, b = boxes.unsqueeze(3), self.truth.view(1, *self.truth.shape[:1], 1, -1, 4)  # [Q,K,P,1,4], [1,K,1,G,4]
+        iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+        ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+        inter = iw * ih
+        union = ((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+                 - inter)
+        match = (inter >= (iou - 1e-12) * union) & (union > 0) & self.pred_ok.view(1, *self.pred_ok.shape, 1)
+        return (match.any(dim=2) & self.truth_ok.unsqueeze(0)).sum(dim=(1, 2))
+
+
+def shape_candidates(rows: Sequence[tuple[str, str, int, float, tuple[float, float, float, float]]],
+                     data: BoxedSet) -> dict[str, ShapeCandidates]:
+    """Per finding, the `mine_set` rows' boxes beside the ground truth of every image-finding with boxes."""
+    import torch
+
+    sizes = {i: (float(s[1]), float(s[0])) for batch in data.batches for i, s in zip(batch.image_ids, batch.sizes)}
+    pred: dict[tuple[str, str], list[tuple[float, ...]]] = defaultdict(list)
+    for image_id, finding, _, _, (x, y, w, h) in rows:
+        pred[(image_id, finding)].append((x, y, x + w, y + h))
+    out = {}
+    for finding in sorted({f for _, f in data.gt}):
+        keys = [k for k in data.gt if k[1] == finding and k[0] in sizes]
+        if not keys:
+            continue
+        p = max([len(pred.get(k, ())) for k in keys] + [1])
+        g = max(len(data.gt[k]) for k in keys)
+        pb, po = torch.zeros(len(keys), p, 4, dtype=torch.float64), torch.zeros(len(keys), p, dtype=torch.bool)
+        tb, to = torch.zeros(len(keys), g, 4, dtype=torch.float64), torch.zeros(len(keys), g, dtype=torch.bool)
+        for i, key in enumerate(keys):
+            mine = pred.get(key, [])
+            if mine:
+                pb[i, :len(mine)] = torch.tensor(mine, dtype=torch.float64)
+                po[i, :len(mine)] = True
+            truth = [(x, y, x + w, y + h) for x, y, w, h in data.gt[key]]
+            tb[i, :len(truth)] = torch.tensor(truth, dtype=torch.float64)
+            to[i, :len(truth)] = True
+        limit = torch.tensor([sizes[k[0]] for k in keys], dtype=torch.float64)
+        out[finding] = ShapeCandidates(pb, po, tb, to, limit)
+    return out
+
+
+def fit_shape(cand: ShapeCandidates, iou: float, *, scales: Sequence[float] = SCALES,
+              shifts: Sequence[float] = SHIFTS, rounds: int = 2) -> tuple[tuple[float, float, float, float], int, int]:
+    """The box shape (sx, sy, dx, dy) that finds the most of `cand`'s ground-truth boxes (module docstring):
+    coordinate descent from (1, 1, 0, 0), each move to the best grid point (ties: the one nearest the identity)
+    when it finds more. Returns (shape, boxes found with it, boxes found without)."""
+    import itertools
+
+    import torch
+
+    from miner.step_boxes import IDENTITY_SHAPE
+
+    def nearest_first(points):
+        return sorted(points, key=lambda t: (abs(math.log(t[0])) + abs(math.log(t[1])) + abs(t[2]) + abs(t[3]), t))
+
+    shape = tuple(float(v) for v in IDENTITY_SHAPE)
+    plain = best = int(cand.hits(torch.tensor([shape], dtype=torch.float64), iou)[0])
+    for _ in range(rounds):
+        moved = False
+        for grid in ([(a, b, shape[2], shape[3]) for a, b in itertools.product(scales, scales)],
+                     [(shape[0], shape[1], a, b) for a, b in itertools.product(shifts, shifts)]):
+            grid = nearest_first(grid)
+            found = cand.hits(torch.tensor(grid, dtype=torch.float64), iou)
+            k = int(torch.argmax(found))  # the first maximum: the one nearest the identity
+            if int(found[k]) > best:
+                best, shape, moved = int(found[k]), tuple(float(v) for v in grid[k]), True
+        if not moved:
+            break
+    return shape, best, plain
+
+
+@dataclass
 class Calibration:
-    """Chosen level per finding and the Acc of every candidate level (finding -> level -> Acc)."""
+    """Chosen level (and shape) per finding and the Acc of every candidate level (finding -> level -> Acc, with
+    the level's fitted shape where shapes are calibrated; ``plain``: without shapes)."""
 
     levels: dict[str, float]
     table: dict[str, dict[float, float]]
@@ -140,6 +248,9 @@ class Calibration:
     method: str = "cam"
     mining: Any = None
     box_config: Any = None
+    shapes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    plain: dict[str, dict[float, float]] = field(default_factory=dict)
+    level_shapes: dict[str, dict[float, tuple[float, float, float, float]]] = field(default_factory=dict)
 
     @property
     def macro(self) -> float:
@@ -147,20 +258,36 @@ class Calibration:
         accs = [self.table[f][lv] for f, lv in self.levels.items()]
         return float(np.mean(accs)) if accs else math.nan
 
+    @property
+    def plain_macro(self) -> float:
+        """`macro` without the shapes (the plain boxes at the chosen levels)."""
+        accs = [self.plain[f][lv] for f, lv in self.levels.items()] if self.plain else []
+        return float(np.mean(accs)) if accs else self.macro
+
     def lines(self) -> list[str]:
-        head = f"{'finding':<14}{'boxes':>6}" + "".join(f"{lv:>7g}" for lv in LEVELS) + "   chosen"
+        levels = sorted({lv for accs in self.table.values() for lv in accs})
+        head = f"{'finding':<14}{'boxes':>6}" + "".join(f"{lv:>7g}" for lv in levels) + "   chosen"
         out = [head]
         for f, accs in self.table.items():
             mark = self.levels.get(f)
-            out.append(f"{f:<14}{self.boxes.get(f, 0):>6}" + "".join(f"{accs.get(lv, math.nan):>7.2f}" for lv in LEVELS)
-                       + (f"   {mark:g}" if mark is not None else f"   {self.default:g} (default: too few boxes)"))
+            if mark is None:
+                tail = f"   {self.default:g} (default: too few boxes)"
+            else:
+                tail = f"   {mark:g}"
+                if f in self.shapes:
+                    sx, sy, dx, dy = self.shapes[f]
+                    tail += (f", shape w x{sx:g} h x{sy:g} centre {dx:+g}w {dy:+g}h "
+                             f"(plain boxes {self.plain[f][mark]:.2f})")
+            out.append(f"{f:<14}{self.boxes.get(f, 0):>6}" + "".join(f"{accs.get(lv, math.nan):>7.2f}" for lv in levels)
+                       + tail)
         return out
 
 
 def calibrate_levels(backend: Any, data: BoxedSet, *, levels: Sequence[float] = LEVELS, iou: float = 0.3,
-                     min_boxes: int = 10, recipe: str | None = None) -> Calibration:
-    """Pick ``boxes.finding_levels`` on `data` (module docstring). The backend's own settings (or `recipe`'s) are
-    the base; their box rule must be ``steps``."""
+                     min_boxes: int = 10, recipe: str | None = None, shapes: bool = True,
+                     min_gain: float = 0.02) -> Calibration:
+    """Pick ``boxes.finding_levels`` (and, with `shapes`, ``boxes.finding_shapes``) on `data` (module
+    docstring). The backend's own settings (or `recipe`'s) are the base; their box rule must be ``steps``."""
     from miner.metrics.hits import found_per_finding, group_boxes
     from miner.pipeline import Pipeline
 
@@ -171,23 +298,38 @@ def calibrate_levels(backend: Any, data: BoxedSet, *, levels: Sequence[float] = 
     if not data.maps:
         compute_maps(backend, data)
     default = float(pipeline.box_config.step_level)
-    base = replace(pipeline.box_config, finding_levels=None)
+    base = replace(pipeline.box_config, finding_levels=None, finding_shapes=None)
+    plain: dict[str, dict[float, float]] = defaultdict(dict)
     table: dict[str, dict[float, float]] = defaultdict(dict)
+    level_shapes: dict[str, dict[float, tuple[float, float, float, float]]] = defaultdict(dict)
     counts: dict[str, int] = {}
     for level in levels:
         pipeline.box_config = replace(base, step_level=float(level))
         rows = mine_set(pipeline, data)
         pred = group_boxes((r[0], r[1], r[2], r[4]) for r in rows)
         for finding, (hit, n) in found_per_finding(pred, data.gt, iou).items():
-            table[finding][float(level)] = hit / n
+            plain[finding][float(level)] = table[finding][float(level)] = hit / n
             counts[finding] = n
+        if shapes:
+            for finding, cand in shape_candidates(rows, data).items():
+                n = cand.boxes
+                if n < min_boxes:
+                    continue
+                shape, found, without = fit_shape(cand, iou)
+                if found - without >= max(1, math.ceil(min_gain * n - 1e-9)):
+                    level_shapes[finding][float(level)] = shape
+                    table[finding][float(level)] = found / n
     chosen = {}
     for finding, accs in table.items():
         if counts.get(finding, 0) >= min_boxes:
-            chosen[finding] = max(accs, key=lambda lv: (accs[lv], -abs(lv - default)))
+            shaped = level_shapes.get(finding, {})  # ties: plain boxes, then the level nearest the recipe's
+            chosen[finding] = max(accs, key=lambda lv: (accs[lv], lv not in shaped, -abs(lv - default)))
+    chosen_shapes = {f: level_shapes[f][lv] for f, lv in chosen.items() if lv in level_shapes.get(f, {})}
     return Calibration(chosen, dict(table), counts, default, iou, pipeline.recipe, backend.meta.method,
                        pipeline.mining,
-                       replace(base, step_level=default, finding_levels=dict(chosen)))
+                       replace(base, step_level=default, finding_levels=dict(chosen),
+                               finding_shapes={f: list(v) for f, v in chosen_shapes.items()} or None),
+                       chosen_shapes, dict(plain), {f: dict(v) for f, v in level_shapes.items()})
 
 
 @dataclass
@@ -197,6 +339,7 @@ class SizeSearch:
     size: int
     trained: int
     results: dict[int, Calibration]
+    tolerance: float = 0.0
 
     @property
     def calibration(self) -> Calibration:
@@ -211,11 +354,12 @@ class SizeSearch:
 
 
 def calibrate_input_size(backend_at: Callable[[int], Any], data_at: Callable[[int], BoxedSet],
-                         sizes: Sequence[int], *, trained: int,
+                         sizes: Sequence[int], *, trained: int, tolerance: float = 0.0,
                          on_size: Callable[[int, Calibration], None] | None = None, **options: Any) -> SizeSearch:
     """Per-finding levels (`calibrate_levels` with `options`) at each of `sizes`, with the backend and the
-    validation images made for that size by `backend_at(size)` and `data_at(size)`; the size whose calibrated
-    findings have the highest macro mean Acc is chosen (ties: the one closest to `trained`, then the smaller).
+    validation images made for that size by `backend_at(size)` and `data_at(size)`. The size with the best macro
+    mean Acc over its calibrated findings is chosen (ties: the one closest to `trained`, then the smaller); with
+    a `tolerance` > 0, the smallest size within `tolerance` of the best (the model's time grows with the pixels).
     `on_size(size, calibration)` sees each result as it comes."""
     if not sizes:
         raise UsageError("calibrate_input_size: no candidate size")
@@ -230,8 +374,11 @@ def calibrate_input_size(backend_at: Callable[[int], Any], data_at: Callable[[in
         results[int(size)] = result
         if on_size is not None:
             on_size(int(size), result)
-    chosen = max(results, key=lambda s: (round(results[s].macro, 12), -abs(s - trained), -s))
-    return SizeSearch(chosen, int(trained), results)
+    best = max(r.macro for r in results.values())
+    near = [s for s, r in results.items() if r.macro >= best - tolerance - 1e-12]
+    chosen = min(near, key=lambda s: (s, abs(s - trained))) if tolerance > 0 else \
+        max(near, key=lambda s: (round(results[s].macro, 12), -abs(s - trained), -s))
+    return SizeSearch(chosen, int(trained), results, tolerance)
 
 
 def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calibration, *,
@@ -256,6 +403,9 @@ def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calib
     record["mining"] = asdict(calibration.mining)
     record["boxes"] = asdict(calibration.box_config)
     record["calibration"] = {**dict(source), "iou": calibration.iou, "levels": dict(calibration.levels),
+                             "shapes": {f: list(v) for f, v in calibration.shapes.items()},
+                             "plain_acc": {f: {f"{lv:g}": a for lv, a in accs.items()}
+                                           for f, accs in calibration.plain.items()},
                              "boxes": dict(calibration.boxes),
                              "acc": {f: {f"{lv:g}": a for lv, a in accs.items()} for f, accs in calibration.table.items()}}
     if sizes is not None:

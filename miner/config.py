@@ -241,6 +241,11 @@ class BoxConfig:
         step_level: (``steps``) a step's region is where its map is >= step_level x its peak.
         finding_levels: (``steps``) per-finding step levels (finding name -> level) that override
             ``step_level``, e.g. fixed on a validation split with boxes (`miner.calibrate`).
+        finding_shapes: per-finding box shapes (finding name -> [sx, sy, dx, dy]) applied to every box of that
+            finding (any rule): width x sx, height x sy, centre moved by dx x width and dy x height, clipped to
+            the image (`miner.step_boxes.shape_boxes`). A class map's hot region has the map's shape, not the
+            lesion's (a round blob for a flat band of atelectasis, a hump that runs below an effusion's meniscus);
+            `miner calibrate` fixes these on a validation split with boxes. None: boxes as read from the map.
         max_boxes: boxes kept per image and finding.
         upsample: working resolution = map size x upsample (bilinear, align_corners=False) ...
         max_work_side: ... but no side above this unless the map itself is larger (then the map's own size).
@@ -260,6 +265,7 @@ class BoxConfig:
     thresholds: tuple[float, ...] | str = (0.3, 0.5, 0.7)
     step_level: float = 0.5
     finding_levels: dict | None = None
+    finding_shapes: dict | None = None
     max_boxes: int = 3
     upsample: int = 4
     max_work_side: int = 256

@@ -17,6 +17,8 @@ batched on the maps' device:
 4. **Duplicates.** A box whose IoU with a box of an earlier step exceeds ``dedup_iou``, or that lies inside one
    (intersection over its own area above ``dedup_iobb``), is dropped: the shoulder of a lesion already boxed.
 5. Up to ``max_boxes`` boxes, ranked by score, in original pixels (as `miner.boxes`).
+6. **Shapes** (any rule, where ``BoxConfig.finding_shapes`` names the finding): each box is rescaled and moved by
+   its finding's calibrated shape (`shape_boxes`), after ranking and de-duplication.
 
 At T = 1 this gives one box per pair; the seed's rule (``rule="levels"``, boxes of the fused map at fixed levels)
 gives up to three from one map.
@@ -39,6 +41,37 @@ def pair_levels(pairs_class: Tensor, classes: Sequence[str] | None, config: BoxC
         table = torch.tensor([float(own.get(name, config.step_level)) for name in classes], dtype=torch.float32)
         levels = table[pairs_class.cpu().long()]
     return levels.to(pairs_class.device)
+
+
+IDENTITY_SHAPE: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)
+
+
+def shape_boxes(boxes: Tensor, shapes: Tensor, limit: Tensor) -> Tensor:
+    """Boxes (Tensor[..., 4] x0, y0, x1, y1) with shapes (Tensor[..., 4] sx, sy, dx, dy, broadcast): width x sx,
+    height x sy, centre moved by (dx x width, dy x height), clipped to [0, W] x [0, H] with `limit` (Tensor[..., 2]
+    W, H, broadcast). (1, 1, 0, 0) leaves a box as it is."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    sx, sy, dx, dy = shapes.to(boxes.dtype).unbind(-1)
+    w, h = x1 - x0, y1 - y0
+    cx, cy = (x0 + x1) / 2 + dx * w, (y0 + y1) / 2 + dy * h
+    lim = limit.to(boxes.dtype)
+    zero = torch.zeros_like(cx)
+    nx0 = torch.minimum(torch.maximum(cx - sx * w / 2, zero), lim[..., 0])
+    nx1 = torch.minimum(torch.maximum(cx + sx * w / 2, zero), lim[..., 0])
+    ny0 = torch.minimum(torch.maximum(cy - sy * h / 2, zero), lim[..., 1])
+    ny1 = torch.minimum(torch.maximum(cy + sy * h / 2, zero), lim[..., 1])
+    return torch.stack([nx0, ny0, nx1, ny1], -1)
+
+
+def pair_shapes(pairs_class: Tensor, classes: Sequence[str] | None, config: BoxConfig) -> Tensor | None:
+    """The box shape of every pair (Tensor[N, 4] sx, sy, dx, dy) from ``finding_shapes``; None where no finding
+    of `classes` has one."""
+    own: Mapping[str, Sequence[float]] = config.finding_shapes or {}
+    if not own or classes is None or not any(name in own for name in classes):
+        return None
+    table = torch.tensor([[float(v) for v in own.get(name, IDENTITY_SHAPE)] for name in classes],
+                         dtype=torch.float32)
+    return table[pairs_class.cpu().long()].to(pairs_class.device)
 
 
 def _bbox(region: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -142,4 +175,4 @@ def _overlaps(a: Tensor, b: Tensor, config: BoxConfig) -> Tensor:
     return (iou > config.dedup_iou) | (inter / area_a > config.dedup_iobb)
 
 
-__all__ = ["step_boxes", "pair_levels"]
+__all__ = ["step_boxes", "pair_levels", "pair_shapes", "shape_boxes", "IDENTITY_SHAPE"]

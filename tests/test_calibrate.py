@@ -59,13 +59,47 @@ def boxed_set() -> tuple[BoxedSet, ConeBackend]:
 
 def test_each_finding_gets_the_level_its_lesions_have():
     data, backend = boxed_set()
-    result = calibrate_levels(backend, data, levels=(0.5, 0.6, 0.7, 0.85, 0.95), iou=0.7, min_boxes=1)
+    result = calibrate_levels(backend, data, levels=(0.5, 0.6, 0.7, 0.85, 0.95), iou=0.7, min_boxes=1, shapes=False)
     assert result.levels == {"Mass": 0.85, "Nodule": 0.6}
     assert result.table["Mass"][0.85] == 1.0 and result.table["Nodule"][0.6] == 1.0
     assert result.table["Mass"][0.5] == 0.0  # a 9x9 box around a 3x3 lesion: IoU 1/9
     assert result.boxes == {"Mass": 6, "Nodule": 6}
     # findings with too few boxes keep the recipe's level
     assert calibrate_levels(backend, data, levels=(0.6, 0.85), iou=0.7, min_boxes=7).levels == {}
+    # boxes that already fit their lesions get no shape
+    assert calibrate_levels(backend, data, levels=(0.5, 0.6, 0.7, 0.85, 0.95), iou=0.7, min_boxes=1).shapes == {}
+
+
+def test_a_box_shape_is_fitted_where_the_map_sits_off_the_lesion():
+    """Mass lesions one cell (4 px) right of their maps' peaks. By hand, at T(IoU) = 0.7: the 3x3-cell box at level
+    0.85 overlaps the 12-px lesion 8 of 12 px wide (IoU 96/192 = 0.5); no level's plain box reaches 0.7. Moved
+    right by 0.2 of its width (2.4 px) it overlaps 10.4 px (IoU 124.8/163.2 = 0.76); by 0.1, 9.2 px (0.62).
+    So the shape is (1, 1, 0.2, 0) at level 0.85 (1.0 at every level that reaches it: the recipe's level wins),
+    and Nodule, whose boxes fit, keeps none."""
+    from miner.calibrate import fit_shape, shape_candidates, mine_set
+    from miner.pipeline import Pipeline
+
+    data, backend = boxed_set()
+    data.gt = {k: [(x + 4.0, y, w, h) for x, y, w, h in v] if k[1] == "Mass" else v for k, v in data.gt.items()}
+    result = calibrate_levels(backend, data, levels=(0.6, 0.85, 0.95), iou=0.7, min_boxes=1)
+    assert result.plain["Mass"] == {0.6: 0.0, 0.85: 0.0, 0.95: 0.0}
+    assert result.levels["Mass"] == 0.85 and result.table["Mass"][0.85] == 1.0
+    assert result.shapes == {"Mass": (1.0, 1.0, 0.2, 0.0)}
+    assert result.box_config.finding_shapes == {"Mass": [1.0, 1.0, 0.2, 0.0]}
+    assert result.macro == 1.0 and result.plain_macro == 0.5
+    assert any("shape w x1 h x1 centre +0.2w +0h (plain boxes 0.00)" in line for line in result.lines())
+    # fit_shape on its own: boxes found with the shape and without
+    pipeline = Pipeline(backend)
+    cand = shape_candidates(mine_set(pipeline, data), data)["Mass"]
+    assert fit_shape(cand, 0.7) == ((1.0, 1.0, 0.2, 0.0), 6, 0)
+    # the pipeline of the calibrated settings finds every lesion
+    from miner.metrics.hits import found_per_finding, group_boxes
+    pipeline.box_config = result.box_config
+    rows = mine_set(pipeline, data)
+    assert found_per_finding(group_boxes((r[0], r[1], r[2], r[4]) for r in rows), data.gt, 0.7) == {
+        "Mass": (6, 6), "Nodule": (6, 6)}
+    # a gain below min_gain keeps the plain boxes
+    assert calibrate_levels(backend, data, levels=(0.85,), iou=0.7, min_boxes=1, min_gain=1.01).shapes == {}
 
 
 def test_the_calibrated_checkpoint_records_the_levels_and_mines_with_them(tmp_path):
@@ -99,18 +133,24 @@ def test_the_input_size_with_the_best_macro_acc_is_chosen_and_recorded(tmp_path)
     seen = []
     search = calibrate_input_size(lambda size: good if size == 96 else bad, lambda size: data, (64, 96),
                                   trained=64, on_size=lambda size, result: seen.append(size),
-                                  levels=(0.6, 0.85), iou=0.7, min_boxes=1)
+                                  levels=(0.6, 0.85), iou=0.7, min_boxes=1, shapes=False)
     assert seen == [64, 96] and search.size == 96 and search.trained == 64
     assert search.results[96].macro == 1.0
     assert search.results[64].table == {"Mass": {0.6: 0.0, 0.85: 0.0}, "Nodule": {0.6: 0.0, 0.85: 0.0}}
     assert search.results[64].macro == 0.0
     assert search.calibration is search.results[96]
     assert any(line.split()[:1] == ["96"] and "chosen" in line for line in search.lines())
-    # equal macro Acc: the size the model was trained at wins, then the smaller
-    assert calibrate_input_size(lambda size: good, lambda size: data, (64, 96, 128), trained=96,
-                                levels=(0.6, 0.85), iou=0.7, min_boxes=1).size == 96
-    assert calibrate_input_size(lambda size: good, lambda size: data, (64, 128), trained=96,
-                                levels=(0.6, 0.85), iou=0.7, min_boxes=1).size == 64
+    # equal macro Acc: the size the model was trained at, then the smaller; with a tolerance, the smallest
+    opts = dict(levels=(0.6, 0.85), iou=0.7, min_boxes=1, shapes=False)
+    assert calibrate_input_size(lambda size: good, lambda size: data, (64, 96, 128), trained=96, **opts).size == 96
+    assert calibrate_input_size(lambda size: good, lambda size: data, (64, 128), trained=96, **opts).size == 64
+    assert calibrate_input_size(lambda size: good, lambda size: data, (96, 64, 128), trained=96, tolerance=0.01,
+                                **opts).size == 64
+    # a larger size within the tolerance of the best loses to a smaller one: macro 5/6 at 64 (one image off) vs 1
+    half = ConeBackend(torch.cat([good.table[:5], torch.roll(good.table[5:], shifts=3, dims=-1)]))
+    picks = {tol: calibrate_input_size(lambda size: good if size == 96 else half, lambda size: data, (64, 96),
+                                       trained=64, tolerance=tol, **opts).size for tol in (0.0, 0.01, 0.2)}
+    assert picks == {0.0: 96, 0.01: 96, 0.2: 64}
 
     src = tmp_path / "m.pt"
     save_checkpoint(src, create_model("resnet18_msa", classes=CLASSES, width=0.125, msa_stride=8),
@@ -163,6 +203,9 @@ def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
         assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks",
                      "--input-sizes", bad]) == 2
         assert "--input-sizes" in capsys.readouterr().err
+    assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks",
+                 "--input-sizes", "64,96", "--size-tolerance", "-0.1"]) == 2
+    assert "--size-tolerance must lie in [0, 1)" in capsys.readouterr().err
     empty = make_phantoms(tmp_path / "none", images=4, size=64, seed=1, findings=("Nodule",)).root
     (empty / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
     assert main(["calibrate", str(src), str(empty), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks"]) == 2

@@ -32,3 +32,18 @@ def test_import_miner_is_light():
     code = "import sys, miner, miner.cli; print(sorted(m for m in ('torch','ray','triton','tensorrt') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_mine_box_overrides_one_level_and_plain_boxes():
+    """--step-level drops the model's per-finding levels; --plain-boxes its per-finding box shapes."""
+    import argparse
+
+    from miner.cli.mine import add_arguments, mining_overrides
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["archive", "--model", "m.pt", "--out", "out"]
+    assert mining_overrides(parser.parse_args(base)) == ({}, {})
+    assert mining_overrides(parser.parse_args(base + ["--step-level", "0.7"]))[1] == {
+        "step_level": 0.7, "finding_levels": None}
+    assert mining_overrides(parser.parse_args(base + ["--plain-boxes"]))[1] == {"finding_shapes": None}

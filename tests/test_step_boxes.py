@@ -56,6 +56,34 @@ def test_per_finding_levels_override_the_default():
     assert got == {0: ((1, 1, 5, 5), 0.5), 1: ((2, 2, 3, 3), pytest.approx(0.8))}
 
 
+def test_per_finding_shapes_rescale_and_move_boxes_within_the_image():
+    maps = torch.cat([two_peaks(), two_peaks()], dim=1)
+    # Mass: the 5x5 box at (1, 1) twice as wide, half as tall, centre 0.2 of its width right, 0.1 of its height up:
+    #   centre (3.5 + 1, 3.5 - 0.5) = (4.5, 3.0), size 10 x 2.5 -> x 4.5 - 5 = -0.5, clipped to 0, x1 9.5;
+    #   y 1.75 .. 4.25. Nodule keeps its box (no shape); a finding not among the maps changes nothing.
+    cfg = BoxConfig(rule="steps", upsample=1, step_level=0.5,
+                    finding_shapes={"Mass": [2.0, 0.5, 0.2, -0.1], "Effusion": [3, 3, 0, 0]})
+    out = boxes(maps, steps=1, config=cfg, class_names=("Mass", "Nodule"))[0]
+    got = {b["class_index"]: xywh(b) for b in out}
+    assert got[0] == pytest.approx((0.0, 1.75, 9.5, 2.5))
+    assert got[1] == (1, 1, 5, 5)
+    # in original pixels: the shape is relative, so a 24 x 36 image gives the same box scaled by (3, 2)
+    big = boxes(maps, steps=1, config=cfg, class_names=("Mass", "Nodule"), sizes=((24, 36),))[0]
+    assert {b["class_index"]: xywh(b) for b in big}[0] == pytest.approx((0.0, 3.5, 28.5, 5.0))
+    # clipped at the far edges too; the identity (1, 1, 0, 0) leaves boxes exactly as they are
+    from miner.step_boxes import shape_boxes
+    far = shape_boxes(torch.tensor([[8.0, 8.0, 12.0, 12.0]]), torch.tensor([2.0, 2.0, 0.3, 0.3]), torch.tensor([12, 12]))
+    assert far[0].tolist() == pytest.approx([7.2, 7.2, 12.0, 12.0])  # centre 10 + 1.2, half side 4
+    box = torch.tensor([[1.5, 2.0, 7.0, 9.25]])
+    assert torch.equal(shape_boxes(box, torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([12, 12])), box)
+    # the seed's levels rule applies shapes too
+    levels = BoxConfig(rule="levels", upsample=1, thresholds=(0.5,), max_boxes=1, finding_shapes={"Mass": [0.6, 0.6, 0, 0]})
+    plain = BoxConfig(rule="levels", upsample=1, thresholds=(0.5,), max_boxes=1)
+    a = xywh(boxes(two_peaks(), steps=1, config=plain, class_names=("Mass",))[0][0])
+    b = xywh(boxes(two_peaks(), steps=1, config=levels, class_names=("Mass",))[0][0])
+    assert b == pytest.approx((a[0] + 0.2 * a[2], a[1] + 0.2 * a[3], 0.6 * a[2], 0.6 * a[3]))
+
+
 def test_a_shoulder_of_the_first_lesion_is_a_duplicate():
     m = torch.zeros(1, 1, 12, 12)
     m[0, 0, 2:9, 2:9] = 0.5

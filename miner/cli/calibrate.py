@@ -7,9 +7,10 @@ import os
 HELP = "fix per-finding box levels on validation images with boxes; write them into a checkpoint"
 DESCRIPTION = (
     "Score CKPT's boxes (its own recipe settings, the mining job's code) on the labelled images with ground-truth "
-    "boxes of ARCHIVE(s) at each candidate level of the 'steps' box rule, pick the best level per finding (Acc at "
-    "T(IoU) = --iou, every box), and write a copy of the checkpoint that records them (boxes.finding_levels, used "
-    "by miner mine, miner export and every backend). Use images the model was not trained on and that you will "
+    "boxes of ARCHIVE(s) at each candidate level of the 'steps' box rule, fit each finding's box shape (a scale "
+    "and shift of its boxes) at each level, pick the best level and shape per finding (Acc at T(IoU) = --iou, "
+    "every box), and write a copy of the checkpoint that records them (boxes.finding_levels, "
+    "boxes.finding_shapes, used by miner mine, miner export and every backend). Use images the model was not trained on and that you will "
     "not report results on: a validation archive, or --split val for the training run's held-out patients. "
     "With --input-sizes, the same images also choose the image size the model runs at (each size with its own "
     "levels; the highest macro mean Acc wins) and the copy records it as its input_size."
@@ -34,10 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="findings with fewer ground-truth boxes keep the recipe's level (default %(default)s)")
     parser.add_argument("--levels", default=",".join(f"{v:g}" for v in LEVELS),
                         help="candidate levels, fractions of a step's peak (default %(default)s)")
+    parser.add_argument("--no-shapes", action="store_true",
+                        help="levels only: no per-finding box shapes (scale and shift of each finding's boxes, "
+                             "fitted with the levels; README 'Box quality')")
     parser.add_argument("--input-sizes", default=None, metavar="N,N,...",
                         help="candidate square image sizes to run the model at, e.g. 256,288,320 (fully "
-                             "convolutional models only); the best on these images is recorded as the model's "
-                             "input_size. Default: the checkpoint's own size only. Time grows with the pixels")
+                             "convolutional models only); the one with the best macro Acc on these images (see "
+                             "--size-tolerance) is recorded as the model's input_size. Default: the checkpoint's own "
+                             "size only. Time grows with the pixels")
+    parser.add_argument("--size-tolerance", type=float, default=0.0,
+                        help="take the smallest size within this macro Acc of the best, for speed (default "
+                             "%(default)s: the best)")
     parser.add_argument("--batch-size", type=int, default=32)
 
 
@@ -57,11 +65,14 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.iou <= 1:
         raise UsageError(f"--iou must lie in (0, 1], got {args.iou}")
     sizes = parse_sizes(args.input_sizes)
+    if not 0 <= args.size_tolerance < 1:
+        raise UsageError(f"--size-tolerance must lie in [0, 1), got {args.size_tolerance}")
     record = read_checkpoint(args.checkpoint)
     config = record.get("config") or {}
     val = (float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
     source = {"archives": [str(a) for a in args.archives], "split": args.split}
-    options = dict(levels=levels, iou=args.iou, min_boxes=args.min_boxes, recipe=args.recipe)
+    options = dict(levels=levels, iou=args.iou, min_boxes=args.min_boxes, recipe=args.recipe,
+                   shapes=not args.no_shapes)
 
     def data_at(size):
         data = load_boxed_set(args.archives, (size, size), split=args.split, batch_size=args.batch_size, val=val)
@@ -89,13 +100,14 @@ def run(args: argparse.Namespace) -> int:
         search = calibrate_input_size(
             lambda size: open_backend(args.checkpoint, backend="torch", device="cpu", method=args.method,
                                       input_size=(size, size)),
-            data_at, sizes, trained=trained, on_size=show, **options)
+            data_at, sizes, trained=trained, tolerance=args.size_tolerance, on_size=show, **options)
         result = search.calibration
         print(f"input size on these images (macro mean Acc at T(IoU)={args.iou:g} over the calibrated findings):")
         for line in search.lines():
             print("  " + line)
     path = write_calibrated(args.checkpoint, args.out, result, source=source, sizes=search)
-    chosen = ", ".join(f"{f} {v:g}" for f, v in result.levels.items()) or "none (too few boxes)"
+    chosen = ", ".join(f"{f} {v:g}" + (" (shaped)" if f in result.shapes else "")
+                       for f, v in result.levels.items()) or "none (too few boxes)"
     at = f" at input size {search.size}" if search is not None else ""
     print(f"miner calibrate: wrote {path} with box levels {chosen}{at}", flush=True)
     return 0

@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--step-level", type=float, default=None,
                       help="steps rule: a step's box is where its map is >= this fraction of its peak, for every "
                            "finding (default: the model's calibrated per-finding levels, else 0.85)")
+    what.add_argument("--plain-boxes", action="store_true",
+                      help="boxes as read from the maps, without the model's calibrated per-finding box shapes "
+                           "(boxes.finding_shapes, miner calibrate)")
     what.add_argument("--max-boxes", type=int, default=None,
                       help="boxes per image and finding (default: 3)")
     what.add_argument("--classes", default=_DEFAULTS["classes"], choices=("labels", "predicted", "all"),
@@ -151,6 +154,8 @@ def mining_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
             raise UsageError(f"--step-level must lie in (0, 1], got {args.step_level}")
         boxes["step_level"] = args.step_level
         boxes["finding_levels"] = None  # one level for every finding, as asked
+    if args.plain_boxes:
+        boxes["finding_shapes"] = None
     if args.max_boxes is not None:
         boxes["max_boxes"] = args.max_boxes
     if args.recipe is not None:
