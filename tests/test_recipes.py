@@ -109,7 +109,13 @@ def test_the_onnx_graph_carries_the_record_and_mines_alike(trained, tmp_path):
     from miner.export.metadata import read_onnx_metadata
     from miner.export.onnx import export_checkpoint
 
-    ckpt = trained[DEFAULT_RECIPE]
+    from miner.models.checkpoint import write_record
+
+    # a calibrated record: per-finding box shapes, and an input size chosen on validation above the training size
+    record = read_checkpoint(trained[DEFAULT_RECIPE])
+    record["boxes"] = {**dict(record.get("boxes") or {}), "finding_shapes": {CLASSES[0]: [0.8, 1.2, 0.1, -0.1]}}
+    record["trained_input_size"], record["input_size"] = record["input_size"], 96
+    ckpt = write_record(tmp_path / "shaped.pt", record)
     result = export_checkpoint(ckpt, tmp_path / "m.onnx")
     assert result.parity.ok, result.parity.line()
     meta = read_onnx_metadata(tmp_path / "m.onnx")
@@ -120,9 +126,11 @@ def test_the_onnx_graph_carries_the_record_and_mines_alike(trained, tmp_path):
     p_ort, p_eager = Pipeline(ort), Pipeline(eager)
     assert (p_ort.recipe, p_ort.mining, p_ort.box_config, p_ort.shift) == (
         p_eager.recipe, p_eager.mining, p_eager.box_config, p_eager.shift)
-    images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert p_ort.box_config.finding_shapes == {CLASSES[0]: [0.8, 1.2, 0.1, -0.1]}
+    assert ort.meta.input_size == eager.meta.input_size == (96, 96)
+    images = torch.rand(3, 1, 96, 96, generator=torch.Generator().manual_seed(0))
     chosen = np.ones((3, len(CLASSES)), bool)
-    (_, a), (_, b) = (p.mine_maps(p.backend.run(images)[1], images, chosen, [(64, 64)] * 3) for p in (p_ort, p_eager))
+    (_, a), (_, b) = (p.mine_maps(p.backend.run(images)[1], images, chosen, [(96, 96)] * 3) for p in (p_ort, p_eager))
     assert [[(r["class_index"], r["rank"]) for r in boxes] for boxes in a] == \
            [[(r["class_index"], r["rank"]) for r in boxes] for boxes in b]
     for boxes_a, boxes_b in zip(a, b):
