@@ -43,10 +43,10 @@ done
 
 # calibrated copies: the peaks recipe's box rule with the LayerCAM maps (and CAM for the map-method row)
 for name in s16-am s16 s8 s8-topk s8-fuse s8-am; do
-    $MINER calibrate "$WORK/$name.pt" "$WORK/val" --recipe peaks --method layercam --out "$WORK/cal-$name.pt"
+    $MINER calibrate "$WORK/$name.pt" "$WORK/val" --recipe peaks --method layercam --no-shapes --out "$WORK/cal-$name.pt"
 done
 for name in s16-am s8-am s8 s8-lse s8-topk; do  # CAM maps (LayerCAM of a log-sum-exp head is a one-cell spike)
-    $MINER calibrate "$WORK/$name.pt" "$WORK/val" --recipe peaks --method cam --out "$WORK/cal-$name-cam.pt"
+    $MINER calibrate "$WORK/$name.pt" "$WORK/val" --recipe peaks --method cam --no-shapes --out "$WORK/cal-$name-cam.pt"
 done
 
 $MINER bench localize --out "$WORK/localize" \
