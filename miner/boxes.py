@@ -185,8 +185,9 @@ def boxes_from_mining(
     """Boxes of a `miner.mining.MiningResult` by ``config.rule``: ``levels`` (the fused map H_f at fixed levels,
     as `boxes_from_maps`) or ``steps`` (one box per mining step, `miner.step_boxes`).
 
-    `class_names` (the C maps' finding names) lets ``config.finding_levels`` and ``config.finding_shapes`` apply; `shift` (dy, dx, in map
-    cells, from `cell_shift`) moves the boxes where ``config.align_cells`` asks; other arguments as
+    `class_names` (the C maps' finding names) lets ``config.finding_levels`` and ``config.finding_shapes`` apply;
+    `shift` (dy, dx, in map cells, from `cell_shift`) moves the boxes where ``config.align_cells`` asks; other
+    arguments as
     `boxes_from_maps`. Returns per image a list of dicts with `BOX_FIELDS` (``threshold`` = the level of the box:
     a level of H_f for ``levels``, the fraction of its step's peak for ``steps``).
     """

@@ -250,7 +250,6 @@ class Calibration:
     box_config: Any = None
     shapes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
     plain: dict[str, dict[float, float]] = field(default_factory=dict)
-    level_shapes: dict[str, dict[float, tuple[float, float, float, float]]] = field(default_factory=dict)
 
     @property
     def macro(self) -> float:
@@ -329,7 +328,7 @@ def calibrate_levels(backend: Any, data: BoxedSet, *, levels: Sequence[float] = 
                        pipeline.mining,
                        replace(base, step_level=default, finding_levels=dict(chosen),
                                finding_shapes={f: list(v) for f, v in chosen_shapes.items()} or None),
-                       chosen_shapes, dict(plain), {f: dict(v) for f, v in level_shapes.items()})
+                       chosen_shapes, dict(plain))
 
 
 @dataclass
@@ -376,7 +375,7 @@ def calibrate_input_size(backend_at: Callable[[int], Any], data_at: Callable[[in
             on_size(int(size), result)
     best = max(r.macro for r in results.values())
     near = [s for s, r in results.items() if r.macro >= best - tolerance - 1e-12]
-    chosen = min(near, key=lambda s: (s, abs(s - trained))) if tolerance > 0 else \
+    chosen = min(near) if tolerance > 0 else \
         max(near, key=lambda s: (round(results[s].macro, 12), -abs(s - trained), -s))
     return SizeSearch(chosen, int(trained), results, tolerance)
 

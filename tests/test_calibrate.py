@@ -90,8 +90,16 @@ def test_a_box_shape_is_fitted_where_the_map_sits_off_the_lesion():
     assert any("shape w x1 h x1 centre +0.2w +0h (plain boxes 0.00)" in line for line in result.lines())
     # fit_shape on its own: boxes found with the shape and without
     pipeline = Pipeline(backend)
-    cand = shape_candidates(mine_set(pipeline, data), data)["Mass"]
+    rows = mine_set(pipeline, data)
+    cand = shape_candidates(rows, data)["Mass"]
     assert fit_shape(cand, 0.7) == ((1.0, 1.0, 0.2, 0.0), 6, 0)
+    # the fit counts hits as the benchmark does (miner.metrics.hits), for every finding and threshold
+    from miner.metrics.hits import found_per_finding, group_boxes
+    identity = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    for level in (0.1, 0.3, 0.5, 0.7):
+        counted = found_per_finding(group_boxes((r[0], r[1], r[2], r[4]) for r in rows), data.gt, level)
+        assert {f: (int(c.hits(identity, level)[0]), c.boxes) for f, c in shape_candidates(rows, data).items()} \
+            == counted
     # the pipeline of the calibrated settings finds every lesion
     from miner.metrics.hits import found_per_finding, group_boxes
     pipeline.box_config = result.box_config

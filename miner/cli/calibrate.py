@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from miner.backends import open_backend
     from miner.calibrate import calibrate_input_size, calibrate_levels, load_boxed_set, write_calibrated
     from miner.errors import UsageError
+    from miner.export.onnx import parse_size
     from miner.models.checkpoint import read_checkpoint
 
     try:
@@ -74,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     options = dict(levels=levels, iou=args.iou, min_boxes=args.min_boxes, recipe=args.recipe,
                    shapes=not args.no_shapes)
 
-    def data_at(size):
-        data = load_boxed_set(args.archives, (size, size), split=args.split, batch_size=args.batch_size, val=val)
+    def data_at(size):  # N or (H, W)
+        data = load_boxed_set(args.archives, parse_size(size), split=args.split, batch_size=args.batch_size, val=val)
         source["images"] = data.images
         return data
 
@@ -85,18 +86,17 @@ def run(args: argparse.Namespace) -> int:
         for line in result.lines():
             print("  " + line)
         if size:
-            print(f"  macro mean over the calibrated findings: {result.macro:.3f}", flush=True)
+            print(f"  macro mean over the calibrated findings: {result.macro:.3f} "
+                  f"(plain boxes at these levels: {result.plain_macro:.3f})", flush=True)
 
     if sizes is None:
         backend = open_backend(args.checkpoint, backend="torch", device="cpu", method=args.method)
-        data = load_boxed_set(args.archives, backend.meta.input_size, split=args.split,
-                              batch_size=args.batch_size, val=val)
-        source["images"] = data.images
-        result = calibrate_levels(backend, data, **options)
+        result = calibrate_levels(backend, data_at(backend.meta.input_size), **options)
         show(None, result)
         search = None
     else:
-        trained = int(record.get("trained_input_size") or _side(record.get("input_size")) or sizes[0])
+        size = parse_size(record.get("trained_input_size") or record.get("input_size"))
+        trained = size[0] if size and size[0] == size[1] else sizes[0]
         search = calibrate_input_size(
             lambda size: open_backend(args.checkpoint, backend="torch", device="cpu", method=args.method,
                                       input_size=(size, size)),
@@ -111,15 +111,6 @@ def run(args: argparse.Namespace) -> int:
     at = f" at input size {search.size}" if search is not None else ""
     print(f"miner calibrate: wrote {path} with box levels {chosen}{at}", flush=True)
     return 0
-
-
-def _side(size):
-    """The side of a square size recorded as N or [N, N] (None otherwise)."""
-    if isinstance(size, int):
-        return size
-    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
-        return int(size[0])
-    return None
 
 
 def parse_sizes(text):
