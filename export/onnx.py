@@ -103,6 +103,7 @@ class MapGraph:
         method, layer, target, scales: as `miner.cam.class_maps`.
         masks_input: add the class-wise erasure ``masks`` input; None = where erasure changes the maps
             (`ClassMapper.shortcut_exact` is False) and the mapper works at the feature layer.
+        stage_weights: per-finding stage weights of the maps (`miner.cam.ClassMapper`), built into the graph.
     """
 
     def __init__(
@@ -114,11 +115,12 @@ class MapGraph:
         masks_input: bool | None = None,
         target: Any = None,
         scales: Sequence[int] | str | None = None,
+        stage_weights: Any = None,
     ) -> None:
         from miner.cam import maps_function
 
         self.model = model
-        self.mapper = maps_function(model, method, layer, target=target, scales=scales)
+        self.mapper = maps_function(model, method, layer, target=target, scales=scales, stage_weights=stage_weights)
         self.method = self.mapper.method.name
         self.layers = list(self.mapper.layers)
         can_erase = self.mapper.mode in ("analytic", "split")
@@ -148,7 +150,8 @@ class MapGraph:
             from miner.cam import class_maps
 
             layer = self.layers if self.mapper.method.pyramid else self.layers[0]
-            return class_maps(self.model, images, method=self.method, layer=layer, target=self.mapper.target)
+            return class_maps(self.model, images, method=self.method, layer=layer, target=self.mapper.target,
+                              stage_weights=self.mapper.stage_weights)
         return self(images, masks)
 
     @property
@@ -182,8 +185,15 @@ class MapGraph:
             miner_version=miner.__version__,
             task=str(getattr(model, "task", "classification")),
             cell_origin=str(getattr(model, "cell_origin", "centre")),
-            inference=dict(inference or {}),
+            inference=self._record(inference),
         )
+
+    def _record(self, inference: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The recipe record with the stage weights this graph's maps really use (none: no entry)."""
+        record = {k: v for k, v in dict(inference or {}).items() if k != "stage_weights"}
+        if self.mapper.stage_weights:
+            record["stage_weights"] = {f: dict(w) for f, w in self.mapper.stage_weights.items()}
+        return record
 
 
 def _on_cpu_float32(fn: Callable[..., ExportResult]) -> Callable[..., ExportResult]:
@@ -220,6 +230,7 @@ def export_model(
     target: Any = None,
     scales: Sequence[int] | str | None = None,
     inference: Mapping[str, Any] | None = None,
+    stage_weights: Any = None,
 ) -> ExportResult:
     """Export `model`'s logits and all class maps to one ONNX graph with a dynamic batch.
 
@@ -239,6 +250,8 @@ def export_model(
         model_hash: recorded in the metadata (default: a hash of the state_dict).
         target, scales: segmentation pixel set / pyramid scales, as `miner.cam.class_maps`.
         inference: the model's recipe record (`miner.recipes.recorded`) for the metadata.
+        stage_weights: per-finding stage weights of the maps (`miner.cam.ClassMapper`; a calibrated checkpoint's
+            ``stage_weights``), built into the graph.
 
     Returns:
         an `ExportResult` (path, metadata, parity report, seconds, size).
@@ -255,7 +268,8 @@ def export_model(
         raise UsageError("trace_batch must be >= 2 (the graph's batch stays dynamic)")
     path = Path(path)
     method = method or default_method(model)
-    graph = MapGraph(model, method=method, layer=layer, masks_input=masks_input, target=target, scales=scales)
+    graph = MapGraph(model, method=method, layer=layer, masks_input=masks_input, target=target, scales=scales,
+                     stage_weights=stage_weights)
     in_chans = int(getattr(model, "in_chans", 1))
     classes = tuple(getattr(model, "classes", ()))
     gen = torch.Generator().manual_seed(0)
@@ -343,12 +357,14 @@ def export_checkpoint(
     path: str | Path,
     *,
     input_size: int | str | Sequence[int] | None = None,
+    plain_maps: bool = False,
     **options: Any,
 ) -> ExportResult:
     """`export_model` for a checkpoint from `miner.models.save_checkpoint`.
 
     The input size defaults to the checkpoint's ``input_size``; the recorded model hash is the checkpoint
-    file's sha256; the checkpoint's recipe record (recipe, mining and box settings) goes into the metadata.
+    file's sha256; the checkpoint's recipe record (recipe, mining and box settings) goes into the metadata, and
+    its calibrated stage weights into the maps (not with `plain_maps`).
     """
     from miner.models import load_checkpoint
     from miner.recipes import recorded
@@ -359,6 +375,8 @@ def export_checkpoint(
     if size is None:
         raise UsageError(f"{checkpoint} records no input_size: pass --input-size HxW")
     options.setdefault("inference", recorded(ckpt_meta))
+    if not plain_maps:
+        options.setdefault("stage_weights", ckpt_meta.get("stage_weights"))
     if options.get("method") is None and options.get("layer") is None and ckpt_meta.get("method"):
         options["method"] = ckpt_meta["method"]  # the recipe's map method
     return export_model(model, path, input_size=size, model_hash=file_hash(checkpoint), **options)

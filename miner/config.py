@@ -385,6 +385,7 @@ class BackendConfig:
         spinning: let idle onnxruntime threads spin (lower latency; off when sharing cores).
         torch_compile: torch backend: run the traced map graph through `torch.compile`.
         method, layer: torch backend on a checkpoint: the map method and layer (as `ExportConfig`).
+        plain_maps: torch backend on a checkpoint: ignore its calibrated stage weights (`miner.calibrate`).
     """
 
     backend: str = "auto"
@@ -395,6 +396,7 @@ class BackendConfig:
     torch_compile: bool = False
     method: str | None = None
     layer: str | None = None
+    plain_maps: bool = False
 
 
 # --- the demo and the paper benchmark (miner.demo, `miner demo`, `miner bench paper`; owner: demo) -------

@@ -174,6 +174,7 @@ def mine(
     layer: str | None = None,
     classes=None,
     config=None,
+    stage_weights=None,
 ) -> tuple[Tensor, MiningResult]:
     """Class maps and attention mining for a batch, in eager PyTorch (pictures, evaluation, tests).
 
@@ -184,6 +185,8 @@ def mine(
         model: a `miner.models` classifier; images: Tensor[B, in_chans, S, S] in [0, 1].
         method, layer, classes: as `miner.cam.class_maps`.
         config: `miner.config.MiningConfig` (None = defaults).
+        stage_weights: per-finding stage weights of the maps (`miner.cam.ClassMapper`; a calibrated
+            checkpoint's ``meta["stage_weights"]``).
 
     Returns:
         (logits Tensor[B, C_all], MiningResult for the requested classes).
@@ -192,7 +195,7 @@ def mine(
     from miner.config import MiningConfig
 
     cfg = config or MiningConfig()
-    mapper = ClassMapper(model, method=method, layer=layer, classes=classes)
+    mapper = ClassMapper(model, method=method, layer=layer, classes=classes, stage_weights=stage_weights)
     with inference_state(model):
         if cfg.steps == 1 or mapper.shortcut_exact:
             logits, maps = mapper(images)

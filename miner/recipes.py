@@ -134,9 +134,13 @@ def settings_with(base: Any, overrides: Mapping[str, Any] | None) -> Any:
 
 
 def recorded(meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The recipe record of a checkpoint's meta (recipe, mining, boxes; {} for a model made before recipes)."""
+    """The recipe record of a checkpoint's meta (recipe, method, mining, boxes and the maps' calibrated
+    stage_weights; {} for a model made before recipes)."""
     meta = meta or {}
-    return {k: meta[k] for k in ("recipe", "method", "mining", "boxes") if meta.get(k) is not None}
+    out = {k: meta[k] for k in ("recipe", "method", "mining", "boxes") if meta.get(k) is not None}
+    if meta.get("stage_weights"):
+        out["stage_weights"] = meta["stage_weights"]
+    return out
 
 
 def inference_settings(meta: Mapping[str, Any] | None) -> tuple[str, MiningConfig, BoxConfig]:

@@ -47,3 +47,16 @@ def test_mine_box_overrides_one_level_and_plain_boxes():
     assert mining_overrides(parser.parse_args(base + ["--step-level", "0.7"]))[1] == {
         "step_level": 0.7, "finding_levels": None}
     assert mining_overrides(parser.parse_args(base + ["--plain-boxes"]))[1] == {"finding_shapes": None}
+
+
+def test_mine_plain_maps_reaches_the_model_actors():
+    """--plain-maps: the actors open the checkpoint without its stage weights (miner.backends.open_backend)."""
+    import argparse
+
+    from miner.cli.mine import add_arguments, backend_options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["archive", "--model", "m.pt", "--out", "out"]
+    assert backend_options(parser.parse_args(base)) == {"method": None, "layer": None, "plain_maps": None}
+    assert backend_options(parser.parse_args(base + ["--plain-maps"]))["plain_maps"] is True

@@ -51,6 +51,7 @@ def open_backend(
     method: str | None = None,
     layer: str | None = None,
     input_size: Any = None,
+    plain_maps: bool | None = None,
     config: Any = None,
 ) -> Backend:
     """Open a model file with the backend that runs it.
@@ -70,6 +71,8 @@ def open_backend(
         compile: torch backend: `torch.compile` the traced map graph.
         method, layer, input_size: torch backend: the map method/layer and image size (defaults from the
             model and checkpoint). Graphs and engines carry their own.
+        plain_maps: torch backend: maps without the checkpoint's calibrated stage weights (`miner.calibrate`);
+            a graph or engine has them built in (export it with ``--plain-maps`` instead).
         config: defaults for the options above.
 
     Returns:
@@ -86,6 +89,7 @@ def open_backend(
     compile = compile if compile is not None else cfg.torch_compile
     method = method if method is not None else cfg.method
     layer = layer if layer is not None else cfg.layer
+    plain_maps = plain_maps if plain_maps is not None else cfg.plain_maps
     path = Path(model_path)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -98,11 +102,15 @@ def open_backend(
         raise UsageError(f"{path}: backend {backend!r} needs {hint}, not a {path.suffix} file")
     if kind != "torch" and (method or layer or input_size):
         raise UsageError(f"{path}: method/layer/input size are fixed in the {kind} model; export it again to change them")
+    if kind != "torch" and plain_maps:
+        raise UsageError(f"{path}: the maps' stage weights are built into the {kind} model; export the checkpoint "
+                         "again with --plain-maps")
     if kind == "torch":
         from miner.backends.torch_backend import TorchBackend
 
         return TorchBackend.from_checkpoint(
-            path, input_size=input_size, method=method, layer=layer, device=device, compile=compile
+            path, input_size=input_size, method=method, layer=layer, device=device, compile=compile,
+            plain_maps=bool(plain_maps),
         )
     if kind == "onnxruntime":
         from miner.backends.onnxruntime_backend import OnnxRuntimeBackend

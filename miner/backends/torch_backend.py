@@ -29,6 +29,8 @@ class TorchBackend(Backend):
         compile: trace the map function and run it through `torch.compile`.
         model_hash: recorded in `meta` (e.g. the checkpoint's sha256).
         inference: the model's recipe record (`miner.recipes.recorded`), reported in `meta`.
+        stage_weights: per-finding stage weights of the maps (`miner.cam.ClassMapper`; a calibrated checkpoint
+            records them, `miner.calibrate`).
     """
 
     name = "torch"
@@ -46,6 +48,7 @@ class TorchBackend(Backend):
         target: Any = None,
         scales: Any = None,
         inference: dict | None = None,
+        stage_weights: Any = None,
     ) -> None:
         from miner.export.onnx import MapGraph, default_method
 
@@ -62,7 +65,7 @@ class TorchBackend(Backend):
         # left as it is; outputs equal up to float rounding)
         self.model = prepare_for_inference(model).to(self.device)
         self.graph = MapGraph(self.model, method=method or default_method(model), layer=layer, target=target,
-                              scales=scales)
+                              scales=scales, stage_weights=stage_weights)
         self.mapper = self.graph.mapper
         self._compiled: Callable[..., tuple[Tensor, Tensor]] | None = None
         self.compile = bool(compile)
@@ -76,9 +79,11 @@ class TorchBackend(Backend):
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, input_size: tuple[int, int] | None = None, **options: Any
+        cls, path: str | Path, *, input_size: tuple[int, int] | None = None, plain_maps: bool = False,
+        **options: Any
     ) -> TorchBackend:
-        """Open a checkpoint (`miner.models.save_checkpoint`); input size from its metadata by default."""
+        """Open a checkpoint (`miner.models.save_checkpoint`); input size from its metadata by default. Maps take
+        the checkpoint's recorded stage weights unless `plain_maps` (or ``stage_weights=`` says otherwise)."""
         from miner.export.metadata import file_hash
         from miner.export.onnx import parse_size
         from miner.models import load_checkpoint
@@ -91,7 +96,11 @@ class TorchBackend(Backend):
         from miner.recipes import recorded
 
         options["device"] = device
-        options.setdefault("inference", recorded(meta))
+        record = recorded(meta)
+        if plain_maps:
+            record.pop("stage_weights", None)
+        options.setdefault("stage_weights", record.get("stage_weights"))
+        options.setdefault("inference", record)
         if options.get("method") is None and options.get("layer") is None and meta.get("method"):
             options["method"] = meta["method"]  # the recipe's map method
         return cls(model, input_size=size, model_hash=file_hash(path), **options)

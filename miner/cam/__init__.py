@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from miner.cam import activation, gradient, pyramid, segmentation  # noqa: F401  (register the methods)
 from miner.cam.base import CamMethod, get_method, list_methods, register
-from miner.cam.engine import ClassMapper, class_maps, inference_state, maps_function, resolve_classes
+from miner.cam.engine import (ClassMapper, StageWeights, class_maps, inference_state, maps_function,
+                               resolve_classes, stage_scale)
 from miner.cam.normalize import normalize_maps
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "inference_state",
     "list_methods",
     "maps_function",
+    "stage_scale",
+    "StageWeights",
     "normalize_maps",
     "register",
     "resolve_classes",

@@ -19,6 +19,7 @@ class CAM(CamMethod):
     needs_gradients = False
     relu = False
     mask_equivariant = True
+    stage_weightable = True
 
     def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
         # the engine passes the head weights as a spatially constant "gradient" [1, C, K, 1, 1]

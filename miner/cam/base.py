@@ -99,6 +99,9 @@ class CamMethod:
             False for Grad-CAM++ and XGrad-CAM, whose weights are normalised by sums of A.
         segmentation: scores are pixel-set sums of a segmentation output (Seg-Grad-CAM family).
         pyramid: one map per pyramid layer, summed (Pyramid Grad-CAM).
+        stage_weightable: the map is a sum over channels of terms each positively homogeneous in its channel's
+            gradient (CAM, Grad-CAM, HiRes-CAM, XGrad-CAM, LayerCAM), so scaling G_k by a >= 0 scales channel
+            k's contribution by a: stage weights (`miner.cam.ClassMapper`) apply. False for Grad-CAM++.
     """
 
     name: ClassVar[str] = ""
@@ -107,6 +110,7 @@ class CamMethod:
     mask_equivariant: ClassVar[bool] = False
     segmentation: ClassVar[bool] = False
     pyramid: ClassVar[bool] = False
+    stage_weightable: ClassVar[bool] = False
 
     def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
         """Channel weights (Tensor[B or 1, C, K]). Methods that are not channel-weighted override `combine`."""

@@ -20,11 +20,19 @@ only (no ``.item()``, no numpy, no branch on values, hooks only read and re-rout
 ``ClassMapper.__call__`` traces with ``make_fx(tracing_mode="symbolic")`` for export (see `maps_function`).
 Parameters need not be frozen, but `class_maps` freezes them for the call (no weight gradients are ever
 built) and puts the model in eval mode; both are restored afterwards.
+
+**Stage weights** (``stage_weights=``, `stage_scale`): a class's map may read the channels of X that come from
+one backbone stage with a weight other than 1 (``model.feature_stages``; e.g. the MSA's stride-32 part at 0.5:
+that part is upsampled x4 and blurs the map around small lesions). The gradient (the head weight on the
+analytic path) of those channels is scaled before the method combines it, so CAM, Grad-CAM, HiRes-CAM,
+XGrad-CAM and LayerCAM stay sums of per-channel terms, and erasure still commutes with the map on the analytic
+path; the logits are the model's own.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +68,41 @@ def resolve_classes(model: nn.Module, classes: ClassSpec) -> list[int]:
     return out
 
 
+#: finding name -> {backbone stage name -> weight}
+StageWeights = Mapping[str, Mapping[str, float]]
+
+
+def stage_scale(model: nn.Module, classes: Sequence[int], stage_weights: StageWeights) -> Tensor:
+    """Per-channel weights of each requested class's map (Tensor[C, K] float32): 1, except the channels of X
+    from a stage that ``stage_weights[finding]`` names (``model.feature_stages``: stage -> channel range).
+
+    For a GAP + linear head the class-c map becomes sum_s a_cs * CAM_c^(s), CAM_c^(s) the part of the CAM from
+    stage s's channels: the map still is a per-position class score (of reweighted branches), erasure still
+    commutes with it (CAM(X * M) = M * CAM(X) for any channel weights), and the logits are untouched.
+    """
+    stages = dict(getattr(model, "feature_stages", {}) or {})
+    names = list(getattr(model, "classes", ()) or ())
+    if not stages:
+        raise UsageError(f"{type(model).__name__}'s feature channels do not split by backbone stage "
+                         "(model.feature_stages): stage weights do not apply to it")
+    unknown = sorted(set(stage_weights) - set(names))
+    if unknown:
+        raise UsageError(f"stage weights name finding(s) {', '.join(unknown)} that the model does not have "
+                         f"(its classes: {', '.join(names)})")
+    dim = max(end for _, end in stages.values())
+    scale = torch.ones(len(classes), dim, dtype=torch.float32)
+    for row, c in enumerate(classes):
+        for stage, weight in (stage_weights.get(names[c]) or {}).items():
+            if stage not in stages:
+                raise UsageError(f"stage weights of {names[c]}: the model has no stage {stage!r} "
+                                 f"(its stages: {', '.join(stages)})")
+            if not (math.isfinite(weight) and weight >= 0):
+                raise UsageError(f"stage weights of {names[c]}: {stage} must be a number >= 0, got {weight!r}")
+            first, end = stages[stage]
+            scale[row, first:end] = float(weight)
+    return scale
+
+
 def _is_segmentation(model: nn.Module) -> bool:
     return getattr(model, "task", "classification") == "segmentation"
 
@@ -81,6 +124,10 @@ class ClassMapper:
         classes: class indices or names (default: all).
         target: segmentation pixel set (see `miner.cam.segmentation`); default ``"predicted"``.
         scales: Pyramid Grad-CAM scales, 1-based, finest first (default: all).
+        stage_weights: finding name -> {backbone stage -> weight >= 0} (`stage_scale`): class c's map reads the
+            channels of X that come from a stage (``model.feature_stages``) with that weight, the others with 1.
+            The logits are the model's own. Maps at the feature layer only, with a method whose map is a sum of
+            per-channel terms (``stage_weightable``); None or {} = the method's maps as they are.
     """
 
     def __init__(
@@ -92,6 +139,7 @@ class ClassMapper:
         classes: ClassSpec = None,
         target: PixelSet = None,
         scales: Sequence[int] | str | None = None,
+        stage_weights: StageWeights | None = None,
     ) -> None:
         self.model = model
         self.method = get_method(method)
@@ -113,6 +161,18 @@ class ClassMapper:
             self.mode = "split"
         else:
             self.mode = "hook"
+        self.stage_weights = {str(f): {str(k): float(v) for k, v in w.items()}
+                              for f, w in (stage_weights or {}).items() if w}
+        self.channel_scale = None
+        if self.stage_weights:
+            if self.mode == "hook":
+                raise UsageError(
+                    f"stage weights apply to maps at the model's feature layer ({feature_layer!r}), not at "
+                    f"{', '.join(self.layers)}: take maps there or drop the stage weights (miner mine --plain-maps)")
+            if not self.method.stage_weightable:
+                raise UsageError(f"stage weights need a map that is a sum of per-channel terms (cam, gradcam, "
+                                 f"hirescam, xgradcam, layercam); {self.method.name} is not")
+            self.channel_scale = stage_scale(model, self.classes, self.stage_weights)
         if not self.method.needs_gradients and self.mode != "analytic":
             head = "linear" if getattr(model, "head_is_linear", False) else "non-linear"
             raise UsageError(
@@ -214,7 +274,7 @@ class ClassMapper:
             y = logits.gather(2, index).sum()
             (grad,) = torch.autograd.grad(y, leaf)
             acts = leaf.detach().view(b, c, *features.shape[1:])
-            return self.method.combine(acts, grad.view(b, c, *features.shape[1:]))
+            return self.method.combine(acts, self._scaled(grad.view(b, c, *features.shape[1:])))
 
     @property
     def shortcut_exact(self) -> bool:
@@ -229,9 +289,20 @@ class ClassMapper:
                 f"(forward_features / forward_head); this mapper works at {', '.join(self.layers)}"
             )
 
+    def _scaled(self, grads: Tensor, index: int | None = None) -> Tensor:
+        """Gradients (Tensor[B, C, K, h, w], or [B, K, h, w] of class `index`) times the stage weights."""
+        if self.channel_scale is None:
+            return grads
+        scale = self.channel_scale.to(device=grads.device, dtype=grads.dtype)
+        if index is None:
+            return grads * scale[None, :, :, None, None]
+        return grads * scale[index][None, :, None, None]
+
     def _analytic(self, x: Tensor, erased: Tensor | None) -> Tensor:
         h, w = x.shape[-2:]
         weight = self.model.head_weight[self.classes].to(x.dtype)  # [C, K]
+        if self.channel_scale is not None:
+            weight = weight * self.channel_scale.to(device=weight.device, dtype=weight.dtype)
         if self.method.needs_gradients:
             weight = weight / (h * w)
         grads = weight[None, :, :, None, None]
@@ -245,7 +316,7 @@ class ClassMapper:
         for i, c in enumerate(self.classes):
             grads = torch.autograd.grad(scores[:, c].sum(), acts, retain_graph=i < n - 1, allow_unused=True)
             for j, (a, g) in enumerate(zip(acts, grads)):
-                g = torch.zeros_like(a) if g is None else g
+                g = torch.zeros_like(a) if g is None else self._scaled(g, i)
                 per_layer[j].append(self.method.combine(a.detach().unsqueeze(1), g.unsqueeze(1)))
         maps = [torch.cat(m, dim=1) for m in per_layer]
         if self.method.pyramid:
@@ -318,6 +389,7 @@ def maps_function(
     *,
     target: PixelSet = None,
     scales: Sequence[int] | str | None = None,
+    stage_weights: StageWeights | None = None,
 ) -> ClassMapper:
     """The pure function ``images -> (logits, maps)`` behind `class_maps`, for tracing and export.
 
@@ -325,7 +397,8 @@ def maps_function(
     ``make_fx(fn, tracing_mode="symbolic")`` records as backward operators. Freeze the parameters and set
     eval mode around tracing (`inference_state`).
     """
-    return ClassMapper(model, method=method, layer=layer, classes=classes, target=target, scales=scales)
+    return ClassMapper(model, method=method, layer=layer, classes=classes, target=target, scales=scales,
+                       stage_weights=stage_weights)
 
 
 def class_maps(
@@ -337,6 +410,7 @@ def class_maps(
     classes: ClassSpec = None,
     target: PixelSet = None,
     scales: Sequence[int] | str | None = None,
+    stage_weights: StageWeights | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Logits and raw class maps of every requested class of every image, in one call.
 
@@ -349,13 +423,14 @@ def class_maps(
         classes: class indices or names (default: all).
         target: segmentation pixel set (``"predicted"``, ``"all"``, a mask, or ``(row, col)``).
         scales: Pyramid Grad-CAM scales, 1-based, finest first (default: all).
+        stage_weights: finding -> {stage -> weight} (`ClassMapper`).
 
     Returns:
         (logits Tensor[B, C_all], maps Tensor[B, C, h, w] float32): raw maps, the method's own output (CAM has
         no ReLU; gradient methods end with ReLU), not normalised, on the images' device. For a segmentation net
         the logits are the pixel-set scores y^c.
     """
-    mapper = maps_function(model, method, layer, classes, target=target, scales=scales)
+    mapper = maps_function(model, method, layer, classes, target=target, scales=scales, stage_weights=stage_weights)
     # eager only: no autograd at all on the analytic path (inference mode skips version counters too)
     quiet = torch.inference_mode() if mapper.mode == "analytic" else contextlib.nullcontext()
     with inference_state(model), quiet:

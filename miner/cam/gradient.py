@@ -28,6 +28,7 @@ def _constant_in_space(grads: Tensor) -> bool:
 
 @register
 class GradCAM(CamMethod):
+    stage_weightable = True
     name = "gradcam"
     mask_equivariant = True
 
@@ -37,6 +38,7 @@ class GradCAM(CamMethod):
 
 @register
 class HiResCAM(CamMethod):
+    stage_weightable = True
     name = "hirescam"
     mask_equivariant = True
 
@@ -64,6 +66,7 @@ class GradCAMPlusPlus(CamMethod):
 
 @register
 class XGradCAM(CamMethod):
+    stage_weightable = True
     name = "xgradcam"
 
     def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
@@ -75,6 +78,7 @@ class XGradCAM(CamMethod):
 
 @register
 class LayerCAM(CamMethod):
+    stage_weightable = True
     name = "layercam"
     mask_equivariant = True
 

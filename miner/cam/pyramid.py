@@ -24,6 +24,7 @@ from miner.errors import UsageError
 class PyramidGradCAM(GradCAM):
     name = "pyramid-gradcam"
     pyramid = True
+    stage_weightable = False
     mask_equivariant = False
 
     def fuse(self, maps: Sequence[Tensor]) -> Tensor:

@@ -49,8 +49,9 @@ def fused_maps(
     method: str,
     config: Any = None,
     batch_size: int = 8,
+    stage_weights: Any = None,
 ) -> tuple[Any, Any, list[tuple[int, int]]]:
-    """Fused maps H_f of `classes` for every image file.
+    """Fused maps H_f of `classes` for every image file (maps with `stage_weights`: a checkpoint's record).
 
     Returns:
         (probs np.ndarray[N, C_all], fused Tensor[N, len(classes), h, w] on the CPU, original (H, W) per image).
@@ -69,7 +70,8 @@ def fused_maps(
             sizes.append(tuple(int(v) for v in size))
             batch.append(to_model_input(image, input_size))
         images = torch.from_numpy(np.stack(batch))  # grey; a 3-channel model replicates it itself
-        logits, result = mine(model, images, method=method, classes=list(classes), config=config)
+        logits, result = mine(model, images, method=method, classes=list(classes), config=config,
+                              stage_weights=stage_weights)
         probs.append(torch.sigmoid(logits).numpy())
         fused.append(result.fused)
     return np.concatenate(probs), torch.cat(fused), sizes

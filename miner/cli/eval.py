@@ -269,7 +269,7 @@ def _wsol(args, archive, gt, findings) -> dict:
         if not ids:
             continue
         _, fused, sizes = fused_maps(model, [paths[i] for i in ids], input_size=size, classes=[f], method=method,
-                                     config=config)
+                                     config=config, stage_weights=meta.get("stage_weights"))
         boxes = [gt.xywh[rows[gt.image_id[rows] == i]] for i in ids]
         mba = max_box_acc_v2(fused[:, 0], boxes, sizes)
         entry = {"images": len(ids), "maxboxacc_v2": mba.value,

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=d.layer, metavar="NAME",
                    help="layer the maps are taken at (default: the model's feature layer; pyramid: "
                         "comma-separated layers)")
+    p.add_argument("--plain-maps", action="store_true",
+                   help="maps without the checkpoint's calibrated stage weights (miner calibrate)")
     p.add_argument("--opset", type=int, default=d.opset, metavar="N", help=f"ONNX opset (default {d.opset})")
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="image size of the graph (default: the checkpoint's input_size)")
@@ -82,6 +84,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
         external_data=args.external_data,
         check=args.check,
         atol=args.atol,
+        plain_maps=args.plain_maps,
     )
     print(result.summary())
     return 0

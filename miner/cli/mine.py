@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--plain-boxes", action="store_true",
                       help="boxes as read from the maps, without the model's calibrated per-finding box shapes "
                            "(boxes.finding_shapes, miner calibrate)")
+    what.add_argument("--plain-maps", action="store_true",
+                      help="class maps without the model's calibrated stage weights (stage_weights, miner "
+                           "calibrate); checkpoints only: a graph or engine has them built in")
     what.add_argument("--max-boxes", type=int, default=None,
                       help="boxes per image and finding (default: 3)")
     what.add_argument("--classes", default=_DEFAULTS["classes"], choices=("labels", "predicted", "all"),
@@ -165,6 +168,12 @@ def mining_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
     return mining, boxes
 
 
+def backend_options(args: argparse.Namespace) -> dict:
+    """The model actors' `miner.backends.open_backend` options (None: the model's own; the job's manifest records
+    the others, so a rerun with different ones is refused)."""
+    return {"method": args.method, "layer": args.layer, "plain_maps": True if args.plain_maps else None}
+
+
 def _run(args: argparse.Namespace) -> int:
     from miner.job import run_job
 
@@ -184,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     mining, boxes = mining_overrides(args)
     summary = run_job(args.archive, args.model, args.out, config=config,
-                      backend_options={"method": args.method, "layer": args.layer},
+                      backend_options=backend_options(args),
                       pipeline_options={"recipe": args.recipe, "mining": mining, "boxes": boxes},
                       address=args.address, num_cpus=args.num_cpus, overwrite=args.overwrite,
                       progress=not args.no_progress, archive_config=ArchiveConfig(uncertain=args.uncertain))

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         method = args.method or default_method(model, meta)
         config = mining_config(meta, args.steps)
         if known:
-            _, fused, _ = fused_maps(model, [path], input_size=size, classes=known, method=method, config=config)
+            _, fused, _ = fused_maps(model, [path], input_size=size, classes=known, method=method, config=config,
+                                     stage_weights=meta.get("stage_weights"))
             heat = {f: fused[0, i].numpy() for i, f in enumerate(known)}
         note = f"H_f, {method}, T={config.steps}"
         if args.clear:
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             from miner.data import to_model_input
 
             pixels = torch.from_numpy(to_model_input(image, size)[None])
-            _, maps = class_maps(model, pixels, method=method)
+            _, maps = class_maps(model, pixels, method=method, stage_weights=meta.get("stage_weights"))
             clear_panel = Panel(finding="CLEAR", clear=maps[0].float().numpy(), clear_names=tuple(model.classes),
                                 note=f"{method}, {len(model.classes)} classes")
 

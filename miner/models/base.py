@@ -143,6 +143,13 @@ class Classifier(Normalised):
         return pool_scores(scores, self.head_pooling, r=self.pool_r, k=self.pool_k, alpha=self.pool_alpha)
 
     @property
+    def feature_stages(self) -> dict[str, tuple[int, int]]:
+        """The backbone stage each channel of X comes from: stage name -> (first channel, end), coarsest first;
+        {} where X's channels do not split by stage (a stage-weighted class map, `miner.cam.ClassMapper`,
+        needs them)."""
+        return {}
+
+    @property
     def head_weight(self) -> Tensor:
         """w (Tensor[C, D]): row c is branch c's weights on GAP(X). Linear heads only."""
         if not self.head_is_linear:

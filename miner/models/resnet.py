@@ -170,6 +170,10 @@ class ResNet(Classifier):
     def _features(self, x: Tensor) -> Tensor:
         return self.stages(x)[3]
 
+    @property
+    def feature_stages(self) -> dict[str, tuple[int, int]]:
+        return {"layer4": (0, self.feature_dim)}
+
     def trunk_modules(self) -> list[str]:
         return ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
 
@@ -310,6 +314,18 @@ class ResNetMSA(ResNet):
                 upsample=self._msa_upsample,
             )
         return self.msa.out_channels
+
+    @property
+    def feature_stages(self) -> dict[str, tuple[int, int]]:
+        """X = concat(layer4's part, layer3's part[, layer2's part]); {} with a fusion conv (it mixes them)."""
+        msa = self.msa
+        if getattr(msa, "fuse", None) is not None:
+            return {}
+        hi = int(msa.reduce4[0].out_channels)
+        mid = int(msa.reduce3[0].out_channels)
+        if self.msa_stride == 8:
+            return {"layer4": (0, hi), "layer3": (hi, hi + mid), "layer2": (hi + mid, self.feature_dim)}
+        return {"layer4": (0, hi), "layer3": (hi, self.feature_dim)}
 
     def _features(self, x: Tensor) -> Tensor:
         _, c2, c3, c4 = self.stages(x)

@@ -102,7 +102,8 @@ class MapSource:
 
         options = {}
         if backend_for_path(Path(model)) == "torch":  # graphs and engines carry their own method and layer
-            options = {k: v for k, v in dict(backend_options or {}).items() if k in ("method", "layer")}
+            options = {k: v for k, v in dict(backend_options or {}).items()
+                       if k in ("method", "layer", "plain_maps")}
         self.backend = open_backend(model, **options)
         known = MiningConfig.__dataclass_fields__
         # the settings the job's pipeline resolved: the model's recipe (or the job's --recipe), then the job's options
