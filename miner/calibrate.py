@@ -21,6 +21,14 @@ kept only where it finds at least ``min_gain`` (share of the finding's boxes, an
 plain boxes at that level, and at equal Acc a level with plain boxes wins over one with a shape. The product
 applies them as ``boxes.finding_shapes`` (`miner.step_boxes.shape_boxes`).
 
+The same validation images choose how much each finding's map reads from the coarsest backbone stage
+(`calibrate_maps`, ``stage_weights`` in the checkpoint, `miner.cam.ClassMapper`): the MSA's stride-32 part is
+upsampled x4 and spreads every peak over cells around the lesion, while the finer stages place it but classify
+less well. For each candidate weight of that stage (`COARSE_WEIGHTS`; 1 = the maps as trained) the levels and
+shapes are calibrated as above; each finding takes the weight whose chosen level and shape find the most
+validation boxes, where that beats the plain maps by at least ``min_gain`` (ties: the weight nearest 1). The
+logits, and so the probabilities, are the model's own.
+
 The same validation images can also choose the image size the model runs at (`calibrate_input_size`): the
 models are fully convolutional, so a model trained at 256 px runs at 288 or 320 px, where a lesion covers more
 cells of the class map and the boxes read from it are finer (README "Box quality" measures it). Each candidate
@@ -46,6 +54,8 @@ LEVELS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 #: candidate box scales (width x sx, height x sy) and centre shifts (fractions of the box's width / height)
 SCALES: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)
 SHIFTS: tuple[float, ...] = (-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3)
+#: candidate weights of the coarsest stage's channels in a finding's map (`calibrate_maps`)
+COARSE_WEIGHTS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
 @dataclass
@@ -250,6 +260,11 @@ class Calibration:
     box_config: Any = None
     shapes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
     plain: dict[str, dict[float, float]] = field(default_factory=dict)
+    #: finding -> {stage -> weight} where a finding's map reads its coarsest stage at a weight other than 1
+    stage_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: finding -> {candidate weight of the coarsest stage -> Acc at its chosen level and shape}; the stage's name
+    weight_table: dict[str, dict[float, float]] = field(default_factory=dict)
+    stage: str = ""
 
     @property
     def macro(self) -> float:
@@ -277,8 +292,18 @@ class Calibration:
                     sx, sy, dx, dy = self.shapes[f]
                     tail += (f", shape w x{sx:g} h x{sy:g} centre {dx:+g}w {dy:+g}h "
                              f"(plain boxes {self.plain[f][mark]:.2f})")
+                for stage, weight in self.stage_weights.get(f, {}).items():
+                    tail += f", map with {stage} x{weight:g}"
             out.append(f"{f:<14}{self.boxes.get(f, 0):>6}" + "".join(f"{accs.get(lv, math.nan):>7.2f}" for lv in levels)
                        + tail)
+        if self.weight_table:
+            weights = sorted({w for accs in self.weight_table.values() for w in accs}, reverse=True)
+            out.append(f"best Acc per weight of {self.stage} in the map (the rows above: the chosen weight's levels):")
+            out.append(f"{'finding':<14}{'boxes':>6}" + "".join(f"{w:>7g}" for w in weights) + "   chosen")
+            for f, accs in self.weight_table.items():
+                chosen = self.stage_weights.get(f, {}).get(self.stage, 1.0)
+                out.append(f"{f:<14}{self.boxes.get(f, 0):>6}" + "".join(f"{accs.get(w, math.nan):>7.2f}" for w in weights)
+                           + (f"   {chosen:g}" if f in self.levels else "   1 (default: too few boxes)"))
         return out
 
 
@@ -331,6 +356,65 @@ def calibrate_levels(backend: Any, data: BoxedSet, *, levels: Sequence[float] = 
                        chosen_shapes, dict(plain))
 
 
+def coarse_stage(backend: Any) -> str | None:
+    """The coarsest backbone stage of a torch backend's model whose features split by stage into two or more
+    (``model.feature_stages``, coarsest first); None otherwise."""
+    stages = list(getattr(getattr(backend, "model", None), "feature_stages", {}) or {})
+    return stages[0] if len(stages) >= 2 else None
+
+
+def calibrate_maps(backend_with: Callable[[dict[str, dict[str, float]]], Any], data: BoxedSet, *,
+                   coarse_weights: Sequence[float] = COARSE_WEIGHTS, min_gain: float = 0.02,
+                   **options: Any) -> Calibration:
+    """Per finding, the weight of the coarsest stage in its map, with its levels and shapes (module docstring).
+
+    `backend_with(stage_weights)` opens the model with those stage weights (finding -> {stage -> weight};
+    {} = the maps as trained) for `data`'s image size; `options` go to `calibrate_levels`. With the single
+    candidate 1 this is `calibrate_levels` on the plain maps."""
+    weights = [float(w) for w in coarse_weights]
+    if not weights or any(not (math.isfinite(w) and w >= 0) for w in weights):
+        raise UsageError(f"coarse-stage weights must be numbers >= 0, got {list(coarse_weights)}")
+    if 1.0 not in weights:
+        weights.insert(0, 1.0)  # the plain maps are always a candidate: a weight must beat them
+    plain_backend = backend_with({})
+    stage = coarse_stage(plain_backend) if len(weights) > 1 else None
+    if len(weights) > 1 and stage is None:
+        raise UsageError("the model's features do not split into two or more backbone stages "
+                         "(model.feature_stages): its maps have no coarse stage to weigh; pass --coarse-weights 1")
+    results: dict[float, Calibration] = {}
+    for weight in weights:
+        if weight == 1.0:
+            backend = plain_backend
+        else:
+            classes = list(plain_backend.meta.classes)
+            backend = backend_with({f: {stage: weight} for f in classes})
+        compute_maps(backend, data)  # this weight's maps, whatever `data` held before
+        results[weight] = calibrate_levels(backend, data, min_gain=min_gain, **options)
+    base = results[1.0]
+    if len(results) == 1:
+        return base
+
+    def acc(result: Calibration, finding: str) -> float:
+        return result.table[finding][result.levels[finding]]
+
+    chosen: dict[str, float] = {}
+    for finding in base.levels:
+        need = max(1, math.ceil(min_gain * base.boxes[finding] - 1e-9)) / base.boxes[finding]
+        best = max(weights, key=lambda w: (round(acc(results[w], finding), 12), -abs(w - 1.0)))
+        if acc(results[best], finding) - acc(base, finding) >= need - 1e-12:
+            chosen[finding] = best
+    levels = {f: results[chosen.get(f, 1.0)].levels[f] for f in base.levels}
+    table = {f: results[chosen.get(f, 1.0)].table[f] for f in base.table}
+    plain = {f: results[chosen.get(f, 1.0)].plain[f] for f in base.plain}
+    shapes = {f: results[chosen.get(f, 1.0)].shapes[f] for f in levels if f in results[chosen.get(f, 1.0)].shapes}
+    stage_weights = {f: {stage: w} for f, w in chosen.items() if w != 1.0}
+    box_config = replace(base.box_config, finding_levels=dict(levels),
+                         finding_shapes={f: list(v) for f, v in shapes.items()} or None)
+    weight_table = {f: {w: acc(results[w], f) for w in weights} for f in base.levels}
+    return replace(base, levels=levels, table=table, plain=plain, shapes=shapes, box_config=box_config,
+                   stage_weights=stage_weights, weight_table=weight_table, stage=stage)
+
+
 @dataclass
 class SizeSearch:
     """The per-finding calibration at each candidate input size, and the size chosen (`calibrate_input_size`)."""
@@ -352,11 +436,13 @@ class SizeSearch:
         return out
 
 
-def calibrate_input_size(backend_at: Callable[[int], Any], data_at: Callable[[int], BoxedSet],
-                         sizes: Sequence[int], *, trained: int, tolerance: float = 0.0,
-                         on_size: Callable[[int, Calibration], None] | None = None, **options: Any) -> SizeSearch:
-    """Per-finding levels (`calibrate_levels` with `options`) at each of `sizes`, with the backend and the
-    validation images made for that size by `backend_at(size)` and `data_at(size)`. The size with the best macro
+def calibrate_input_size(backend_at: Callable[[int, dict[str, dict[str, float]]], Any],
+                         data_at: Callable[[int], BoxedSet], sizes: Sequence[int], *, trained: int,
+                         tolerance: float = 0.0, on_size: Callable[[int, Calibration], None] | None = None,
+                         **options: Any) -> SizeSearch:
+    """Per-finding levels, shapes and stage weights (`calibrate_maps` with `options`) at each of `sizes`, with the
+    backend and the validation images made for that size by `backend_at(size, stage_weights)` and
+    `data_at(size)`. The size with the best macro
     mean Acc over its calibrated findings is chosen (ties: the one closest to `trained`, then the smaller); with
     a `tolerance` > 0, the smallest size within `tolerance` of the best (the model's time grows with the pixels).
     `on_size(size, calibration)` sees each result as it comes."""
@@ -364,9 +450,8 @@ def calibrate_input_size(backend_at: Callable[[int], Any], data_at: Callable[[in
         raise UsageError("calibrate_input_size: no candidate size")
     results: dict[int, Calibration] = {}
     for size in sizes:
-        backend = backend_at(int(size))
-        data = compute_maps(backend, data_at(int(size)))  # this size's maps, whatever `data` held before
-        result = calibrate_levels(backend, data, **options)
+        result = calibrate_maps(lambda weights, size=int(size): backend_at(size, weights), data_at(int(size)),
+                                **options)
         if not result.levels:
             raise UsageError(f"no finding has enough ground-truth boxes to calibrate at {size} px: "
                              "an input size cannot be chosen (lower --min-boxes or add validation images)")
@@ -399,6 +484,9 @@ def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calib
         record["input_size"] = int(sizes.size)
     record["recipe"] = calibration.recipe
     record["method"] = calibration.method
+    record.pop("stage_weights", None)  # the maps the levels were fitted on: these stage weights, or none
+    if calibration.stage_weights:
+        record["stage_weights"] = {f: dict(w) for f, w in calibration.stage_weights.items()}
     record["mining"] = asdict(calibration.mining)
     record["boxes"] = asdict(calibration.box_config)
     record["calibration"] = {**dict(source), "iou": calibration.iou, "levels": dict(calibration.levels),
@@ -407,6 +495,10 @@ def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calib
                                            for f, accs in calibration.plain.items()},
                              "boxes": dict(calibration.boxes),
                              "acc": {f: {f"{lv:g}": a for lv, a in accs.items()} for f, accs in calibration.table.items()}}
+    if calibration.weight_table:
+        record["calibration"]["stage_weight_acc"] = {
+            "stage": calibration.stage,
+            "acc": {f: {f"{w:g}": a for w, a in accs.items()} for f, accs in calibration.weight_table.items()}}
     if sizes is not None:
         record["calibration"]["input_sizes"] = {str(s): r.macro for s, r in sizes.results.items()}
     return write_record(out, record)

@@ -115,6 +115,7 @@ def write_card(checkpoint: str | Path, out: str | Path, *, command: str, seconds
         "recipe": meta.get("recipe", "cai2018"),
         "mining": meta.get("mining"),
         "boxes": meta.get("boxes"),
+        "stage_weights": meta.get("stage_weights") or {},
         "calibration": meta.get("calibration"),
         "training": {
             "command": command,

@@ -6,7 +6,8 @@
 # One base model (ResNet-18, GAP, 8 epochs, the first embedded model's recipe) on the 2,000 plain phantoms of seed 0;
 # from it, msa-init (2 epochs) + end2end (4 epochs) of each map variant (MSA stride 16 or 8, GAP / log-sum-exp /
 # top-k pooling, a fusion convolution), and attention-mining fine-tuning with KP (2 epochs) of the stride-16 and
-# stride-8 GAP models. Every model's per-finding box levels are fixed on 400 plain validation phantoms (seed 5);
+# stride-8 GAP models. Every model's per-finding box levels are fixed on 400 plain validation phantoms (seed 5;
+# levels only: no shapes, no stage weights, the levers that came after this ablation);
 # `miner bench localize` then scores each model and inference setting on unseen phantoms (seed 1 plain, seed 2
 # real-background, 600 each). Training seed 0 throughout: differences of a few hundredths are within the spread
 # that README gives for three seeds of the default recipe.
@@ -43,10 +44,10 @@ done
 
 # calibrated copies: the peaks recipe's box rule with the LayerCAM maps (and CAM for the map-method row)
 for name in s16-am s16 s8 s8-topk s8-fuse s8-am; do
-    $MINER calibrate "$WORK/$name.pt" "$WORK/val" --recipe peaks --method layercam --no-shapes --out "$WORK/cal-$name.pt"
+    $MINER calibrate "$WORK/$name.pt" "$WORK/val" --recipe peaks --method layercam --no-shapes --coarse-weights 1 --out "$WORK/cal-$name.pt"
 done
 for name in s16-am s8-am s8 s8-lse s8-topk; do  # CAM maps (LayerCAM of a log-sum-exp head is a one-cell spike)
-    $MINER calibrate "$WORK/$name.pt" "$WORK/val" --recipe peaks --method cam --no-shapes --out "$WORK/cal-$name-cam.pt"
+    $MINER calibrate "$WORK/$name.pt" "$WORK/val" --recipe peaks --method cam --no-shapes --coarse-weights 1 --out "$WORK/cal-$name-cam.pt"
 done
 
 $MINER bench localize --out "$WORK/localize" \

@@ -8,9 +8,10 @@
 # (seed 0) and drawn on the real radiograph of pydicom-data (seed 3), so the model is not tied to one look --
 # through stages base (8 epochs), msa-init (2), end2end (4) with balanced class weights and augmentation, then
 # attention-mining fine-tuning with knowledge preservation (2 epochs) from the end2end checkpoint, training seed
-# SEED (0). Its per-finding box levels and box shapes, and the image size it runs at (256, 288 or 320: the model
-# is fully convolutional), are then fixed on two 400-image validation archives (plain seed 5, real-background
-# seed 6) that neither training nor the benchmarks use (`miner calibrate`). Runs are
+# SEED (0). Its per-finding box levels, box shapes and weight of the coarsest stage in the map, and the image size
+# it runs at (256, 288 or 320: the model is fully convolutional), are then fixed on two 400-image validation
+# archives (plain seed 5, real-background seed 6) that neither training nor the benchmarks use (`miner
+# calibrate`). Runs are
 # deterministic on a given machine (same torch build and thread count): a rerun gives the same weights.
 #
 # Time on the 2-core development machine (torch 2.13 CPU): see "training_seconds" and "load_average" in

@@ -3,10 +3,12 @@ relative to its map's peak, the written checkpoint, and the command line."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from miner.backends.base import Backend, BackendMeta
-from miner.calibrate import BoxedSet, calibrate_input_size, calibrate_levels, write_calibrated
+from miner.errors import UsageError
+from miner.calibrate import BoxedSet, calibrate_input_size, calibrate_levels, calibrate_maps, write_calibrated
 from miner.pipeline import DecodedBatch
 
 CLASSES = ("Mass", "Nodule")
@@ -139,9 +141,9 @@ def test_the_input_size_with_the_best_macro_acc_is_chosen_and_recorded(tmp_path)
     data, good = boxed_set()
     bad = ConeBackend(torch.roll(good.table, shifts=3, dims=-1))  # every peak 3 cells (12 px) to the right
     seen = []
-    search = calibrate_input_size(lambda size: good if size == 96 else bad, lambda size: data, (64, 96),
+    search = calibrate_input_size(lambda size, weights: good if size == 96 else bad, lambda size: data, (64, 96),
                                   trained=64, on_size=lambda size, result: seen.append(size),
-                                  levels=(0.6, 0.85), iou=0.7, min_boxes=1, shapes=False)
+                                  levels=(0.6, 0.85), iou=0.7, min_boxes=1, shapes=False, coarse_weights=(1.0,))
     assert seen == [64, 96] and search.size == 96 and search.trained == 64
     assert search.results[96].macro == 1.0
     assert search.results[64].table == {"Mass": {0.6: 0.0, 0.85: 0.0}, "Nodule": {0.6: 0.0, 0.85: 0.0}}
@@ -149,14 +151,14 @@ def test_the_input_size_with_the_best_macro_acc_is_chosen_and_recorded(tmp_path)
     assert search.calibration is search.results[96]
     assert any(line.split()[:1] == ["96"] and "chosen" in line for line in search.lines())
     # equal macro Acc: the size the model was trained at, then the smaller; with a tolerance, the smallest
-    opts = dict(levels=(0.6, 0.85), iou=0.7, min_boxes=1, shapes=False)
-    assert calibrate_input_size(lambda size: good, lambda size: data, (64, 96, 128), trained=96, **opts).size == 96
-    assert calibrate_input_size(lambda size: good, lambda size: data, (64, 128), trained=96, **opts).size == 64
-    assert calibrate_input_size(lambda size: good, lambda size: data, (96, 64, 128), trained=96, tolerance=0.01,
+    opts = dict(levels=(0.6, 0.85), iou=0.7, min_boxes=1, shapes=False, coarse_weights=(1.0,))
+    assert calibrate_input_size(lambda size, weights: good, lambda size: data, (64, 96, 128), trained=96, **opts).size == 96
+    assert calibrate_input_size(lambda size, weights: good, lambda size: data, (64, 128), trained=96, **opts).size == 64
+    assert calibrate_input_size(lambda size, weights: good, lambda size: data, (96, 64, 128), trained=96, tolerance=0.01,
                                 **opts).size == 64
     # a larger size within the tolerance of the best loses to a smaller one: macro 5/6 at 64 (one image off) vs 1
     half = ConeBackend(torch.cat([good.table[:5], torch.roll(good.table[5:], shifts=3, dims=-1)]))
-    picks = {tol: calibrate_input_size(lambda size: good if size == 96 else half, lambda size: data, (64, 96),
+    picks = {tol: calibrate_input_size(lambda size, weights: good if size == 96 else half, lambda size: data, (64, 96),
                                        trained=64, tolerance=tol, **opts).size for tol in (0.0, 0.01, 0.2)}
     assert picks == {0.0: 96, 0.01: 96, 0.2: 64}
 
@@ -171,6 +173,65 @@ def test_the_input_size_with_the_best_macro_acc_is_chosen_and_recorded(tmp_path)
     again = write_calibrated(out, tmp_path / "cal2.pt", search.results[64], source={},
                              sizes=type(search)(64, 64, search.results))
     assert read_checkpoint(again)["input_size"] == 64 and read_checkpoint(again)["trained_input_size"] == 64
+
+
+class StagedConeBackend(ConeBackend):
+    """ConeBackend whose Nodule maps depend on the weight of a model's coarse stage (`miner.calibrate
+    .coarse_stage` reads ``model.feature_stages``): on the lesions at a weight <= 0.5, 3 cells off them above."""
+
+    class model:  # noqa: N801 - stands in for the backend's torch model
+        feature_stages = {"layer4": (0, 4), "layer2": (4, 6)}
+
+    def __init__(self, good: torch.Tensor, bad: torch.Tensor, weights: dict) -> None:
+        self.weight = float(weights.get("Nodule", {}).get("layer4", 1.0))
+        table = good.clone()
+        if self.weight > 0.5:
+            table[:, 1] = bad[:, 1]
+        super().__init__(table)
+
+
+def test_each_finding_gets_the_coarse_weight_that_finds_its_boxes(tmp_path):
+    """Nodule's maps sit 3 cells off its lesions unless the coarse stage weighs <= 0.5 (Acc 0 -> 1 at T(IoU)
+    = 0.7, hand-computed in the input-size test); Mass's maps do not depend on it. Nodule takes 0.5 (0.5 and
+    0.25 tie: the weight nearest 1), Mass keeps the plain maps; the levels are those of the chosen maps. The
+    record carries the weights; calibrating again with the single candidate 1 drops them."""
+    from miner.models import create_model, read_checkpoint, save_checkpoint
+
+    data, good = boxed_set()
+    bad = torch.roll(good.table, shifts=3, dims=-1)
+    asked = []
+
+    def backend_with(weights):
+        asked.append(weights)
+        return StagedConeBackend(good.table, bad, weights)
+
+    opts = dict(levels=(0.6, 0.85), iou=0.7, min_boxes=1, shapes=False)
+    result = calibrate_maps(backend_with, data, coarse_weights=(1.0, 0.5, 0.25), **opts)
+    assert asked[0] == {} and asked[1] == {"Mass": {"layer4": 0.5}, "Nodule": {"layer4": 0.5}}
+    assert result.stage == "layer4"
+    assert result.stage_weights == {"Nodule": {"layer4": 0.5}}
+    assert result.weight_table == {"Mass": {1.0: 1.0, 0.5: 1.0, 0.25: 1.0}, "Nodule": {1.0: 0.0, 0.5: 1.0, 0.25: 1.0}}
+    assert result.levels == {"Mass": 0.85, "Nodule": 0.6} and result.macro == 1.0
+    assert any("map with layer4 x0.5" in line for line in result.lines())
+    # the candidate 1 is always there; a gain below min_gain keeps the plain maps
+    assert calibrate_maps(backend_with, data, coarse_weights=(0.5,), **opts).stage_weights == {"Nodule": {"layer4": 0.5}}
+    assert calibrate_maps(backend_with, data, coarse_weights=(1.0, 0.5), min_gain=1.01, **opts).stage_weights == {}
+    plain = calibrate_maps(backend_with, data, coarse_weights=(1.0,), **opts)
+    assert plain.stage_weights == {} and plain.weight_table == {} and plain.levels == calibrate_levels(
+        StagedConeBackend(good.table, bad, {}), data, **opts).levels
+    with pytest.raises(UsageError, match="no coarse stage"):
+        calibrate_maps(lambda weights: ConeBackend(good.table), data, coarse_weights=(1.0, 0.5), **opts)
+    with pytest.raises(UsageError, match=">= 0"):
+        calibrate_maps(backend_with, data, coarse_weights=(1.0, -0.5), **opts)
+
+    src = tmp_path / "m.pt"
+    save_checkpoint(src, create_model("resnet18_msa", classes=CLASSES, width=0.125, msa_stride=8),
+                    meta={"input_size": 64})
+    record = read_checkpoint(write_calibrated(src, tmp_path / "cal.pt", result, source={}))
+    assert record["stage_weights"] == {"Nodule": {"layer4": 0.5}}
+    assert record["calibration"]["stage_weight_acc"]["acc"]["Nodule"] == {"1": 0.0, "0.5": 1.0, "0.25": 1.0}
+    again = read_checkpoint(write_calibrated(tmp_path / "cal.pt", tmp_path / "cal2.pt", plain, source={}))
+    assert "stage_weights" not in again and "stage_weight_acc" not in again["calibration"]
 
 
 def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
@@ -211,6 +272,18 @@ def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
         assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks",
                      "--input-sizes", bad]) == 2
         assert "--input-sizes" in capsys.readouterr().err
+    # --coarse-weights: every finding's weight of the coarse stage is chosen among them
+    assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "w.pt"), "--recipe", "peaks",
+                 "--min-boxes", "1", "--levels", "0.5,0.9", "--coarse-weights", "1,0.25"]) == 0
+    text = capsys.readouterr().out
+    assert "best Acc per weight of layer4 in the map" in text
+    record = read_checkpoint(tmp_path / "w.pt")
+    assert all(w == {"layer4": 0.25} for w in record.get("stage_weights", {}).values())
+    assert set(record["calibration"]["stage_weight_acc"]["acc"]["Nodule"]) == {"1", "0.25"}
+    for bad in ("1,x", "-1"):
+        assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks",
+                     "--coarse-weights", bad]) == 2
+        assert "--coarse-weights" in capsys.readouterr().err
     assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks",
                  "--input-sizes", "64,96", "--size-tolerance", "-0.1"]) == 2
     assert "--size-tolerance must lie in [0, 1)" in capsys.readouterr().err

@@ -21,8 +21,9 @@ Archives: ``plain`` phantoms (seed ``--seed``) and ``real`` ones drawn on the py
         --row "peaks, levels boxes=miner/assets/default_model.pt:boxes.rule=levels,boxes.align_cells=false"
 
 ``LABEL=MODEL[:KEY=VALUE,...]``: the model's own recipe record unless overridden; keys ``recipe`` (a named
-recipe's mining and box settings), ``method`` (the class-map method), ``mining.<field>``
-(`miner.config.MiningConfig`) and ``boxes.<field>`` (`BoxConfig`).
+recipe's mining and box settings), ``method`` (the class-map method), ``maps=plain`` (the maps without the
+model's calibrated stage weights), ``mining.<field>`` (`miner.config.MiningConfig`) and ``boxes.<field>``
+(`BoxConfig`).
 Without ``--row`` the embedded model is scored with its own settings and with the seed's (``recipe=cai2018``).
 Maps are computed once per model and archive; rows that share a model reuse them.
 """
@@ -85,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
 @dataclass
 class RowSpec:
-    """One row: a label, a model file, and overrides of its inference settings (``recipe``, ``mining.*``,
-    ``boxes.*``)."""
+    """One row: a label, a model file, and overrides of its inference settings (``recipe``, ``method``,
+    ``maps=plain``: without the model's stage weights, ``mining.*``, ``boxes.*``)."""
 
     label: str
     model: str
@@ -94,10 +95,12 @@ class RowSpec:
 
     def settings(self) -> dict[str, Any]:
         """Pipeline keyword options: recipe, mining (dict of overrides), boxes (dict of overrides)."""
-        out: dict[str, Any] = {"recipe": None, "method": None, "mining": {}, "boxes": {}}
+        out: dict[str, Any] = {"recipe": None, "method": None, "plain_maps": False, "mining": {}, "boxes": {}}
         for key, value in self.overrides.items():
             if key in ("recipe", "method"):
                 out[key] = value
+            elif key == "maps":
+                out["plain_maps"] = value == "plain"
             else:
                 part, name = key.split(".", 1)
                 out[part][name] = value
@@ -133,9 +136,13 @@ def parse_row(text: str) -> RowSpec:
     overrides: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in opts.split(","))):
         key, sep, value = item.partition("=")
-        if not sep or not (key in ("recipe", "method") or key.split(".", 1)[0] in ("mining", "boxes") and "." in key):
-            raise UsageError(f"--row {label!r}: option {item!r} must be recipe=NAME, method=NAME, mining.FIELD=V or "
-                             "boxes.FIELD=V")
+        if key.strip() == "maps" and value.strip() != "plain":
+            raise UsageError(f"--row {label!r}: option {item!r}: maps= takes 'plain' (the maps without the model's "
+                             "stage weights)")
+        if not sep or not (key in ("recipe", "method", "maps")
+                           or key.split(".", 1)[0] in ("mining", "boxes") and "." in key):
+            raise UsageError(f"--row {label!r}: option {item!r} must be recipe=NAME, method=NAME, maps=plain, "
+                             "mining.FIELD=V or boxes.FIELD=V")
         overrides[key.strip()] = _value(value)
     return RowSpec(label.strip(), model, overrides)
 
@@ -267,11 +274,11 @@ def run_localize(out: str | Path, specs: Sequence[RowSpec], *, images: int = 600
     paths = {kind: eval_archive(out, kind, images=images, size=size, seed=seed if kind == "plain" else real_seed)
              for kind in kinds}
     results: list[RowResult] = []
-    by_model: dict[tuple[str, str | None], list[RowSpec]] = defaultdict(list)
+    by_model: dict[tuple[str, str | None, bool], list[RowSpec]] = defaultdict(list)
     for spec in specs:
-        by_model[(spec.model, spec.settings()["method"])].append(spec)
-    for (model, method), group in by_model.items():
-        backend = open_backend(model, backend="torch", device="cpu", method=method)
+        by_model[(spec.model, spec.settings()["method"], spec.settings()["plain_maps"])].append(spec)
+    for (model, method, plain_maps), group in by_model.items():
+        backend = open_backend(model, backend="torch", device="cpu", method=method, plain_maps=plain_maps)
         for kind in kinds:
             data = compute_maps(backend, load_boxed_set([paths[kind]], backend.meta.input_size,
                                                         batch_size=batch_size))

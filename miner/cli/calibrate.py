@@ -12,13 +12,15 @@ DESCRIPTION = (
     "every box), and write a copy of the checkpoint that records them (boxes.finding_levels, "
     "boxes.finding_shapes, used by miner mine, miner export and every backend). Use images the model was not trained on and that you will "
     "not report results on: a validation archive, or --split val for the training run's held-out patients. "
+    "The same images choose, per finding, the weight of the coarsest backbone stage in its class map "
+    "(--coarse-weights; recorded as stage_weights, every backend and the ONNX export apply them). "
     "With --input-sizes, the same images also choose the image size the model runs at (each size with its own "
     "levels; the highest macro mean Acc wins) and the copy records it as its input_size."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from miner.calibrate import LEVELS
+    from miner.calibrate import COARSE_WEIGHTS, LEVELS
 
     parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint from miner train (.pt)")
     parser.add_argument("archives", nargs="+", metavar="ARCHIVE", help="archive(s) with ground-truth boxes")
@@ -38,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-shapes", action="store_true",
                         help="levels only: no per-finding box shapes (scale and shift of each finding's boxes, "
                              "fitted with the levels; README 'Box quality')")
+    parser.add_argument("--coarse-weights", default=",".join(f"{v:g}" for v in COARSE_WEIGHTS), metavar="W,W,...",
+                        help="candidate weights of the coarsest backbone stage's channels in each finding's map "
+                             "(the MSA's stride-32 part; 1 = the maps as trained); each finding takes the one whose "
+                             "boxes find the most of these images' boxes, recorded as stage_weights "
+                             "(default %(default)s; 1 keeps the maps as trained)")
     parser.add_argument("--input-sizes", default=None, metavar="N,N,...",
                         help="candidate square image sizes to run the model at, e.g. 256,288,320 (fully "
                              "convolutional models only); the one with the best macro Acc on these images (see "
@@ -51,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from miner.backends import open_backend
-    from miner.calibrate import calibrate_input_size, calibrate_levels, load_boxed_set, write_calibrated
+    from miner.backends.torch_backend import TorchBackend
+    from miner.calibrate import calibrate_input_size, calibrate_maps, load_boxed_set, write_calibrated
     from miner.errors import UsageError
     from miner.export.onnx import parse_size
     from miner.models.checkpoint import read_checkpoint
@@ -65,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--levels must lie in (0, 1], got {args.levels!r}")
     if not 0 < args.iou <= 1:
         raise UsageError(f"--iou must lie in (0, 1], got {args.iou}")
+    try:
+        weights = tuple(dict.fromkeys(float(v) for v in args.coarse_weights.split(",") if v.strip()))
+    except ValueError:
+        raise UsageError(f"--coarse-weights: expected numbers like 1,0.5,0.25, got {args.coarse_weights!r}") from None
+    if not weights or any(not 0 <= v < float("inf") for v in weights):
+        raise UsageError(f"--coarse-weights must be numbers >= 0, got {args.coarse_weights!r}")
     sizes = parse_sizes(args.input_sizes)
     if not 0 <= args.size_tolerance < 1:
         raise UsageError(f"--size-tolerance must lie in [0, 1), got {args.size_tolerance}")
@@ -73,7 +86,12 @@ def run(args: argparse.Namespace) -> int:
     val = (float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
     source = {"archives": [str(a) for a in args.archives], "split": args.split}
     options = dict(levels=levels, iou=args.iou, min_boxes=args.min_boxes, recipe=args.recipe,
-                   shapes=not args.no_shapes)
+                   shapes=not args.no_shapes, coarse_weights=weights)
+
+    def backend_at(size, stage_weights):  # size None: the checkpoint's own
+        return TorchBackend.from_checkpoint(args.checkpoint, device="cpu", method=args.method,
+                                            input_size=None if size is None else (size, size),
+                                            stage_weights=stage_weights)
 
     def data_at(size):  # N or (H, W)
         data = load_boxed_set(args.archives, parse_size(size), split=args.split, batch_size=args.batch_size, val=val)
@@ -90,23 +108,22 @@ def run(args: argparse.Namespace) -> int:
                   f"(plain boxes at these levels: {result.plain_macro:.3f})", flush=True)
 
     if sizes is None:
-        backend = open_backend(args.checkpoint, backend="torch", device="cpu", method=args.method)
-        result = calibrate_levels(backend, data_at(backend.meta.input_size), **options)
+        size = backend_at(None, {}).meta.input_size
+        result = calibrate_maps(lambda stage_weights: backend_at(None, stage_weights), data_at(size), **options)
         show(None, result)
         search = None
     else:
         size = parse_size(record.get("trained_input_size") or record.get("input_size"))
         trained = size[0] if size and size[0] == size[1] else sizes[0]
         search = calibrate_input_size(
-            lambda size: open_backend(args.checkpoint, backend="torch", device="cpu", method=args.method,
-                                      input_size=(size, size)),
-            data_at, sizes, trained=trained, tolerance=args.size_tolerance, on_size=show, **options)
+            backend_at, data_at, sizes, trained=trained, tolerance=args.size_tolerance, on_size=show, **options)
         result = search.calibration
         print(f"input size on these images (macro mean Acc at T(IoU)={args.iou:g} over the calibrated findings):")
         for line in search.lines():
             print("  " + line)
     path = write_calibrated(args.checkpoint, args.out, result, source=source, sizes=search)
     chosen = ", ".join(f"{f} {v:g}" + (" (shaped)" if f in result.shapes else "")
+                       + "".join(f" ({s} x{w:g})" for s, w in result.stage_weights.get(f, {}).items())
                        for f, v in result.levels.items()) or "none (too few boxes)"
     at = f" at input size {search.size}" if search is not None else ""
     print(f"miner calibrate: wrote {path} with box levels {chosen}{at}", flush=True)

@@ -138,8 +138,9 @@ def test_row_specs():
         parse_row("x=/no/such/model.pt")
     spec = RowSpec("x", "m.pt", {"recipe": "cai2018", "method": "layercam", "mining.steps": 2,
                                  "boxes.thresholds": (0.3, 0.5), "boxes.finding_levels": None})
-    assert spec.settings() == {"recipe": "cai2018", "method": "layercam", "mining": {"steps": 2},
+    assert spec.settings() == {"recipe": "cai2018", "method": "layercam", "plain_maps": False, "mining": {"steps": 2},
                                "boxes": {"thresholds": (0.3, 0.5), "finding_levels": None}}
+    assert RowSpec("x", "m.pt", {"maps": "plain"}).settings()["plain_maps"] is True
 
 
 def test_row_parsing_values(model):
@@ -150,3 +151,6 @@ def test_row_parsing_values(model):
         "boxes.thresholds": (0.3, 0.5), "recipe": "peaks"}
     with pytest.raises(UsageError, match="must be recipe"):
         parse_row(f"x={model}:steps=3")
+    assert parse_row(f"x={model}:maps=plain").settings()["plain_maps"] is True
+    with pytest.raises(UsageError, match="maps= takes 'plain'"):
+        parse_row(f"x={model}:maps=fancy")
