@@ -42,6 +42,7 @@ def test_embedded_model_loads_weights_only_and_matches_its_card():
 
     assert card["recipe"] == meta["recipe"] == DEFAULT_RECIPE and card["boxes"]["rule"] == "steps"
     assert set(card["boxes"]["finding_levels"]) == set(card["classes"])
+    assert card["stage_weights"] == meta.get("stage_weights", {})  # calibrated per finding, on the same images
     assert card["parameters"] == sum(p.numel() for p in model.parameters())
     size = card["input_size"]
     with torch.inference_mode():
