@@ -340,7 +340,7 @@ def calibrate_levels(backend: Any, data: BoxedSet, *, levels: Sequence[float] = 
                 if n < min_boxes:
                     continue
                 shape, found, without = fit_shape(cand, iou)
-                if found - without >= max(1, math.ceil(min_gain * n - 1e-9)):
+                if found - without >= min_gain_boxes(n, min_gain):
                     level_shapes[finding][float(level)] = shape
                     table[finding][float(level)] = found / n
     chosen = {}
@@ -354,6 +354,12 @@ def calibrate_levels(backend: Any, data: BoxedSet, *, levels: Sequence[float] = 
                        replace(base, step_level=default, finding_levels=dict(chosen),
                                finding_shapes={f: list(v) for f, v in chosen_shapes.items()} or None),
                        chosen_shapes, dict(plain))
+
+
+def min_gain_boxes(boxes: int, min_gain: float) -> int:
+    """How many more of a finding's `boxes` ground-truth boxes a shape or a stage weight must find to be kept:
+    the share `min_gain` of them, at least one."""
+    return max(1, math.ceil(min_gain * boxes - 1e-9))
 
 
 def coarse_stage(backend: Any) -> str | None:
@@ -399,14 +405,15 @@ def calibrate_maps(backend_with: Callable[[dict[str, dict[str, float]]], Any], d
 
     chosen: dict[str, float] = {}
     for finding in base.levels:
-        need = max(1, math.ceil(min_gain * base.boxes[finding] - 1e-9)) / base.boxes[finding]
+        need = min_gain_boxes(base.boxes[finding], min_gain) / base.boxes[finding]
         best = max(weights, key=lambda w: (round(acc(results[w], finding), 12), -abs(w - 1.0)))
         if acc(results[best], finding) - acc(base, finding) >= need - 1e-12:
             chosen[finding] = best
-    levels = {f: results[chosen.get(f, 1.0)].levels[f] for f in base.levels}
-    table = {f: results[chosen.get(f, 1.0)].table[f] for f in base.table}
-    plain = {f: results[chosen.get(f, 1.0)].plain[f] for f in base.plain}
-    shapes = {f: results[chosen.get(f, 1.0)].shapes[f] for f in levels if f in results[chosen.get(f, 1.0)].shapes}
+    pick = {f: results[chosen.get(f, 1.0)] for f in base.table}  # each finding's calibration at its weight
+    levels = {f: pick[f].levels[f] for f in base.levels}
+    table = {f: pick[f].table[f] for f in base.table}
+    plain = {f: pick[f].plain[f] for f in base.plain}
+    shapes = {f: pick[f].shapes[f] for f in levels if f in pick[f].shapes}
     stage_weights = {f: {stage: w} for f, w in chosen.items() if w != 1.0}
     box_config = replace(base.box_config, finding_levels=dict(levels),
                          finding_shapes={f: list(v) for f, v in shapes.items()} or None)
