@@ -1,9 +1,18 @@
 """The errors a user can act on.
 
 Every error raised for bad input derives from `MinerError`; the CLI prints its message as one line and
-exits with its `exit_code`: 2 for usage, 74 when the output cannot be written (`WriteError`: a full disk, a
-quota, a read-only file system; sysexits.h's EX_IOERR, so that a script can tell "free space and rerun" from
-"fix the input"), 1 for other failures. Anything else that escapes is an internal bug and keeps its traceback.
+exits with its `exit_code`:
+
+- 2: fix what you gave us: an option (`UsageError`), an archive or label file (`ArchiveError`), a model file
+  (`ModelError`), an output folder that is not ours or holds another job, a Parquet folder that breaks the
+  output contract;
+- 74: the output cannot be written (`WriteError`: a full disk, a quota, a read-only file system; sysexits.h's
+  EX_IOERR, so that a script can tell "free space and rerun" from "fix the input");
+- 1: other failures that are not the input's fault (a cluster that cannot be reached, a backend that is not
+  installed here);
+- 130 / 143: stopped by SIGINT / SIGTERM (what is finished is kept; rerun to resume).
+
+Anything else that escapes is an internal bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -23,17 +32,23 @@ class UsageError(MinerError):
 
 
 class ArchiveError(MinerError):
-    """An archive (folder, CSV or manifest) that cannot be read as one."""
+    """An archive (folder, CSV or manifest) that cannot be read as one (exit code 2: fix the input)."""
+
+    exit_code = 2
 
 
 class ImageError(MinerError):
     """One image file that cannot be decoded.
 
     `kind` is one of ``missing``, ``empty``, ``truncated``, ``corrupt``, ``unsupported``, ``too_large`` (its
-    header announces more pixels than the decoder may allocate; see `miner.data.image.load_image`).
+    header announces more pixels than the decoder may allocate, or its compressed data inflates past what the
+    header promises; see `miner.data.image.load_image`), ``outside_archive`` (the path, symlinks followed,
+    leaves the archive's root; see README's archive-root rule), ``non_finite`` (the model's logits or maps of
+    the image are NaN or infinite: no boxes).
     """
 
-    KINDS = ("missing", "empty", "truncated", "corrupt", "unsupported", "too_large")
+    KINDS = ("missing", "empty", "truncated", "corrupt", "unsupported", "too_large", "outside_archive",
+             "non_finite")
 
     def __init__(self, path: str | Path, kind: str, detail: str = "") -> None:
         if kind not in self.KINDS:
@@ -51,7 +66,9 @@ class ImageError(MinerError):
 
 
 class ModelError(MinerError):
-    """A checkpoint, ONNX graph or engine that cannot be used."""
+    """A checkpoint, ONNX graph or engine that cannot be used (exit code 2: fix the input)."""
+
+    exit_code = 2
 
 
 class BackendUnavailable(MinerError):

@@ -312,6 +312,6 @@ def test_inspect_shows_the_kind_and_what_it_holds(tmp_path, capsys):
     assert "positive images: 2" in text and "none bad" in text and "1024x1024 (3)" in text
     (tmp_path / "bad").mkdir()
     _csv(tmp_path / "bad" / "stage_2_train_labels.csv", "patientId,x,y,width,height,Target\np,,,,,2\n")
-    assert main(["inspect", str(tmp_path / "bad")]) == 1
+    assert main(["inspect", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Target must be 0 or 1" in err

@@ -194,7 +194,7 @@ def test_cli_failed_check_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
 def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
     from miner.cli import main
 
-    assert main(["export", "onnx", str(tmp_path / "none.pt"), str(tmp_path / "x.onnx")]) == 1
+    assert main(["export", "onnx", str(tmp_path / "none.pt"), str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoint not found" in err
 
