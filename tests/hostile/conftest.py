@@ -48,3 +48,16 @@ def watched(tmp_path):
     def take(*exclude: Path) -> dict[str, tuple]:
         return snapshot([tmp_path], exclude=exclude)
     return take
+
+
+# Property-based fuzzing (hypothesis): a fixed, reproducible budget in every run, CI's included. Each property
+# runs `max_examples` derandomized examples (the same ones every run, so a failure reproduces), no deadline
+# (2 shared cores). A property that needs fewer or more sets its own max_examples with @settings.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("hostile", max_examples=200, derandomize=True, deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    settings.load_profile("hostile")
+except ImportError:  # README's set-up installs it (the dev extra); without it the fuzz tests fail to import
+    pass
