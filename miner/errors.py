@@ -25,6 +25,12 @@ class MinerError(Exception):
     exit_code = 1
 
 
+class MinerWarning(UserWarning):
+    """Something a user should know that does not stop the work (an archive listing an image twice, ...).
+
+    The CLI prints each as one line, ``miner VERB: warning: ...`` on stderr (`miner.cli.main`)."""
+
+
 class UsageError(MinerError):
     """A bad option or argument (exit code 2)."""
 
@@ -38,7 +44,8 @@ class ArchiveError(MinerError):
 
 
 class ImageError(MinerError):
-    """One image file that cannot be decoded.
+    """One image file that cannot be decoded (exit code 2 where a verb stops on it, e.g. `miner show`; in a job
+    it is an error row and the job goes on).
 
     `kind` is one of ``missing``, ``empty``, ``truncated``, ``corrupt``, ``unsupported``, ``too_large`` (its
     header announces more pixels than the decoder may allocate, or its compressed data inflates past what the
@@ -49,6 +56,7 @@ class ImageError(MinerError):
 
     KINDS = ("missing", "empty", "truncated", "corrupt", "unsupported", "too_large", "outside_archive",
              "non_finite")
+    exit_code = 2
 
     def __init__(self, path: str | Path, kind: str, detail: str = "") -> None:
         if kind not in self.KINDS:

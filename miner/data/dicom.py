@@ -15,19 +15,27 @@ Multi-frame files give their first frame; colour files are converted to grey.
 `dicom_header_size` reads Rows, Columns and NumberOfFrames without the pixel data, so that an image too large
 to decode is refused first (`miner.data.image.load_image`'s ``max_pixels``). pydicom inflates the whole of a
 deflated data set (transfer syntax 1.2.840.10008.1.2.1.99) even when told to stop before the pixel data, so
-the header of such a file is inflated here, incrementally, only up to the pixel data element.
+such a data set is inflated here, in steps, never past what its header promises; RLE segments and JPEG/JPEG 2000
+codestreams are held to the header before they are decoded too (`miner.data.dicom_bounds`).
 """
 from __future__ import annotations
 
 import io
-import struct
-import warnings
-import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
+from miner.data.dicom_bounds import (
+    DEFLATED,
+    check_frames,
+    inflate_deflated,
+    one_line,
+    read_deflated,
+    read_prelude,
+    reading,
+    untrusted,
+)
 from miner.errors import ImageError
 
 WINDOWS: tuple[str, ...] = ("voi", "range", "minmax")
@@ -35,21 +43,18 @@ WINDOWS: tuple[str, ...] = ("voi", "range", "minmax")
 
 def _read(source, path: str | Path, *, stop_before_pixels: bool = False):
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            ds = pydicom.dcmread(source, force=True, stop_before_pixels=stop_before_pixels)
-        except (EOFError, struct.error) as err:
-            raise ImageError(path, "truncated", f"DICOM data set ends early: {err}") from None
-        except (InvalidDicomError, ValueError, KeyError, TypeError, OSError) as err:
-            raise ImageError(path, "corrupt", f"not a readable DICOM data set: {err}") from None
-    for warning in caught:
-        # pydicom drops an encapsulated (compressed) PixelData element cut off by the end of the file
-        if "end of file" in str(warning.message).lower():
-            raise ImageError(path, "truncated", f"DICOM data set ends early: {warning.message}")
-    return ds
+    with reading(path):
+        return pydicom.dcmread(source, force=True, stop_before_pixels=stop_before_pixels)
+
+
+def _dataset(fileobj: BinaryIO, path: str | Path):
+    """The whole data set of the file open as `fileobj`; a deflated one inflated within what its header promises."""
+    prelude = read_prelude(fileobj, path)
+    if prelude.syntax == DEFLATED:
+        return read_deflated(fileobj, prelude, path)
+    fileobj.seek(0)
+    return _read(fileobj, path)
 
 
 def _first(value) -> float:
@@ -83,11 +88,17 @@ def decode_dicom(data: bytes, path: str | Path, *, window: str = "voi") -> np.nd
 
     Raises:
         ImageError: ``corrupt`` (not a data set), ``truncated`` (less pixel data than announced),
-        ``unsupported`` (no pixel data, or a transfer syntax without an installed decoder).
+        ``unsupported`` (no pixel data, or a transfer syntax without an installed decoder), ``too_large``
+        (compressed data that inflates or decodes past what the header promises; `miner.data.dicom_bounds`).
     """
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
-    ds = _read(io.BytesIO(data), path)
+    with untrusted(path):
+        return _decode(data, path, window)
+
+
+def _decode(data: bytes, path: str | Path, window: str) -> np.ndarray:
+    ds = _dataset(io.BytesIO(data), path)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if "Rows" in ds:
             raise ImageError(path, "truncated", "DICOM image header without its pixel data")
@@ -97,19 +108,22 @@ def decode_dicom(data: bytes, path: str | Path, *, window: str = "voi") -> np.nd
     for keyword in ("Rows", "Columns"):
         if keyword not in ds:
             raise ImageError(path, "corrupt", f"DICOM image without {keyword}")
+    check_frames(ds, path)  # RLE segments, JPEG/JPEG 2000 codestreams: no more than the header promises
+    ds.pixel_array_options(allow_excess_frames=False)  # native data: only the frames the header announces
     try:
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as err:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax)
-        raise ImageError(path, "unsupported", f"cannot decode transfer syntax {name}: {err}") from None
+        raise ImageError(path, "unsupported", f"cannot decode transfer syntax {name}: {one_line(err)}") from None
     except (ValueError, EOFError) as err:
-        message = str(err)
+        message = one_line(err)
         if "length" in message or "less than" in message or "expected" in message or isinstance(err, EOFError):
             raise ImageError(path, "truncated", f"DICOM pixel data shorter than announced: {message}") from None
         raise ImageError(path, "corrupt", f"DICOM pixel data does not decode: {message}") from None
     except Exception as err:  # decoder plugins raise their own types for broken codestreams
-        raise ImageError(path, "corrupt", f"DICOM pixel data does not decode: {type(err).__name__}: {err}") from None
+        raise ImageError(path, "corrupt", f"DICOM pixel data does not decode: {type(err).__name__}: "
+                         f"{one_line(err)}") from None
 
     samples = int(ds.get("SamplesPerPixel", 1))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -152,81 +166,42 @@ def decode_dicom(data: bytes, path: str | Path, *, window: str = "voi") -> np.nd
 
 
 def dicom_size(path: str | Path) -> tuple[int, int]:
-    """(Rows, Columns) from the header only (no pixel data read)."""
-    ds = _read(path, path, stop_before_pixels=True)
-    if "Rows" not in ds or "Columns" not in ds:
+    """(Rows, Columns) from the header, without decoding pixel data; a deflated data set is inflated (in constant
+    memory, not kept) to check that it holds no more than its header promises.
+
+    Raises:
+        ImageError: ``unsupported`` (no Rows/Columns), ``too_large`` (a deflated data set that inflates past what
+        its header promises), ``corrupt`` or ``truncated`` (the header does not read).
+    """
+    with open(path, "rb") as fileobj, untrusted(path):
+        prelude = read_prelude(fileobj, path)
+        if prelude.syntax == DEFLATED:
+            _, image, _ = inflate_deflated(fileobj, prelude, path, keep=False)
+            size = None if image is None else (image.rows, image.columns)
+        else:
+            fileobj.seek(0)
+            ds = _read(fileobj, path, stop_before_pixels=True)
+            size = None if "Rows" not in ds or "Columns" not in ds else (int(ds.Rows), int(ds.Columns))
+    if size is None:
         raise ImageError(path, "unsupported", "DICOM file without an image (no Rows/Columns)")
-    return int(ds.Rows), int(ds.Columns)
-
-
-DEFLATED = "1.2.840.10008.1.2.1.99"
-# the (7FE0,0010) PixelData tag as explicit VR little endian writes it
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
-# how much of a deflated data set is inflated to find its header; real headers take a few kB
-_DEFLATED_HEADER_LIMIT = 16 << 20
+    return size
 
 
 def dicom_header_size(fileobj: BinaryIO, path: str | Path) -> tuple[int, int, int] | None:
     """(Rows, Columns, NumberOfFrames) of the DICOM file open as `fileobj`, read without its pixel data; None
     when the data set has no Rows/Columns (not an image: `decode_dicom` says what it is)."""
-    fileobj.seek(0)
-    head = fileobj.read(132)
-    fileobj.seek(0)
-    if head[128:132] == b"DICM" and _transfer_syntax(path) == DEFLATED:
-        ds = _read_deflated_header(fileobj, path)
-    else:
-        ds = _read(fileobj, path, stop_before_pixels=True)
-    if "Rows" not in ds or "Columns" not in ds:
-        return None
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError) as err:
-        raise ImageError(path, "corrupt", f"DICOM header with an unreadable image size ({err})") from None
-    return rows, columns, max(frames, 1)
-
-
-def _transfer_syntax(path: str | Path) -> str | None:
-    import pydicom
-
-    try:
-        meta = pydicom.filereader.read_file_meta_info(path)
-    except Exception:  # noqa: BLE001 - a broken meta group: `_read` then classifies the file (truncated, corrupt)
-        return None
-    syntax = meta.get("TransferSyntaxUID")
-    return None if syntax is None else str(syntax)
-
-
-def _read_deflated_header(fileobj: BinaryIO, path: str | Path):
-    """The data set elements before PixelData of a deflated file, inflating at most 16 MiB."""
-    import pydicom
-    from pydicom.filereader import read_dataset
-
-    meta = pydicom.filereader.read_file_meta_info(path)
-    length = meta.get("FileMetaInformationGroupLength")
-    if length is None:
-        raise ImageError(path, "unsupported", "deflated DICOM without a file meta group length")
-    fileobj.seek(132 + 12 + int(length))  # preamble + "DICM", the group length element, the rest of the group
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    header = bytearray()
-    pending = b""
-    while len(header) < _DEFLATED_HEADER_LIMIT:
-        if not pending:
-            pending = fileobj.read(1 << 16)
-            if not pending:
-                break
-        try:  # 64 KiB of output at a time: a few kB of deflated zeros inflate to megabytes
-            header += inflater.decompress(pending, min(1 << 16, _DEFLATED_HEADER_LIMIT - len(header)))
-        except zlib.error as err:
-            raise ImageError(path, "corrupt", f"deflated DICOM data does not inflate ({err})") from None
-        pending = inflater.unconsumed_tail
-        at = header.find(_PIXEL_DATA_TAG)
-        if at >= 0 and len(header) >= at + 12:  # tag, VR, reserved, 4-byte length
-            break
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a header cut inside an element reads as far as it goes
+    with untrusted(path):
+        prelude = read_prelude(fileobj, path)
+        if prelude.syntax == DEFLATED:
+            ds, _, _ = inflate_deflated(fileobj, prelude, path, header_only=True)
+        else:
+            fileobj.seek(0)
+            ds = _read(fileobj, path, stop_before_pixels=True)
+        if "Rows" not in ds or "Columns" not in ds:
+            return None
         try:
-            return read_dataset(io.BytesIO(bytes(header)), False, True,
-                                stop_when=lambda tag, vr, length: tag == 0x7FE00010)
-        except (EOFError, struct.error, ValueError, KeyError, TypeError) as err:
-            raise ImageError(path, "corrupt", f"deflated DICOM header does not read ({err})") from None
+            rows, columns = int(ds.Rows), int(ds.Columns)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+        except (TypeError, ValueError) as err:
+            raise ImageError(path, "corrupt", f"DICOM header with an unreadable image size ({one_line(err)})") from None
+    return rows, columns, max(frames, 1)

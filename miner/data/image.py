@@ -26,6 +26,13 @@ pixel data). A 1.5 MB PNG of 40,000 x 40,000 pixels is refused after reading 33 
 1.6 GB, and 6.4 GB more as float32. OpenCV has its own cap (2^30 pixels, ``OPENCV_IO_MAX_IMAGE_PIXELS`` read
 when cv2 loads): an image between that cap and a higher ``max_pixels`` is ``too_large`` too, with that reason.
 Text from OpenCV or pydicom reaches a message only inside this module's own sentence.
+
+An honest header over compressed data that decodes to more than it announces is bounded too. OpenCV's PNG and
+TIFF decoders (libpng, libtiff) allocate by the header and stop there: a 256 x 256 PNG whose IDAT, zTXt or iCCP
+inflates to 256 MiB decodes in under 16 MiB (`tests/data/test_image.py`; the extra IDAT data still costs the
+CPU time of inflating it). pydicom does not: a deflated data set is inflated whole, RLE segments and JPEG/JPEG
+2000 codestreams are decoded by their own sizes, so `miner.data.dicom_bounds` holds each of them to the DICOM
+header before anything is decoded (``too_large``; `probe_image` runs the deflated check as well).
 """
 from __future__ import annotations
 
@@ -368,7 +375,8 @@ def probe_image(path: str | Path) -> tuple[str, tuple[int, int]]:
 
     Raises:
         ImageError: for what can be seen without a full decode (missing, empty, truncated PNG/JPEG,
-        unsupported format, corrupt header).
+        unsupported format, corrupt header; ``too_large``: a deflated DICOM data set that inflates past what its
+        header promises, counted in constant memory).
     """
     try:
         size = os.stat(path).st_size

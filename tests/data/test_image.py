@@ -334,3 +334,40 @@ def test_the_limit_allocates_nothing(bombs, tmp_path):
     assert min(pixels for _, pixels in bombs.values()) >= 1 << 29
     decoded = peak(control)
     assert decoded > 36_000_000 * 5 * 0.9, decoded  # uint8 + float32 copies of 36 M pixels: the method sees it
+
+
+_PEAK_DECODE = """
+import sys
+import numpy as np
+from miner.data.image import load_image
+
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+load_image(sys.argv[1])
+base = peak()
+for path in sys.argv[2:]:
+    image, size = load_image(path)
+    assert size == (256, 256) and not image.any(), (path, size)
+print(peak() - base)
+"""
+
+
+def test_png_and_tiff_data_past_the_header_are_not_decoded(tmp_path):
+    """Honest headers, lying zlib data: a 256 x 256 PNG whose IDAT, zTXt or iCCP inflates to 256 MiB and a TIFF whose
+    strip does. OpenCV (libpng, libtiff) stops at the size the header announces: each decodes to its 256 x 256 zeros
+    and the peak memory grows by less than 16 MiB."""
+    import subprocess
+    import sys
+
+    from .bombs import png_lie, tiff_lie
+
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.zeros((16, 16), np.uint8))
+    lies = [png_lie(tmp_path / f"{where}.png", 256, 256, 256 << 20, where=where) for where in ("idat", "ztxt", "iccp")]
+    lies.append(tiff_lie(tmp_path / "strip.tif", 256, 256, 256 << 20))
+    done = subprocess.run([sys.executable, "-c", _PEAK_DECODE, str(small), *map(str, lies)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) < 16 << 20, done.stdout

@@ -88,20 +88,46 @@ def diff(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
     return lines
 
 
+# Linux starts a child's ru_maxrss at the peak of the process it was forked (or vforked) from, carried through
+# exec: a CLI started straight from a large pytest process reports at least pytest's own peak. With
+# peak_memory=True the CLI is forked from this small launcher instead, which reports the CLI's own rusage.
+_LAUNCHER = """
+import os, signal, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "miner", *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
 def run_miner(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300,
-              signal_after: tuple[float, int] | None = None, wait_for: Path | None = None) -> Result:
-    """Run ``python -m miner ARGS`` in `cwd`, wait for it and measure its own peak memory (``os.wait4``).
+              signal_after: tuple[float, int] | None = None, wait_for: Path | None = None,
+              peak_memory: bool = False) -> Result:
+    """Run ``python -m miner ARGS`` in `cwd`, wait for it and measure its peak memory (``os.wait4``).
 
     `signal_after=(seconds, signum)` sends the signal to the child that long after it started (or, with
     `wait_for`, that long after the file `wait_for` appears), to test signals at a given phase. stdout and
     stderr go to files in a temporary folder outside `cwd`, so that the capture changes no watched folder.
+    `max_rss_mb` is the CLI's own peak only with `peak_memory=True` (through `_LAUNCHER`; not with signals);
+    otherwise it is at least this process's peak.
     """
+    assert not (peak_memory and signal_after), "peak_memory runs through a launcher that forwards no signal"
     child_env = {**os.environ, **ENV, **(env or {})}
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hostile") as capture:
         out_path, err_path = Path(capture) / "stdout", Path(capture) / "stderr"
+        rss_path = Path(capture) / "maxrss"
+        command = ([sys.executable, "-c", _LAUNCHER, str(rss_path)] if peak_memory
+                   else [sys.executable, "-m", "miner"])
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "miner", *map(str, args)], cwd=cwd, env=child_env,
+            proc = subprocess.Popen([*command, *map(str, args)], cwd=cwd, env=child_env,
                                     stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
             deadline = start + timeout
             signalled = signal_after is None
@@ -127,7 +153,8 @@ def run_miner(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = No
         proc.returncode = os.waitstatus_to_exitcode(status)
         stdout = out_path.read_text(errors="replace")
         stderr = err_path.read_text(errors="replace")
-    return Result([str(a) for a in args], proc.returncode, stdout, stderr, rusage.ru_maxrss / 1024,
+        max_rss_kb = int(rss_path.read_text()) if peak_memory else rusage.ru_maxrss
+    return Result([str(a) for a in args], proc.returncode, stdout, stderr, max_rss_kb / 1024,
                   time.monotonic() - start)
 
 
