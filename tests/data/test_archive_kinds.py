@@ -158,10 +158,11 @@ def test_vocabulary_maps_meet_and_do_not_conflict():
 
 
 def test_readme_vocabulary_table_is_the_map():
-    """README's table of the vocabulary lists, per canonical finding, exactly the names each archive maps to it."""
+    """docs/archives.md's table of the vocabulary lists, per canonical finding, exactly the names each archive maps
+    to it."""
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "archives.md").read_text()
     head = "| finding | ChestX-ray14 | VinDr-CXR | CheXpert | PadChest terms | Google relabels | RSNA | SIIM-ACR |"
     lines = text[text.index(head):].splitlines()[2:2 + len(VOCABULARY)]
     kinds = ("release", "vindr", "chexpert", "padchest", "google", "rsna", "siim")

@@ -69,7 +69,7 @@ def test_image_pins_match_the_package():
     assert pins["TORCH_CUDA"] == "cu" + re.search(r"cuda:(\d+)\.(\d+)", pins["CUDA_IMAGE"]).expand(r"\1\2")
 
 
-@pytest.mark.parametrize("source", ["README.md", "deploy/README.md"])
+@pytest.mark.parametrize("source", ["README.md", "docs/cluster.md", "deploy/README.md"])
 def test_documented_commands_parse(source):
     text = (ROOT / source).read_text().replace("\\\n", " ")  # join continued lines
     commands = [line.split(" -- ", 1)[1] for line in re.findall(r"^\s*ray job submit .*$", text, flags=re.M)]
@@ -110,7 +110,7 @@ def test_every_deploy_file_turns_token_authentication_on():
 
 
 @pytest.mark.parametrize("source", ["deploy/Dockerfile", "deploy/cluster.yaml", "deploy/rayjob.yaml",
-                                    "deploy/README.md", "README.md"])
+                                    "deploy/README.md", "README.md", "docs/cluster.md"])
 def test_no_token_is_committed(source):
     text = (ROOT / source).read_text()
     assert not _SECRET.search(text), _SECRET.search(text)
@@ -118,7 +118,7 @@ def test_no_token_is_committed(source):
     assert not re.search(r"auth_token:\s*\S", text)  # no literal Secret data
 
 
-@pytest.mark.parametrize("source", ["README.md", "deploy/README.md"])
+@pytest.mark.parametrize("source", ["docs/cluster.md", "deploy/README.md"])
 def test_documented_submissions_carry_the_token(source):
     """Every shell block that submits a job or starts a head turns token authentication on first."""
     text = (ROOT / source).read_text()

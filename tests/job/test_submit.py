@@ -1,11 +1,11 @@
-"""`ray job submit` as README shows it: a local head with its dashboard and token authentication, `miner mine`
+"""`ray job submit` as docs/cluster.md shows it: a local head with its dashboard and token authentication, `miner mine`
 submitted with the `ray` CLI, a job stopped part-way (`ray job stop`) and submitted again with
 `JobSubmissionClient`, and `miner mine --address` attached to the running head.
 
-The commands are read from README's blocks after ``<!-- test:ray-job-submit -->`` (bash) and
+The commands are read from docs/cluster.md's blocks after ``<!-- test:ray-job-submit -->`` (bash) and
 ``<!-- test:ray-job-submit-python -->`` (the SDK) and run in their order, with this test's paths and free loopback
 ports substituted and its small-archive options appended to `miner mine` (20-image shards, so that a stop lands
-part-way). One exception: README ends with ``ray stop``, which stops every Ray process on the machine; the test
+part-way). One exception: the page ends with ``ray stop``, which stops every Ray process on the machine; the test
 stops the head's processes by their ids instead (they all keep the session of the ``ray start`` it launched),
 and any job driver still running by its own.
 
@@ -34,25 +34,25 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # CI runs the venv's python without its bin/ on PATH
 RAY = str(BIN / "ray")
-# README's placeholders -> fixture paths; its dashboard port -> a free one
+# the page's placeholders -> fixture paths; its dashboard port -> a free one
 ARCHIVE, MODEL, OUT, DASHBOARD = "/data/chestxray14", "/data/models/model.pt", "/data/out/", "8265"
 
 
 def _readme_block(marker: str, language: str) -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "cluster.md").read_text()
     block = re.search(rf"<!-- {marker} -->\s*```{language}\n(.*?)```", text, flags=re.S)
-    assert block, f"README.md lost its <!-- {marker} --> block"
+    assert block, f"docs/cluster.md lost its <!-- {marker} --> block"
     return block.group(1)
 
 
 def readme_commands() -> list[list[str]]:
-    """The commands of README's ray-job-submit block, split as the shell would (comments dropped)."""
+    """The commands of the page's ray-job-submit block, split as the shell would (comments dropped)."""
     block = _readme_block("test:ray-job-submit", "bash")
     return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
 
 
 def readme_sdk() -> tuple[str, str, str]:
-    """README's SDK snippet: the token file, the client's construction and the entrypoint it submits."""
+    """The page's SDK snippet: the token file, the client's construction and the entrypoint it submits."""
     code = _readme_block("test:ray-job-submit-python", "python")
     token = re.search(r'^token = (.*)$', code, flags=re.M).group(1)
     client = re.search(r'^client = (.*)$', code, flags=re.M).group(1)
@@ -61,10 +61,10 @@ def readme_sdk() -> tuple[str, str, str]:
 
 
 def readme_attach() -> list[str]:
-    """README's `miner mine ... --address HEAD:6379` line."""
-    text = (ROOT / "README.md").read_text()
+    """The page's `miner mine ... --address HEAD:6379` line."""
+    text = (ROOT / "docs" / "cluster.md").read_text()
     line = re.search(r"^miner mine .* --address 127\.0\.0\.1:6379.*$", text, flags=re.M)
-    assert line, "README.md lost its `miner mine --address` example"
+    assert line, "docs/cluster.md lost its `miner mine --address` example"
     return shlex.split(line.group(0))
 
 
@@ -78,7 +78,7 @@ def _base_env(home: Path) -> dict[str, str]:
 
 
 class Head:
-    """The head README's commands start, and how the test talks to it."""
+    """The head that the page's commands start, and how the test talks to it."""
 
     def __init__(self, tmp: Path, archive: Path, model: Path) -> None:
         self.tmp, self.archive, self.model = tmp, archive, model
@@ -91,7 +91,7 @@ class Head:
         self.token = ""
 
     def substitute(self, words: list[str]) -> list[str]:
-        """README's words with this test's paths and ports; `ray`/`miner` as the venv's."""
+        """The page's words with this test's paths and ports; `ray`/`miner` as the venv's."""
         out = []
         for word in words:
             word = word.replace(f"127.0.0.1:{DASHBOARD}", f"127.0.0.1:{self.dashboard_port}")
@@ -153,7 +153,7 @@ class Head:
 
 @pytest.fixture(scope="module")
 def head(job_archive, job_model, short_tmp):
-    """README's commands up to `ray start --head`: token mode, a generated token, the head with its dashboard."""
+    """The page's commands up to `ray start --head`: token mode, a generated token, the head with its dashboard."""
     root, _ = job_archive
     tmp = short_tmp / "submit"
     tmp.mkdir()
@@ -216,7 +216,7 @@ def test_submissions_without_the_token_are_refused(head, tmp_path):
 
 @pytest.fixture(scope="module")
 def submitted(head):
-    """README's first `ray job submit` (it waits for the job): the reference output folder."""
+    """The page's first `ray job submit` (it waits for the job): the reference output folder."""
     command = readme_commands()[3]
     assert command[:3] == ["ray", "job", "submit"] and "--no-wait" not in command
     done = head.run(head.substitute(command), timeout=300)
@@ -234,7 +234,7 @@ def test_ray_job_submit_writes_the_output(submitted):
 
 
 def test_ray_job_stop_then_the_sdk_submits_it_again_and_it_resumes(head, submitted):
-    """README's `--no-wait` submission, `ray job stop` once a shard is written, then its SDK snippet submitting
+    """The page's `--no-wait` submission, `ray job stop` once a shard is written, then its SDK snippet submitting
     the same job again: it resumes and ends with the reference's rows."""
     commands = readme_commands()
     started, stop = commands[4], commands[5]
@@ -280,7 +280,7 @@ def test_ray_job_stop_then_the_sdk_submits_it_again_and_it_resumes(head, submitt
 
 
 def test_miner_mine_attaches_with_address(head, submitted):
-    """README's `miner mine --address HEAD:6379`, from a shell with RAY_AUTH_MODE=token and the token file."""
+    """The page's `miner mine --address HEAD:6379`, from a shell with RAY_AUTH_MODE=token and the token file."""
     words = head.substitute(readme_attach())
     out = Path(words[words.index("--out") + 1])
     done = head.run(words, timeout=300)
