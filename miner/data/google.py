@@ -47,7 +47,6 @@ def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: Archiv
     class_names = class_list("google", classes)
     records: list[Record] = []
     splits: Counter = Counter()
-    seen: set[str] = set()
     for path in files:
         folders = nih.image_folders(path.parent)
         location: dict[str, str] = {}
@@ -62,9 +61,6 @@ def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: Archiv
             image_id = row["Image Index"]
             if not image_id:
                 raise ArchiveError(f"{path}:{line}: empty Image Index")
-            if image_id in seen:
-                raise ArchiveError(f"{path}:{line}: {image_id} is listed twice")
-            seen.add(image_id)
             labels = []
             for column in COLUMNS:
                 value = row[column].upper()
@@ -79,11 +75,16 @@ def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: Archiv
             follow = row.get("Follow-up #", "")
             records.append(Record(image_id=image_id, path=os.path.join(location.get(image_id, default), image_id),
                                   labels=tuple(labels), split=split,
-                                  patient_id=str(int(pid)) if pid.isdigit() else (pid or None),
-                                  follow_up=int(follow) if follow.isdigit() else None,
+                                  patient_id=str(int(pid)) if _whole(pid) else (pid or None),
+                                  follow_up=int(follow) if _whole(follow) else None,
                                   view=row.get("View Position") or None))
     return Archive(root=files[0].parent, classes=class_names, records=records, boxes=[], has_labels=True,
                    source="google", label_files=list(files),
                    details={"rows": len(records), "splits": dict(splits),
                             "ground truth": "adjudicated image labels of 4 findings (no boxes): miner eval scores "
                                             "AUC"})
+
+
+def _whole(text: str) -> bool:
+    """Whether int(text) reads `text` as ASCII digits (not "²", not past int's 4300-digit limit)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18

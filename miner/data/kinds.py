@@ -3,7 +3,9 @@
 `read_archive` (`miner.data.archive`) asks `detect` which kind a folder or label file is. A folder is searched
 for label files at its top level (``*.csv``, ``*.csv.gz``, ``*.csv.zip``); a file's first line decides its
 kind: every column of `ArchiveKind.columns` must be in it. Each kind's reader is the module named in
-`ArchiveKind.module`, exposing ``read(files, *, classes, config) -> Archive``.
+`ArchiveKind.module`, exposing ``read(files, *, classes, config) -> Archive``. Label files are read through
+`miner.data.textfile` (`dict_rows`): encodings, limits and faults as it states; a quoted field may run over line
+ends only in a column the reader does not use.
 
 - ``vindr`` (VinDr-CXR): ``train.csv`` (Kaggle) or ``annotations_train.csv`` / ``annotations_test.csv``
   (PhysioNet); images ``train/<image_id>.dicom`` (``test/`` for a test file) beside the label file or its folder.
@@ -18,8 +20,8 @@ kind: every column of `ArchiveKind.columns` must be in it. Each kind's reader is
 """
 from __future__ import annotations
 
-import csv
 import importlib
+import math
 import operator
 import os
 from collections.abc import Iterable, Sequence
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from miner.data import nih
+from miner.data.textfile import csv_rows, display_path, shown
 from miner.errors import ArchiveError
 from miner.findings import archive_classes, canonical
 
@@ -81,12 +83,18 @@ def is_label_file(path: Path) -> bool:
 
 
 def header(path: Path) -> list[str]:
-    """The stripped column names of a CSV's first line (plain, gzipped or zipped)."""
+    """The stripped column names of a CSV's first line (plain, gzipped or zipped); [] for an empty file.
+
+    Only the first line is read (a fault further down is its reader's to report).
+
+    Raises:
+        ArchiveError: the first line cannot be read (`miner.data.textfile`: encoding, limits, compression).
+    """
+    rows = csv_rows(path)
     try:
-        with nih.open_text(path) as f:
-            first = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, EOFError) as err:
-        raise ArchiveError(f"{path}: cannot read its first line ({err})") from None
+        first = next(rows, (0, []))[1]
+    finally:
+        rows.close()
     return [c.strip() for c in first]
 
 
@@ -103,11 +111,14 @@ def detect(path: Path) -> tuple[ArchiveKind, list[Path]] | None:
     """(kind, label files) of a label file or of a folder's top-level label files; None if none matches.
 
     Raises:
-        ArchiveError: a folder holding label files of two kinds (the user must name one).
+        ArchiveError: a folder holding label files of two kinds (the user must name one); a label file (a
+            folder's ``*.csv`` included) whose first line cannot be read (`header`).
     """
     if path.is_file():
         kind = kind_of(path)
         return (kind, [path]) if kind is not None else None
+    if not path.is_dir():
+        return None
     found: dict[str, list[Path]] = {}
     for candidate in sorted(p for p in path.iterdir() if is_label_file(p) and p.is_file()):
         kind = kind_of(candidate)
@@ -150,25 +161,47 @@ def dict_rows(path: Path, required: Iterable[str], *,
 
     `also`: the other columns wanted (those the file has); None = every column. Naming them saves a dict of
     every field per row (PadChest has 36 columns, 160,861 rows).
+
+    A quoted field may run over line ends only in the columns not read (PadChest's CUI columns do).
+
+    Raises:
+        ArchiveError: an unreadable file (`miner.data.textfile`), an empty one, a missing column, a line break in
+            a value read, or no row below the header.
     """
-    with nih.open_text(path) as f:
-        reader = csv.reader(f)
-        names = [c.strip() for c in next(reader, [])]
+    where = display_path(path)
+    rows = csv_rows(path, multiline=True)  # PadChest's CUI columns hold line breaks
+    try:
+        first = next(rows, None)
+        if first is None:
+            raise ArchiveError(f"{where}: empty file; expected a header line naming the columns")
+        names = [c.strip() for c in first[1]]
         required = list(required)
         missing = [c for c in required if c not in names]
         if missing:
-            raise ArchiveError(f"{path}: no {', '.join(repr(m) for m in missing)} column (found {names[:8]})")
+            raise ArchiveError(f"{where}:1: no {', '.join(repr(m) for m in missing)} column (found "
+                               f"{shown(','.join(names[:8]), 160)})")
         wanted = names if also is None else [c for c in names if c in set(required) | set(also)]
         pick = operator.itemgetter(*(names.index(c) for c in wanted)) if len(wanted) > 1 else None
         width = len(names)
         strip = str.strip
-        for row in reader:
+        count = 0
+        for line, row in rows:
             if len(row) <= 1 and not "".join(row).strip():
                 continue  # a blank line
             if len(row) < width:
                 row = row + [""] * (width - len(row))
             values = pick(row) if pick is not None else [row[names.index(wanted[0])]]
-            yield reader.line_num, dict(zip(wanted, map(strip, values)))
+            if rows.spanned:  # a value this reader uses may not hold a line break (it would name an image)
+                for column, value in zip(wanted, values):
+                    if "\n" in value or "\r" in value:
+                        raise ArchiveError(f"{where}:{line}: {column} {shown(value)} holds a line break; close "
+                                           "the quote before it")
+            count += 1
+            yield line, dict(zip(wanted, map(strip, values)))
+    finally:
+        rows.close()
+    if not count:
+        raise ArchiveError(f"{where}: no rows below the header; is this the whole file?")
 
 
 def stem_index(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
@@ -188,7 +221,11 @@ def stem_index(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
 
 
 def number(value: str, *, path: Path, line: int, column: str) -> float:
+    """A finite number of a label file's field (a box coordinate), or an `ArchiveError` naming its line."""
     try:
-        return float(value)
+        out = float(value)
     except ValueError:
-        raise ArchiveError(f"{path}:{line}: {column} {value!r} is not a number") from None
+        raise ArchiveError(f"{display_path(path)}:{line}: {column} {shown(value)} is not a number") from None
+    if not math.isfinite(out):
+        raise ArchiveError(f"{display_path(path)}:{line}: {column} {shown(value)} is not a finite number")
+    return out

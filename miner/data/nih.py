@@ -15,17 +15,21 @@ Quirks handled here:
 - ``Finding Labels`` joins findings with ``|``; ``No Finding`` means none.
 - ``BBox_List_2017.csv`` has the header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` and spells
   ``Infiltrate`` for the class ``Infiltration``.
+
+Every file is read as untrusted text through `miner.data.textfile` (UTF-8, a UTF-16 file with its byte-order
+mark, gzip or zip; lines of at most `miner.data.textfile.MAX_LINE_CHARS` characters; no control characters): a
+fault is one `ArchiveError` line naming the file and line. A Data_Entry file without rows, a 0-byte box list and
+non-finite box values are refused too.
 """
 from __future__ import annotations
 
-import csv
-import gzip
-import io
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from miner.data.records import GroundTruthBox
+from miner.data.textfile import LabelText, csv_rows, display_path, shown, text_lines
 from miner.errors import ArchiveError
 from miner.findings import NO_FINDING, canonical
 
@@ -63,22 +67,10 @@ class EntryRow:
     spacing_y: float | None = None
 
 
-def open_text(path: Path):
-    """Open a text file, gunzipping ``*.gz`` and reading the one member of a ``*.zip`` (as Kaggle serves CSVs)."""
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    if path.suffix == ".zip":
-        import zipfile
-
-        try:
-            archive = zipfile.ZipFile(path)
-        except zipfile.BadZipFile:
-            raise ArchiveError(f"{path}: not a readable zip file") from None
-        members = [m for m in archive.namelist() if not m.endswith("/")]
-        if len(members) != 1:
-            raise ArchiveError(f"{path}: a zipped label file must hold exactly one file, found {len(members)}")
-        return io.TextIOWrapper(archive.open(members[0]), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+def open_text(path: Path) -> LabelText:
+    """The checked lines of a label text file, gunzipping ``*.gz`` and reading the one member of a ``*.zip`` (as
+    Kaggle serves CSVs); encodings and limits as `miner.data.textfile` states them."""
+    return LabelText(path)
 
 
 def find_file(root: Path, name: str) -> Path | None:
@@ -114,34 +106,48 @@ def split_labels(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+_DIGITS = frozenset("0123456789")
+
+
 def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        digits = "".join(ch for ch in text if ch.isdigit())  # 2017 ages may read "058Y"
-        return int(digits) if digits else None
+    """A whole number of a Data_Entry field, or None (2017 ages may read ``058Y``; other text is no number)."""
+    text = text.strip()
+    if text.isascii() and len(text) <= 18:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    digits = "".join(ch for ch in text if ch in _DIGITS)
+    return int(digits) if digits and len(digits) <= 18 else None
 
 
 def _float(text: str) -> float | None:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
 def read_data_entry(path: Path) -> list[EntryRow]:
-    """All rows of a Data_Entry file (2017 or v2020 layout, plain or gzipped)."""
-    with open_text(path) as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ArchiveError(f"{path}: empty file; expected a Data_Entry_2017.csv header") from None
-        names = [h.strip() for h in header]
+    """All rows of a Data_Entry file (2017 or v2020 layout, plain or gzipped).
+
+    Raises:
+        ArchiveError: an unreadable file (`miner.data.textfile`), no header or no rows, a row without its image
+            name or labels.
+    """
+    where = display_path(path)
+    rows_of = csv_rows(path)
+    try:
+        header = next(rows_of, None)
+        if header is None:
+            raise ArchiveError(f"{where}: empty file; expected a Data_Entry_2017.csv header")
+        names = [h.strip() for h in header[1]]
         index = {name: i for i, name in enumerate(names) if name}
         for required in ("Image Index", "Finding Labels"):
             if required not in index:
-                raise ArchiveError(f"{path}: no {required!r} column in the header (found {names[:6]}...)")
+                raise ArchiveError(f"{where}:1: no {required!r} column in the header (found "
+                                   f"{shown(','.join(names[:6]), 120)})")
         i_id, i_lab = index["Image Index"], index["Finding Labels"]
         blank = len(names)  # rows are padded with one empty field: absent columns read it
         i_fu, i_pid = index.get("Follow-up #", blank), index.get("Patient ID", blank)
@@ -153,11 +159,12 @@ def read_data_entry(path: Path) -> list[EntryRow]:
         i_sx = blank if i_sx is None else i_sx
         width = blank + 1
         rows = []
-        for line_no, row in enumerate(reader, start=2):
+        for line_no, row in rows_of:
             if not row or not row[0].strip():
                 continue
             if len(row) <= max(i_id, i_lab):
-                raise ArchiveError(f"{path}:{line_no}: {len(row)} fields, expected at least {max(i_id, i_lab) + 1}")
+                raise ArchiveError(f"{where}:{line_no}: {len(row)} fields, expected at least {max(i_id, i_lab) + 1} "
+                                   "(Image Index and Finding Labels)")
             if len(row) < width:
                 row += [""] * (width - len(row))
             else:
@@ -167,7 +174,7 @@ def read_data_entry(path: Path) -> list[EntryRow]:
                 image_id=row[i_id].strip(),
                 labels=split_labels(row[i_lab]),
                 follow_up=_int(row[i_fu]) if row[i_fu] else None,
-                patient_id=str(int(pid)) if pid.isdigit() else (pid or None),
+                patient_id=str(int(pid)) if pid.isascii() and pid.isdigit() and len(pid) <= 18 else (pid or None),
                 age=_int(row[i_age]) if row[i_age] else None,
                 gender=row[i_sex].strip() or None,
                 view=row[i_view].strip() or None,
@@ -176,30 +183,44 @@ def read_data_entry(path: Path) -> list[EntryRow]:
                 spacing_x=_float(row[i_sx]) if row[i_sx] else None,
                 spacing_y=_float(row[i_sy]) if row[i_sy] else None,
             ))
+    finally:
+        rows_of.close()
+    if not rows:
+        raise ArchiveError(f"{where}: no image rows below the header; a Data_Entry file lists one image per line")
     return rows
 
 
 def read_bbox_list(path: Path) -> list[GroundTruthBox]:
-    """All boxes of a BBox_List_2017.csv (plain or gzipped), findings in class-list spelling."""
+    """All boxes of a BBox_List_2017.csv (plain or gzipped), findings in class-list spelling.
+
+    A header-only file holds no boxes; an empty (0-byte) file is refused as a failed download.
+    """
+    where = display_path(path)
     boxes = []
-    with open_text(path) as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
+    seen_any = False
+    with csv_rows(path) as rows:
+        for line_no, row in rows:
+            seen_any = True
             if not row or not row[0].strip() or row[0].strip() == "Image Index":
                 continue
             if len(row) < 6:
-                raise ArchiveError(f"{path}:{line_no}: {len(row)} fields, expected image,finding,x,y,w,h")
+                raise ArchiveError(f"{where}:{line_no}: {len(row)} fields, expected image,finding,x,y,w,h")
+            values = shown(",".join(row[2:6]))
             try:
                 x, y, w, h = (float(v) for v in row[2:6])
             except ValueError:
-                raise ArchiveError(f"{path}:{line_no}: box values {row[2:6]} are not numbers") from None
+                raise ArchiveError(f"{where}:{line_no}: box values {values} are not numbers") from None
+            if not all(map(math.isfinite, (x, y, w, h))):
+                raise ArchiveError(f"{where}:{line_no}: box values {values} are not finite numbers")
             boxes.append(GroundTruthBox(row[0].strip(), canonical(row[1]), x, y, w, h))
+    if not seen_any:
+        raise ArchiveError(f"{where}: empty file; expected the header {BBOX_HEADER!r} (or remove the file)")
     return boxes
 
 
 def read_split_list(path: Path) -> list[str]:
     """Image names of train_val_list.txt / test_list.txt (one per line, blank lines ignored)."""
-    with open_text(path) as f:
-        return [line.strip() for line in f if line.strip()]
+    return [name for _, name in text_lines(path)]
 
 
 def image_folders(root: Path) -> list[Path]:

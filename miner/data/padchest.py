@@ -32,7 +32,7 @@ def parse_labels(text: str, *, where: str) -> list[str]:
     """``"['normal']"`` -> ``['normal']`` (stripped terms; empty terms dropped)."""
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError, MemoryError):  # deep nesting: the parser's own limits
         raise ArchiveError(f"{where}: Labels {text[:60]!r} is not a list of terms") from None
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ArchiveError(f"{where}: Labels {text[:60]!r} is not a list of terms")
@@ -76,9 +76,6 @@ def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: Archiv
             records.append(Record(image_id=image_id, path=os.path.join(base, folder, image_id), labels=labels,
                                   patient_id=row.get("PatientID") or None, view=row.get("Projection") or None,
                                   unknown=unknown))
-    ids = [r.image_id for r in records]
-    if len(set(ids)) != len(ids):
-        raise ArchiveError(f"{files[0]}: an ImageID is listed twice")
     return Archive(root=files[0].parent, classes=class_names, records=records, boxes=[], has_labels=True,
                    source="padchest", label_files=list(files),
                    details={"rows": len(records), "rows without labels": unlabelled,

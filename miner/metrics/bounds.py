@@ -22,13 +22,12 @@ bound.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from miner.errors import UsageError
+from miner.errors import ArchiveError, UsageError
 from miner.findings import canonical
 
 _FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax")
@@ -71,38 +70,71 @@ def default_bounds() -> AfpBounds:
     return AfpBounds(WANG_AFP, "built-in: Wang et al. 2017 AFP via Cai et al. 2018 Table 2")
 
 
+#: the largest bounds file read (a real one is a few kilobytes)
+MAX_BOUNDS_BYTES = 1 << 20
+
+
 def load_bounds(path: str | Path) -> AfpBounds:
-    """Bounds from a JSON or CSV file (formats in the module docstring)."""
+    """Bounds from a JSON or CSV file (formats in the module docstring), read as `miner.data.textfile` states
+    (UTF-8, or text with a UTF-16 byte-order mark; short lines).
+
+    Raises:
+        UsageError: a missing, unreadable or malformed file (the option's file: exit code 2).
+    """
+    from miner.data.textfile import LabelText, brief, csv_rows, display_path
+
     path = Path(path)
+    where = display_path(path)
     if not path.is_file():
-        raise UsageError(f"--afp-bounds: {path} does not exist")
+        raise UsageError(f"--afp-bounds: {where} does not exist")
+    if path.stat().st_size > MAX_BOUNDS_BYTES:
+        raise UsageError(f"--afp-bounds: {where} is larger than {MAX_BOUNDS_BYTES >> 20} MiB; a bounds file holds "
+                         "a few dozen numbers")
     table: dict[str, dict[float, dict[str, float | None]]] = {"iou": {}, "iobb": {}}
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
+            with LabelText(path) as text:
+                data = json.loads("".join(text))
             for metric, levels in data.items():
-                _check_metric(metric, path)
+                _check_metric(metric, where)
                 for level, findings in levels.items():
                     for finding, value in findings.items():
-                        table[metric].setdefault(float(level), {})[canonical(finding)] = (
-                            None if value is None else float(value))
+                        table[metric].setdefault(_finite(level), {})[canonical(finding)] = (
+                            None if value is None else _finite(value))
         else:
-            with path.open(newline="") as f:
-                reader = csv.DictReader(f)
+            with csv_rows(path) as rows:
+                first = next(rows, None)
+                names = [c.strip() for c in first[1]] if first is not None else []
                 need = {"metric", "threshold", "finding", "afp"}
-                if not reader.fieldnames or not need <= set(reader.fieldnames):
-                    raise UsageError(f"--afp-bounds: {path} needs the CSV columns {', '.join(sorted(need))}")
-                for row in reader:
-                    metric = row["metric"].strip().lower()
-                    _check_metric(metric, path)
-                    value = row["afp"].strip()
-                    table[metric].setdefault(float(row["threshold"]), {})[canonical(row["finding"])] = (
-                        float(value) if value else None)
-    except (ValueError, AttributeError, json.JSONDecodeError) as err:
-        raise UsageError(f"--afp-bounds: {path} is not a valid bounds file ({err})") from None
+                if not need <= set(names):
+                    raise UsageError(f"--afp-bounds: {where} needs the CSV columns {', '.join(sorted(need))}")
+                at = {name: names.index(name) for name in need}
+                for line, row in rows:
+                    if not "".join(row).strip():
+                        continue
+                    row = row + [""] * (len(names) - len(row))
+                    metric = row[at["metric"]].strip().lower()
+                    _check_metric(metric, f"{where}:{line}")
+                    value = row[at["afp"]].strip()
+                    table[metric].setdefault(_finite(row[at["threshold"]]), {})[canonical(row[at["finding"]])] = (
+                        _finite(value) if value else None)
+    except ArchiveError as err:
+        raise UsageError(f"--afp-bounds: {err}") from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise UsageError(f"--afp-bounds: {where} is not a valid bounds file ({brief(err)})") from None
     return AfpBounds(table, str(path))
 
 
-def _check_metric(metric: str, path: Path) -> None:
+def _finite(value: object) -> float:
+    """A finite float of a bounds file's value (ValueError / TypeError otherwise)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{value!r} is not a number")
+    out = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(out):
+        raise ValueError(f"{value!r} is not a finite number")
+    return out
+
+
+def _check_metric(metric: object, where: str) -> None:
     if metric not in ("iou", "iobb"):
-        raise UsageError(f"--afp-bounds: {path}: metric must be iou or iobb, got {metric!r}")
+        raise UsageError(f"--afp-bounds: {where}: metric must be iou or iobb, got {str(metric)[:40]!r}")
