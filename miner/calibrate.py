@@ -31,7 +31,7 @@ logits, and so the probabilities, are the model's own.
 
 The same validation images can also choose the image size the model runs at (`calibrate_input_size`): the
 models are fully convolutional, so a model trained at 256 px runs at 288 or 320 px, where a lesion covers more
-cells of the class map and the boxes read from it are finer (README "Box quality" measures it). Each candidate
+cells of the class map and the boxes read from it are finer (docs/results/box-quality.md measures it). Each candidate
 size gets its own per-finding levels (and shapes); the size with the best macro mean Acc over the calibrated
 findings wins (or, with a tolerance, the smallest within it of the best: the model's time grows with the pixel
 count), and the checkpoint records it as ``input_size`` (the training size stays in ``trained_input_size``).
@@ -83,7 +83,7 @@ def load_boxed_set(archives: Sequence[str | Path], input_size: tuple[int, int], 
     from miner.data import read_archive
     from miner.pipeline import decode_batch
 
-    records: list[tuple[str, str, tuple[str, ...]]] = []
+    records: list[tuple[str, str, tuple[str, ...], str | None]] = []
     gt: dict[tuple[str, str], list[tuple[float, float, float, float]]] = defaultdict(list)
     for k, path in enumerate(archives):
         archive = read_archive(path)
@@ -99,7 +99,7 @@ def load_boxed_set(archives: Sequence[str | Path], input_size: tuple[int, int], 
         boxed = {b.image_id for b in archive.boxes}
         for r in chosen:
             if r.labels and r.image_id in boxed:
-                records.append((prefix + r.image_id, r.path, tuple(r.labels)))
+                records.append((prefix + r.image_id, r.path, tuple(r.labels), r.root))  # root: miner.data.confine
         ids = {r.image_id for r in chosen}
         for b in archive.boxes:
             if b.image_id in ids:

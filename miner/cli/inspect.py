@@ -5,14 +5,18 @@ import argparse
 import json
 import sys
 
+from miner.cli._options import THREADS, integer
+
 HELP = "summarise an archive: counts per finding and split, boxes, image sizes, missing or unreadable files"
 DESCRIPTION = (
     "Read an archive (release folder, Data_Entry CSV, the label file or folder of VinDr-CXR, RSNA Pneumonia, "
     "SIIM-ACR, CheXpert, PadChest or Google's relabels, CSV/Parquet manifest, or image folder): what kind it is and "
     "what its label files hold (readers, uncertainty policy, masks, ...), then images per "
     "finding and split, No Finding images, boxes per finding, image sizes (from file headers) and every file that "
-    "is missing, empty, truncated, corrupt or of an unsupported format. Exits 0 when bad files are found (they are "
-    "listed); 1 when the archive itself cannot be read."
+    "is missing, empty, truncated, corrupt or of an unsupported format, or resolves outside the archive's root "
+    "(symbolic links followed; never opened: see --allow-outside-archive). An image listed twice in a label file is "
+    "counted once (its first row) and named. Exits 0 when bad files are found (they are listed); 2 when the "
+    "archive itself cannot be read."
 )
 
 
@@ -23,14 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.add_argument("--deep", action="store_true",
                         help="decode every checked file fully (slower; also finds corrupt pixel data)")
-    parser.add_argument("--sample", type=int, default=None, metavar="N",
+    parser.add_argument("--sample", type=integer(1, 100_000_000), default=None, metavar="N",
                         help="check only N files drawn at random (counts still cover the whole archive)")
-    parser.add_argument("--workers", type=int, default=8, help="threads checking files (default 8)")
+    parser.add_argument("--workers", type=THREADS, default=8, help="threads checking files (default 8)")
     parser.add_argument("--classes", default=None,
                         help="comma-separated class list (default: the archive's classes.txt, else ChestX-ray14; "
                              "for the other archive kinds the vocabulary findings they name)")
     parser.add_argument("--uncertain", default=None, choices=UNCERTAIN_POLICIES,
                         help="CheXpert's uncertain labels: ignore (unknown), zeros or ones (default: ignore)")
+    parser.add_argument("--allow-outside-archive", action="store_true",
+                        help="check image files that resolve outside the archive's root too (symbolic links "
+                             "followed); without it they are listed as outside_archive and never opened")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -49,6 +56,14 @@ def format_report(report: dict) -> str:
            f"{report['boxes']} boxes on {report['images_with_boxes']} images"]
     if report.get("label_files"):
         out.append("label files: " + ", ".join(report["label_files"]))
+    out.append(f"root: {report['root']} (image files must resolve under it)" if report.get("root")
+               else "root: none (--allow-outside-archive: image files may resolve anywhere)")
+    duplicates = report.get("duplicates") or {}
+    if duplicates.get("images"):
+        shown = ", ".join(f"{k} x{v}" for k, v in duplicates["first"].items())
+        more = duplicates["images"] - len(duplicates["first"])
+        out.append(f"image ids listed more than once (read once, from the first row): {duplicates['images']} "
+                   f"({duplicates['rows dropped']} rows dropped): {shown}" + (f", ... {more} more" if more > 0 else ""))
     for key, value in (report.get("details") or {}).items():
         shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
         out.append(f"{key}: {shown}")
@@ -95,7 +110,7 @@ def format_report(report: dict) -> str:
     out.append(f"files checked: {report['checked']} ({report['check']}); "
                + (f"{total} bad: " + ", ".join(f"{k} {v}" for k, v in counts.items()) if total else "none bad"))
     for p in report["problems"]:
-        out.append(f"  {p['kind']:<11} {p['image_id']}  {p['path']}" + (f"  ({p['detail']})" if p["detail"] else ""))
+        out.append(f"  {p['kind']:<15} {p['image_id']}  {p['path']}" + (f"  ({p['detail']})" if p["detail"] else ""))
     if total > len(report["problems"]):
         out.append(f"  ... {total - len(report['problems'])} more (see --json)")
     return "\n".join(out)
@@ -113,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     from miner.config import ArchiveConfig
 
-    config = ArchiveConfig() if args.uncertain is None else ArchiveConfig(uncertain=args.uncertain)
+    config = ArchiveConfig(uncertain=args.uncertain or ArchiveConfig.uncertain,
+                           allow_outside_archive=args.allow_outside_archive)
     archive = read_archive(args.archive, classes=classes, config=config)
     report = survey_archive(archive, deep=args.deep, sample=args.sample, workers=args.workers,
                             progress=sys.stderr.isatty() and not args.json)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from miner.cli._options import PANEL, SIDE, STEPS, out_file
+
 HELP = "draw one image's mined boxes (green), ground-truth boxes (red) and fused heatmaps to a PNG"
 DESCRIPTION = (
     "Draw IMAGE_ID with one panel per finding: mined boxes from BOXES in green (rank and score), ground-truth "
@@ -18,18 +20,21 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("boxes", metavar="BOXES", help="mined boxes: OUT, OUT/boxes, a .parquet file or a CSV")
     parser.add_argument("image_id", metavar="IMAGE_ID", help="the image's name, e.g. 00000003_000.png")
-    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--out", required=True, type=out_file, help="PNG file to write")
     parser.add_argument("--archive", default=None, help="archive holding the image (and its ground-truth boxes)")
     parser.add_argument("--image", default=None, help="the image file itself (instead of --archive)")
+    parser.add_argument("--allow-outside-archive", action="store_true",
+                        help="draw the archive's image even where its file resolves outside the archive's root "
+                             "(symbolic links followed); without it such an image is refused, unread")
     parser.add_argument("--gt", default=None, help="ground-truth boxes (BBox_List CSV; default: the archive's)")
     parser.add_argument("--model", default=None, help="checkpoint: recompute and draw the fused heatmaps")
     parser.add_argument("--method", default=None, help="map method with --model (default: cam for linear heads, "
                                                       "else gradcam)")
-    parser.add_argument("--steps", type=int, default=None, help="attention-mining steps with --model (default 3)")
-    parser.add_argument("--size", type=int, default=None, help="model input side (default: the checkpoint's)")
+    parser.add_argument("--steps", type=STEPS, default=None, help="attention-mining steps with --model (default 3)")
+    parser.add_argument("--size", type=SIDE, default=None, help="model input side (default: the checkpoint's)")
     parser.add_argument("--findings", default=None, help="comma-separated findings to draw (default: every "
                                                          "finding with a mined or ground-truth box)")
-    parser.add_argument("--panel-size", type=int, default=512, help="longer side of each panel (default 512)")
+    parser.add_argument("--panel-size", type=PANEL, default=512, help="longer side of each panel (default 512)")
     parser.add_argument("--clear", action="store_true", help="with --model: add the CLEAR picture of every class "
                                                              "(dominant finding as hue, its response as value)")
 
@@ -40,8 +45,11 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
+    from miner.config import ArchiveConfig
     from miner.data import load_image, read_archive
-    from miner.errors import UsageError
+    from miner.data.archive import printable
+    from miner.data.confine import check_inside
+    from miner.errors import ArchiveError, ImageError, UsageError
     from miner.findings import canonical
     from miner.metrics.localization import read_bbox_csv, read_boxes
     from miner.show import Panel, render
@@ -53,11 +61,15 @@ def run(args: argparse.Namespace) -> int:
     sel = mined.image_id.astype(str) == image_id
     path, gt_rows = None, []
     if args.archive:
-        archive = read_archive(args.archive)
+        archive = read_archive(args.archive, config=ArchiveConfig(allow_outside_archive=args.allow_outside_archive))
         record = next((r for r in archive.records if r.image_id == image_id), None)
         if record is None:
             raise UsageError(f"{args.archive} has no image {image_id!r}")
-        path = record.path
+        try:  # the archive-root rule (miner.data.confine); the resolved path is the one opened, here and below
+            path = check_inside(record.path, record.root)
+        except ImageError as err:
+            raise ArchiveError(f"{args.archive}: image {printable(image_id)} is not drawn: {printable(err.detail)}"
+                               ) from None
         gt_rows = [(b.finding, (b.x, b.y, b.w, b.h)) for b in archive.boxes if b.image_id == image_id]
     if args.image:
         path = args.image

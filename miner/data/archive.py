@@ -12,11 +12,22 @@ These kinds of input are accepted (see `read_archive`):
 For the release, a manifest and a folder the class list is, in order of precedence: the ``classes`` argument; a
 ``classes.txt`` in the archive's root (one finding per line, ``#`` comments allowed); the 14 ChestX-ray14 findings
 (`miner.findings.CHESTXRAY14`). The other kinds default to the vocabulary findings they can name.
+
+Two rules hold for every kind, applied once to what its reader returns (`read_archive`), so every verb inherits them:
+
+- **duplicate rows**: an image id listed more than once (in a release's Data_Entry file, a manifest, a CheXpert,
+  PadChest or Google label file) is read once, from its first row (its labels, path, split); the later rows are
+  dropped, a warning (`miner.errors.MinerWarning`; one ``miner VERB: warning:`` line on the command line) names
+  the label file, how many ids repeat and the first few, and `Archive.duplicates` keeps them for
+  ``miner inspect``. (VinDr-CXR, RSNA and SIIM list one row per box or mask: their readers join an image's rows.)
+- **the archive root**: image files may only resolve under the archive's root (`miner.data.confine`); each record
+  carries that root (`Record.root`) and is checked right before its file is opened.
 """
 from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +38,7 @@ import numpy as np
 from miner.data import nih
 from miner.data.image import IMAGE_SUFFIXES
 from miner.data.records import GroundTruthBox, Record
-from miner.errors import ArchiveError, UsageError
+from miner.errors import ArchiveError, MinerWarning, UsageError
 from miner.findings import CHESTXRAY14, canonical
 
 CLASSES_FILE = "classes.txt"
@@ -47,7 +58,8 @@ class Archive:
     """Records, boxes and the class list of one archive.
 
     Attributes:
-        root: the archive's folder (the manifest's folder for a manifest).
+        root: the archive's folder (the manifest's folder for a manifest; the label file's folder for the kinds of
+            `miner.data.kinds`).
         classes: the class list in effect (the columns of `labels_matrix`).
         records: one per image, in the archive's order.
         boxes: every ground-truth box of the archive (BBox_List_2017 convention), in file order.
@@ -63,6 +75,11 @@ class Archive:
         mask_size: (H, W) of the run-length masks.
         label_files: the files the labels were read from.
         details: facts of this kind for ``miner inspect`` (readers, uncertainty policy, rows, ...).
+        confined_to: the resolved folder that every image file must lie under (the archive-root rule,
+            `miner.data.confine`): `root`, or the folder a reader names (VinDr-CXR's PhysioNet layout: the folder
+            holding ``annotations/`` and ``train/``); None when read with ``allow_outside_archive``.
+        duplicates: image id -> rows that listed it, for every id listed more than once (only its first row is
+            read; module docstring).
     """
 
     root: Path
@@ -77,6 +94,8 @@ class Archive:
     mask_size: tuple[int, int] | None = None
     label_files: list[Path] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    confined_to: Path | None = None
+    duplicates: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -147,22 +166,32 @@ class Archive:
         path = self.mask_path(image_id, finding)
         if path is None:
             return None
-        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        from miner.data.confine import check_inside
+        from miner.errors import ImageError
+
+        try:
+            real = check_inside(path, self.confined_to)
+        except ImageError as err:
+            raise ArchiveError(f"{path}: mask {err.detail}") from None
+        mask = cv2.imread(real, cv2.IMREAD_GRAYSCALE)
         if mask is None:
             raise ArchiveError(f"{path}: mask does not decode")
         return mask > 127
 
 
 def read_classes_file(path: Path) -> tuple[str, ...]:
+    """The findings of a ``classes.txt``: one per line, ``#`` comments, read as `miner.data.textfile` states."""
+    from miner.data.textfile import display_path, text_lines
+
     names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for _, line in text_lines(path):
         line = line.split("#", 1)[0].strip()
         if line:
             names.append(canonical(line))
     if not names:
-        raise ArchiveError(f"{path}: no class names (one finding per line expected)")
+        raise ArchiveError(f"{display_path(path)}: no class names (one finding per line expected)")
     if len(set(names)) != len(names):
-        raise ArchiveError(f"{path}: a class is listed twice")
+        raise ArchiveError(f"{display_path(path)}: a class is listed twice")
     return tuple(names)
 
 
@@ -233,19 +262,51 @@ def _read_release(root: Path, data_entry: Path, classes: Sequence[str] | None) -
 
 
 def _read_table(path: Path) -> tuple[list[str], list[dict[str, object]]]:
+    """(columns, rows) of a manifest: Parquet, or CSV read as `miner.data.textfile` states (UTF-8, limits).
+
+    Raises:
+        ArchiveError: an unreadable file, no header, no rows, or a text value holding a control character.
+    """
+    from miner.data.textfile import VALUE_CONTROL_RE2, brief, csv_rows, display_path
+
+    where = display_path(path)
     name = path.name.lower()
     if name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         try:
             table = pq.read_table(path)
         except Exception as err:  # pyarrow raises ArrowInvalid/OSError for non-Parquet bytes
-            raise ArchiveError(f"{path}: not a readable Parquet file ({err})") from None
+            raise ArchiveError(f"{where}: not a readable Parquet file ({brief(err)})") from None
+        if table.num_rows == 0:
+            raise ArchiveError(f"{where}: holds no rows; a manifest lists one image per row")
+        for column, values in zip(table.column_names, table.columns):
+            if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+                bad = pc.match_substring_regex(values, VALUE_CONTROL_RE2)
+                if pc.any(bad).as_py():
+                    row = pc.index(bad, True).as_py() + 1
+                    raise ArchiveError(f"{where}: row {row}: {column!r} holds a control character or line break; "
+                                       "manifest values are one-line printable text")
         return list(table.column_names), table.to_pylist()
-    with nih.open_text(path) as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        return [c for c in (reader.fieldnames or []) if c], rows
+    rows_of = csv_rows(path)
+    try:
+        first = next(rows_of, None)
+        if first is None:
+            raise ArchiveError(f"{where}: empty file; expected a header line naming the columns (path, labels, ...)")
+        names = first[1]
+        rows: list[dict[str, object]] = []
+        for _, row in rows_of:
+            if not row:
+                continue  # a blank line (csv.DictReader skips them too)
+            rows.append(dict(zip(names, row)) if len(row) >= len(names) else
+                        {**dict.fromkeys(names), **dict(zip(names, row))})
+    finally:
+        rows_of.close()
+    if not rows:
+        raise ArchiveError(f"{where}: no rows below the header; a manifest lists one image per line")
+    return [c for c in names if c], rows
 
 
 def _pick(columns: list[str], candidates: Sequence[str]) -> str | None:
@@ -291,8 +352,8 @@ def _read_manifest(path: Path, classes: Sequence[str] | None) -> Archive:
             raise ArchiveError(f"{path}: row {n + 1} has an empty {path_col!r}")
         p = Path(str(value).strip())
         paths.append((str(value).strip(), p if p.is_absolute() else root / p))
-    basenames = [p.name for _, p in paths]
-    unique_names = len(set(basenames)) == len(basenames)
+    files = {p for _, p in paths}  # a file listed twice is one file (read once, from its first row)
+    unique_names = len({p.name for p in files}) == len(files)
 
     records = []
     for row, (written, full) in zip(rows, paths):
@@ -310,15 +371,13 @@ def _read_manifest(path: Path, classes: Sequence[str] | None) -> Archive:
             split=_SPLIT_ALIASES.get(split, split) or None,
             patient_id=patient or None,
         ))
-    ids = [r.image_id for r in records]
-    if len(set(ids)) != len(ids):
-        raise ArchiveError(f"{path}: image ids are not unique; add an image_id column")
     if label_col is not None:
         _check_labels(records, class_list, declared, path)
     bbox = nih.find_file(root, nih.BBOX_LIST_NAME)
     boxes = nih.read_bbox_list(bbox) if bbox is not None else []
     return Archive(root=root, classes=class_list, records=records, boxes=boxes,
-                   masks_dir=_masks_dir(root), has_labels=has_labels, source="manifest")
+                   masks_dir=_masks_dir(root), has_labels=has_labels, source="manifest",
+                   label_files=[path] + ([bbox] if bbox is not None else []))
 
 
 def _read_folder(root: Path, classes: Sequence[str] | None) -> Archive:
@@ -339,6 +398,40 @@ def _read_folder(root: Path, classes: Sequence[str] | None) -> Archive:
     ]
     return Archive(root=root, classes=class_list, records=records, boxes=[], masks_dir=_masks_dir(root),
                    has_labels=False, source="folder")
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control and format characters (newlines, U+202E, ...) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+#: duplicate image ids a warning names (all are counted)
+SHOWN_DUPLICATES = 5
+
+
+def _drop_duplicates(archive: Archive) -> Archive:
+    """Keep the first row of every image id (in place; returns `archive`); warn naming the others."""
+    counts: dict[str, int] = {}
+    kept = []
+    for record in archive.records:
+        n = counts.get(record.image_id, 0)
+        counts[record.image_id] = n + 1
+        if n == 0:
+            kept.append(record)
+    if len(kept) == len(archive.records):
+        return archive
+    repeated = {image_id: n for image_id, n in counts.items() if n > 1}
+    archive.records = kept
+    archive.duplicates = repeated
+    files = archive.label_files[:1] if archive.source in ("release", "manifest") else archive.label_files
+    where = ", ".join(str(p) for p in files) or str(archive.root)
+    shown = ", ".join(f"{printable(i)} x{n}" for i, n in list(repeated.items())[:SHOWN_DUPLICATES])
+    more = len(repeated) - SHOWN_DUPLICATES
+    ids = "1 image id is" if len(repeated) == 1 else f"{len(repeated)} image ids are"
+    warnings.warn(f"{printable(where)}: {ids} listed more than once ({shown}"
+                  f"{f', ... {more} more' if more > 0 else ''}); each is read once, from its first row",
+                  MinerWarning, stacklevel=3)
+    return archive
 
 
 def read_archive(path: str | Path, *, classes: Sequence[str] | None = None, config: Any = None) -> Archive:
@@ -363,18 +456,29 @@ def read_archive(path: str | Path, *, classes: Sequence[str] | None = None, conf
             default list an unknown finding name in a release or manifest is an error (a typo or a different
             dataset); with a declared list, labels outside it are kept on the records but left out of
             `Archive.labels_matrix`.
-        config: `miner.config.ArchiveConfig` (CheXpert's uncertainty policy); None = the defaults.
+        config: `miner.config.ArchiveConfig` (CheXpert's uncertainty policy; ``allow_outside_archive``); None = the
+            defaults.
+
+    Returns:
+        The archive, an image id listed twice read once (module docstring), every record carrying the root its
+        file must lie under (`Record.root`; None with ``allow_outside_archive``).
 
     Raises:
         ArchiveError: a path that is not an archive, or a file that cannot be read as one.
     """
     from miner.config import UNCERTAIN_POLICIES, ArchiveConfig
-    from miner.data import kinds
+    from miner.data.confine import confine
 
     config = config or ArchiveConfig()
     if config.uncertain not in UNCERTAIN_POLICIES:
         raise UsageError(f"--uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {config.uncertain!r}")
-    path = Path(path).expanduser()
+    archive = _read_any(Path(path).expanduser(), classes, config)
+    return confine(_drop_duplicates(archive), allow=bool(getattr(config, "allow_outside_archive", False)))
+
+
+def _read_any(path: Path, classes: Sequence[str] | None, config: Any) -> Archive:
+    from miner.data import kinds
+
     if not path.exists():
         raise ArchiveError(f"{path}: no such file or folder; give an archive folder or a manifest file")
     if path.is_file():

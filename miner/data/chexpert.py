@@ -47,7 +47,6 @@ def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: Archiv
     class_names = class_list("chexpert", classes)
     mapping = ARCHIVE_FINDINGS["chexpert"]
     records: list[Record] = []
-    seen: set[str] = set()
     uncertain: Counter = Counter()
     rows = 0
     for path in files:
@@ -66,9 +65,6 @@ def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: Archiv
             written = row["Path"]
             if not written:
                 raise ArchiveError(f"{path}:{line}: empty Path")
-            if written in seen:
-                raise ArchiveError(f"{path}:{line}: {written} is listed twice")
-            seen.add(written)
             values = tuple(row[c] for c in columns)
             if values not in patterns:
                 patterns[values] = _labels(values, columns, mapping, policy, where=f"{path}:{line}")

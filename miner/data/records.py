@@ -1,7 +1,7 @@
 """The rows of an archive: one `Record` per image, one `GroundTruthBox` per annotated lesion."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,9 @@ class Record:
         view: the view position (``PA``/``AP``), or None.
         unknown: findings whose label is not known for this image: left out of label-based scores (CheXpert's
             uncertain ``-1`` under the ``ignore`` policy; every class of a PadChest row without labels).
+        root: the resolved folder this image's file must lie under, checked right before the file is opened
+            (the archive-root rule, `miner.data.confine`); None = no rule (``--allow-outside-archive``, or a
+            record not read by `read_archive`). Set by `read_archive`; not part of equality or repr.
     """
 
     image_id: str
@@ -30,6 +33,7 @@ class Record:
     follow_up: int | None = None
     view: str | None = None
     unknown: tuple[str, ...] = ()
+    root: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 `survey_archive` counts images per finding and split, boxes per finding, and checks the image files:
 cheaply by default (existence, size, format magic, PNG/JPEG end marker, size from the header: no pixel
 decode; `miner.data.image.probe_image`), or by a full decode with ``deep=True`` (`load_image`), which also
-catches corrupt pixel data behind an intact header.
+catches corrupt pixel data behind an intact header. A file that resolves outside the archive's root
+(`miner.data.confine`) is never opened: every such record is counted and listed as ``outside_archive``, whether
+sampled or not; the others are checked again right before they are opened.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from miner.data.archive import Archive
+from miner.data.confine import check_inside, outside_records
 from miner.data.image import load_image, probe_image
 from miner.errors import ImageError
 
@@ -21,8 +24,10 @@ from miner.errors import ImageError
 MAX_LISTED = 1000
 
 
-def _check_one(path: str, deep: bool) -> tuple[str | None, tuple[int, int] | None, ImageError | None]:
+def _check_one(path: str, root: str | None,
+               deep: bool) -> tuple[str | None, tuple[int, int] | None, ImageError | None]:
     try:
+        path = check_inside(path, root)
         if deep:
             _, size = load_image(path)
             fmt = probe_image(path)[0]
@@ -84,13 +89,17 @@ def survey_archive(
     for finding, ids in boxed_images.items():
         findings[finding]["images_with_boxes"] = len(ids)
 
-    indices = np.arange(len(records))
-    if sample is not None and sample < len(records):
-        indices = np.sort(np.random.default_rng(seed).choice(len(records), size=sample, replace=False))
+    beyond = outside_records(records, archive.confined_to)  # outside the archive's root: never opened
+    beyond_ids = {id(r) for r, _ in beyond}
+    indices = np.asarray([i for i, r in enumerate(records) if id(r) not in beyond_ids], dtype=np.int64)
+    if sample is not None and sample < len(indices):
+        indices = np.sort(np.random.default_rng(seed).choice(indices, size=sample, replace=False))
     paths = [records[i].path for i in indices]
+    roots = [records[i].root for i in indices]
     results = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        iterator = pool.map(lambda p: _check_one(p, deep), paths, chunksize=64 if len(paths) > 1000 else 1)
+        iterator = pool.map(lambda p, r: _check_one(p, r, deep), paths, roots,
+                            chunksize=64 if len(paths) > 1000 else 1)
         if progress:
             from tqdm import tqdm
 
@@ -105,6 +114,11 @@ def survey_archive(
     problems = []
     kinds: Counter = Counter()
     size_of: dict[str, tuple[int, int]] = {}
+    for record, real in beyond:
+        kinds["outside_archive"] += 1
+        if len(problems) < MAX_LISTED:
+            problems.append({"image_id": record.image_id, "path": record.path, "kind": "outside_archive",
+                             "detail": f"resolves to {real}, outside the archive's root; not opened"})
     for i, (fmt, size, err) in zip(indices, results):
         record = records[i]
         if err is not None:
@@ -149,7 +163,11 @@ def survey_archive(
         "boxes_without_image": sum(1 for b in archive.boxes if b.image_id not in by_id),
         "boxes_outside_image": outside,
         "check": "deep: full decode" if deep else "cheap: existence, size, format, end marker, header",
-        "checked": len(paths),
+        "checked": len(paths) + len(beyond),
+        "root": str(archive.confined_to) if archive.confined_to is not None else None,
+        "duplicates": {"images": len(archive.duplicates),
+                       "rows dropped": sum(n - 1 for n in archive.duplicates.values()),
+                       "first": dict(list(archive.duplicates.items())[:10])},
         "formats": dict(formats.most_common()),
         "sizes": {
             "distinct": [{"height": h, "width": w, "images": n} for (h, w), n in

@@ -41,6 +41,7 @@ def image_folder(label_file: Path) -> Path:
 
 def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: ArchiveConfig) -> Archive:
     from miner.data.archive import Archive
+    from miner.data.confine import common_root
     from miner.data.kinds import class_list, dict_rows, number, stem_index
 
     class_names = class_list("vindr", classes)
@@ -84,8 +85,11 @@ def read(files: Sequence[Path], *, classes: Sequence[str] | None, config: Archiv
         records.append(Record(image_id=image_id, path=str(path), labels=tuple(labels[image_id]),
                               split="test" if folder.name == "test" else "train"))
     per_image = Counter(b.image_id for b in boxes)
+    # the archive-root rule (miner.data.confine): the folder holding the label files' image folders (PhysioNet's
+    # annotations/ sits beside train/ and test/: their common parent)
+    confined_to = common_root(image_folder(p).parent for p in files)
     return Archive(root=files[0].parent, classes=class_names, records=records, boxes=boxes, has_labels=True,
-                   source="vindr", exhaustive=True, label_files=list(files),
+                   source="vindr", exhaustive=True, label_files=list(files), confined_to=confined_to,
                    details={"rows": rows, "readers": len(readers), "rows per reader": dict(readers.most_common()),
                             "boxes per image": f"{len(boxes) / max(len(per_image), 1):.2f} on the "
                                                f"{len(per_image)} boxed images (all readers)",

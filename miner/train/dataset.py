@@ -17,7 +17,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from miner.data import Record, load_image, to_model_input
+from miner.data import Record, to_model_input
+from miner.data.confine import load_record
 from miner.errors import ImageError
 
 
@@ -69,7 +70,7 @@ class ArchiveDataset(Dataset):
     def decode(self, i: int) -> Tensor | ImageError:
         """Image i as Tensor[1, S, S] float32, or the ImageError that prevented it (reported by the caller)."""
         try:
-            image, _ = load_image(self.records[i].path)
+            image, _ = load_record(self.records[i])  # checked against the archive's root (miner.data.confine)
         except ImageError as err:
             return err
         return torch.from_numpy(to_model_input(image, self.size))

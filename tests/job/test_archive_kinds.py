@@ -86,7 +86,8 @@ def _contract(out: Path, expected_ids: set[str], errors: set[str], labels: dict[
     for image_id, finding in zip(boxes["image_id"], boxes["finding"]):
         assert finding in CLASSES and finding in labels[image_id], (image_id, finding)
     manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["archive"]["options"] == {"uncertain": "ignore"}
+    assert manifest["status"] == "complete" and manifest["archive"]["options"] == {"uncertain": "ignore",
+                                                                                   "allow_outside_archive": False}
 
 
 def _coco_matches_pycocotools(report: dict, folder: Path) -> None:
