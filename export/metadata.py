@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -105,9 +105,10 @@ class GraphMeta:
                 cell_origin=kwargs.get("cell_origin", "centre"),
                 inference=dict(json.loads(kwargs.get("inference", "{}"))),
                 extra=extra,
-            )
+            ).validated(source)
         except (KeyError, ValueError, TypeError) as err:
-            raise ModelError(f"{source}: unreadable miner metadata ({err})") from None
+            raise ModelError(f"{source}: unreadable miner metadata ({err}); export the model again "
+                             "(miner export onnx)") from None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -122,13 +123,174 @@ class GraphMeta:
             data["map_size"] = tuple(data["map_size"])
             data["mean"] = tuple(data["mean"])
             data["std"] = tuple(data["std"])
-            return cls(**data)
+            meta = cls(**data)
         except (KeyError, ValueError, TypeError) as err:
-            raise ModelError(f"{source}: unreadable miner metadata ({err})") from None
+            raise ModelError(f"{source}: unreadable miner metadata ({err}); build the engine again "
+                             "(miner export trt)") from None
+        return meta.validated(source, remedy=REMEDY["engine"])
+
+    def validated(self, source: str = "graph", *, remedy: str | None = None) -> GraphMeta:
+        """This record, after `check_meta` (a `ModelError` naming `source` where it contradicts itself)."""
+        check_meta(self, source=source, remedy=remedy or REMEDY["onnx"])
+        return self
 
 
-def read_onnx_metadata(path: str | Path) -> GraphMeta:
-    """The `GraphMeta` of an exported ``.onnx`` file (reads the graph structure only, not the weights)."""
+#: what to do about a model file whose graph and record disagree, by kind of file
+REMEDY = {
+    "onnx": "export it again with `miner export onnx CHECKPOINT`",
+    "engine": "build it again with `miner export trt` from a graph of `miner export onnx`",
+    "checkpoint": "train or save it again with miner's own tools",
+}
+
+
+def check_meta(meta: Any, *, source: str = "graph", remedy: str = REMEDY["onnx"]) -> None:
+    """Refuse a record that contradicts itself (one-line `ModelError` naming `source`).
+
+    `meta` is a `GraphMeta` or anything with its fields (`miner.backends.BackendMeta`). Checked: at least one
+    class, class names distinct non-empty strings; input size and channels positive; one mean and std per
+    channel (or one for all), std > 0, all finite; the map grid (h, w) within the input size and a plausible
+    stride of it (the two axes' strides H / h and W / w within a factor of 2: boxes are read back through it);
+    a known cell origin.
+    """
+    import math
+
+    def bad(what: str) -> ModelError:
+        return ModelError(f"{source}: its miner metadata is inconsistent: {what}; {remedy}")
+
+    classes = tuple(meta.classes)
+    if not classes:
+        raise bad("it lists no classes")
+    if not all(isinstance(c, str) and c.strip() for c in classes):
+        raise bad(f"class names must be non-empty strings, got {list(classes)[:20]!r}")
+    if len(set(classes)) != len(classes):
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        raise bad(f"class names repeat ({', '.join(twice)})")
+    size, grid = tuple(meta.input_size), tuple(meta.map_size)
+    for name, value in (("input size", size), ("map size", grid)):
+        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+            raise bad(f"{name} must be two positive integers, got {list(value)}")
+    in_chans = meta.in_chans
+    if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
+        raise bad(f"in_chans must be a positive integer, got {in_chans!r}")
+    for name in ("mean", "std"):
+        values = tuple(getattr(meta, name))
+        if len(values) not in (1, in_chans) or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                       for v in values):
+            raise bad(f"{name} must hold 1 or {in_chans} finite numbers, got {list(values)}")
+    if not all(v > 0 for v in meta.std):
+        raise bad(f"std must be positive, got {list(meta.std)}")
+    if grid[0] > size[0] or grid[1] > size[1]:
+        raise bad(f"maps of {grid[0]}x{grid[1]} cells are finer than the {size[0]}x{size[1]} input")
+    strides = (size[0] / grid[0], size[1] / grid[1])
+    if max(strides) > 2 * min(strides):
+        raise bad(f"maps of {grid[0]}x{grid[1]} cells do not fit a {size[0]}x{size[1]} input at one stride "
+                  f"({strides[0]:g} down, {strides[1]:g} across)")
+    if getattr(meta, "cell_origin", "centre") not in ("centre", "corner"):
+        raise bad(f"cell_origin must be 'centre' or 'corner', got {meta.cell_origin!r}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output as a graph or engine declares it.
+
+    dims: one entry per axis, an int where the size is fixed, None (or a name) where it is dynamic;
+    dtype: numpy's name of the element type (``float32``, ``float16``, ``int64``, ...).
+    """
+
+    name: str
+    dims: tuple[int | str | None, ...]
+    dtype: str
+
+    def text(self) -> str:
+        return "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in self.dims) + f"] {self.dtype}"
+
+
+def expected_io(meta: Any) -> tuple[dict[str, tuple[int | None, ...]], dict[str, tuple[int | None, ...]]]:
+    """The inputs and outputs `meta` promises, name -> dims (None for the batch): ``images`` [B, in_chans, H, W]
+    (and ``masks`` [B, C, h, w] where `masks_input`) in; ``logits`` [B, C] and ``maps`` [B, C, h, w] out."""
+    c, (h, w), (hi, wi) = len(meta.classes), tuple(meta.map_size), tuple(meta.input_size)
+    inputs: dict[str, tuple[int | None, ...]] = {"images": (None, int(meta.in_chans), hi, wi)}
+    if meta.masks_input:
+        inputs["masks"] = (None, c, h, w)
+    return inputs, {"logits": (None, c), "maps": (None, c, h, w)}
+
+
+def check_io(meta: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, source: str,
+             remedy: str = REMEDY["onnx"], dynamic_batch: bool = True) -> None:
+    """Refuse a graph or engine whose declared inputs and outputs disagree with its record `meta`.
+
+    Checked: exactly the inputs and outputs of `expected_io` by name, each float32, of the right rank, every
+    fixed size equal to the promised one (the class axis = ``len(classes)``, the map grid = `map_size`, the
+    image = `input_size` and `in_chans`). Dynamic axes pass here and are checked on every batch
+    (`miner.backends.Backend.run`). With `dynamic_batch` the batch axis of the inputs must be dynamic (an ONNX
+    graph with a fixed batch cannot run the job's batches; an engine's batch range is its profile's).
+    """
+    want_in, want_out = expected_io(meta)
+    promise = (f"{len(meta.classes)} classes, {meta.input_size[0]}x{meta.input_size[1]} input, "
+               f"{meta.map_size[0]}x{meta.map_size[1]} maps")
+    for role, specs, want in (("inputs", inputs, want_in), ("outputs", outputs, want_out)):
+        names = [s.name for s in specs]
+        if sorted(names) != sorted(want):
+            raise ModelError(f"{source}: the graph's {role} are {names or 'none'}, its metadata promises "
+                             f"{list(want)}; {remedy}")
+        for spec in specs:
+            dims = want[spec.name]
+            shown = "[" + ", ".join("B" if d is None else str(d) for d in dims) + "]"
+            if spec.dtype != "float32":
+                raise ModelError(f"{source}: the graph's {role[:-1]} {spec.name!r} is {spec.dtype}, miner runs "
+                                 f"float32 {shown}; {remedy}")
+            wrong = len(spec.dims) != len(dims) or any(
+                isinstance(got, int) and expected is not None and got != expected
+                for got, expected in zip(spec.dims, dims))
+            if not wrong and dynamic_batch and role == "inputs" and isinstance(spec.dims[0], int):
+                raise ModelError(f"{source}: the graph's input {spec.name!r} has a fixed batch of {spec.dims[0]} "
+                                 f"({spec.text()}); miner runs batches of any size: {remedy}")
+            if wrong:
+                raise ModelError(f"{source}: the graph's {role[:-1]} {spec.name!r} is {spec.text()}, its metadata "
+                                 f"promises {shown} ({promise}); {remedy}")
+
+
+def check_outputs(meta: Any, logits: Any, maps: Any, *, batch: int, source: str,
+                  remedy: str = REMEDY["onnx"]) -> None:
+    """Refuse outputs of one batch whose actual shapes break the record (dynamic axes can lie where static
+    ones pass `check_io`): logits [B, C], maps [B, C, h, w], floating point."""
+    _, want = expected_io(meta)
+    for name, value in (("logits", logits), ("maps", maps)):
+        shape = tuple(int(d) for d in value.shape)
+        dims = (batch, *want[name][1:])
+        if shape != dims:
+            raise ModelError(f"{source}: the model returned {name} of shape {list(shape)} for a batch of {batch}, "
+                             f"its metadata promises {list(dims)} ({len(meta.classes)} classes, "
+                             f"{meta.map_size[0]}x{meta.map_size[1]} maps); {remedy}")
+        if not value.is_floating_point():
+            raise ModelError(f"{source}: the model returned {name} as {value.dtype}, not floats; {remedy}")
+
+
+def onnx_io(model: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The declared inputs (initializers left out) and outputs of a loaded `onnx.ModelProto`."""
+    from onnx import helper
+
+    initializers = {t.name for t in model.graph.initializer}
+
+    def spec(value: Any) -> TensorSpec:
+        t = value.type.tensor_type
+        try:
+            dtype = str(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        except (KeyError, ValueError, TypeError):  # undefined or non-numeric element types (strings, ...)
+            dtype = f"element type {t.elem_type}"
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+        return TensorSpec(value.name, dims, dtype)
+
+    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in model.graph.output]
+
+
+def read_onnx_metadata(path: str | Path, *, check: bool = True) -> GraphMeta:
+    """The `GraphMeta` of an exported ``.onnx`` file (reads the graph structure only, not the weights).
+
+    With `check`, the graph's declared inputs and outputs must agree with the record (`check_io`): a graph
+    edited after export, or one from elsewhere with miner's metadata pasted in, fails here with one line.
+    """
     import onnx
 
     path = Path(path)
@@ -138,7 +300,11 @@ def read_onnx_metadata(path: str | Path) -> GraphMeta:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError and friends
         raise ModelError(f"{path}: not an ONNX model ({type(err).__name__})") from None
-    return GraphMeta.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))
+    meta = GraphMeta.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))
+    if check:
+        inputs, outputs = onnx_io(model)
+        check_io(meta, inputs, outputs, source=str(path))
+    return meta
 
 
 def engine_metadata_path(engine_path: str | Path) -> Path:

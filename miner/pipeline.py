@@ -9,7 +9,10 @@ loop and ``miner demo`` call both in one process. Nothing here imports Ray.
 
 Failures are contained per row. A file that does not decode becomes an error row of its `ImageError` kind
 (missing, empty, truncated, corrupt, unsupported, too_large; ``decode`` for any other exception, its text
-behind a sentence of ours). If the model stage
+behind a sentence of ours); a file that resolves outside its archive's root is an ``outside_archive`` row,
+never opened (`miner.data.confine`). An image whose logits or maps come out NaN or infinite becomes an error row of
+kind ``non_finite`` (no boxes, no images row); a model whose outputs break its record raises `ModelError`
+(`miner.backends.Backend.run`). If the model stage
 raises for a batch, each image is run alone so that only the images that fail alone become error rows
 (kind ``model``); when every image of a batch of several fails alone the fault is not the images' (a
 broken model, an exhausted device) and the error is raised for the job to stop.
@@ -75,6 +78,10 @@ def decode_batch(records: Sequence[tuple[str, str, Sequence[str]]], *,
                  input_size: tuple[int, int] | int, max_pixels: int | None = MAX_PIXELS) -> DecodedBatch:
     """Decode ``(image_id, path, labels)`` records and resize them for the model (`miner.data.to_model_input`).
 
+    A record may carry a fourth item, the root its file must lie under (`miner.data.Record.root`): the file's
+    resolved path is checked right before it is opened, and one outside becomes an ``outside_archive`` error row,
+    never opened (`miner.data.confine`). None, or no fourth item: no check.
+
     Args:
         max_pixels: files whose header announces more pixels become ``too_large`` error rows, undecoded
             (`miner.data.load_image`).
@@ -82,7 +89,8 @@ def decode_batch(records: Sequence[tuple[str, str, Sequence[str]]], *,
     Returns:
         A `DecodedBatch` of the files that decoded, in record order, and an error row for every other one.
     """
-    from miner.data import load_image, to_model_input
+    from miner.data import to_model_input
+    from miner.data.confine import load_inside
     from miner.errors import ImageError
 
     started = time.perf_counter()
@@ -93,9 +101,9 @@ def decode_batch(records: Sequence[tuple[str, str, Sequence[str]]], *,
     pixels: list[np.ndarray] = []
     sizes: list[tuple[int, int]] = []
     errors: list[dict[str, str]] = []
-    for image_id, path, record_labels in records:
+    for image_id, path, record_labels, *root in records:
         try:
-            image, original = load_image(path, max_pixels=max_pixels)
+            image, original = load_inside(path, root[0] if root else None, max_pixels=max_pixels)
             pixels.append(to_model_input(image, size))
         except ImageError as err:
             errors.append(error_row(image_id, path, err.kind, str(err)))
@@ -182,7 +190,8 @@ class Pipeline:
         image_rows: list[dict[str, Any]] = []
         if len(batch):
             try:
-                boxes, image_rows = self._rows(batch)
+                boxes, image_rows, lost = self._rows(batch)
+                errors += lost
             except MinerError:
                 raise
             except Exception as batch_error:
@@ -190,12 +199,13 @@ class Pipeline:
                 failed: list[tuple[int, BaseException]] = []
                 for i in range(len(batch)):
                     try:
-                        one_boxes, one_images = self._rows(batch.take([i]))
+                        one_boxes, one_images, one_lost = self._rows(batch.take([i]))
                     except Exception as err:  # noqa: BLE001 - contained per row
                         failed.append((i, err))
                         continue
                     parts.append(one_boxes)
                     image_rows += one_images
+                    errors += one_lost
                 if len(batch) > 1 and len(failed) == len(batch):
                     raise batch_error
                 boxes = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
@@ -238,30 +248,63 @@ class Pipeline:
         Returns:
             (`miner.mining.MiningResult`, per image a list of box dicts of `miner.boxes.boxes_from_mining`).
         """
+        mined, found, _ = self._mine(maps, images, chosen, sizes)
+        return mined, found
+
+    def _mine(self, maps: Any, images: Any, chosen: np.ndarray,
+              sizes: Sequence[tuple[int, int]]) -> tuple[Any, list[list[dict[str, Any]]], np.ndarray]:
+        """`mine_maps`, plus np.ndarray[B] bool: the images whose recomputed maps of erased features (mining
+        steps >= 2 of non-linear heads) held a NaN or an infinity (their maps normalise to 0: no boxes)."""
+        import torch
+
+        from miner.backends.base import non_finite
         from miner.boxes import boxes_from_mining
         from miner.mining import attention_mining
 
         m = self.mining
+        unstable = torch.zeros(maps.shape[0], dtype=torch.bool, device=maps.device)
+        recompute = self.backend.recompute(images)
+        if recompute is not None:
+            model_recompute = recompute
+
+            def recompute(masks: Any) -> Any:
+                raw = model_recompute(masks)
+                if raw.shape == maps.shape:
+                    unstable.logical_or_(non_finite(raw))
+                return raw
+
         mined = attention_mining(maps, steps=m.steps, threshold=m.threshold, connectivity=m.connectivity,
-                                 normalize=m.normalize, recompute=self.backend.recompute(images))
+                                 normalize=m.normalize, recompute=recompute)
         found = boxes_from_mining(mined, original_sizes=sizes, classes=chosen, config=self.box_config,
                                   class_names=self.class_names, shift=self.shift)
-        return mined, found
+        return mined, found, unstable.cpu().numpy()
 
     def _rows(self, batch: DecodedBatch, *, select: str | None = None) -> tuple[dict[str, np.ndarray],
-                                                                                list[dict[str, Any]]]:
-        """Box columns (`miner.boxes.box_columns`) and images rows of one batch (`select` overrides
-        `classes`)."""
+                                                                                list[dict[str, Any]],
+                                                                                list[dict[str, str]]]:
+        """Box columns (`miner.boxes.box_columns`), images rows and ``non_finite`` error rows of one batch
+        (`select` overrides `classes`).
+
+        An image whose logits or maps (or recomputed maps of erased features) hold a NaN or an infinity gets an
+        error row of kind ``non_finite`` instead of an images row, and no boxes: its maps would normalise to 0
+        and say "nothing found" where the model said nothing. The other images of the batch are unaffected
+        (every image's outputs depend on that image alone).
+        """
         import torch
 
+        from miner.backends.base import non_finite
         from miner.boxes import box_columns
 
         per_image: list[list[dict[str, Any]]] = [[] for _ in range(len(batch))]
         with torch.inference_mode():
             images = torch.from_numpy(np.require(batch.images, requirements="W"))  # Ray hands read-only arrays
             logits, maps = self.backend.run(images)
+            bad_logits = non_finite(logits).cpu().numpy()
+            bad_maps = non_finite(maps).cpu().numpy()
+            bad_erased = np.zeros(len(batch), dtype=bool)
             probs = torch.sigmoid(logits.float()).cpu().numpy()
             chosen = np.ones(probs.shape, dtype=bool) if select == "all" else self.select(probs, batch.labels)
+            chosen[bad_logits | bad_maps] = False
             rows = np.flatnonzero(chosen.any(axis=1))
             if rows.size:
                 # mining and boxes only for the images with a selected finding
@@ -269,11 +312,22 @@ class Pipeline:
                 sub_maps = maps if rows.size == len(batch) else maps.index_select(0, index)
                 sub_images = images if rows.size == len(batch) else images[torch.as_tensor(rows)]
                 sizes = [tuple(batch.sizes[r].tolist()) for r in rows]
-                _, found = self.mine_maps(sub_maps, sub_images, chosen[rows], sizes)
-                for r, boxes in zip(rows, found):
+                _, found, unstable = self._mine(sub_maps, sub_images, chosen[rows], sizes)
+                for r, boxes, lost in zip(rows, found, unstable):
                     per_image[r] = boxes
-        columns = box_columns(per_image, image_ids=batch.image_ids, classes=self.class_names, probs=probs)
-        image_rows = [{"image_id": image_id, "height": int(batch.sizes[b, 0]), "width": int(batch.sizes[b, 1]),
-                       "boxes": len(per_image[b]), "probs": probs[b].astype(np.float32).tolist()}
-                      for b, image_id in enumerate(batch.image_ids)]
-        return columns, image_rows
+                    bad_erased[r] = lost
+        bad = bad_logits | bad_maps | bad_erased
+        good = [b for b in range(len(batch)) if not bad[b]]
+        columns = box_columns([per_image[b] for b in good], image_ids=[batch.image_ids[b] for b in good],
+                              classes=self.class_names, probs=probs[good])
+        image_rows = [{"image_id": batch.image_ids[b], "height": int(batch.sizes[b, 0]),
+                       "width": int(batch.sizes[b, 1]), "boxes": len(per_image[b]),
+                       "probs": probs[b].astype(np.float32).tolist()} for b in good]
+        errors = []
+        for b in np.flatnonzero(bad):
+            what = " and ".join(name for name, flags in (("logits", bad_logits), ("maps", bad_maps),
+                                                         ("maps of erased features", bad_erased)) if flags[b])
+            errors.append(error_row(batch.image_ids[b], batch.paths[b], "non_finite",
+                                    f"{batch.paths[b]}: the model's {what} for this image are NaN or infinite, so "
+                                    "it has no boxes (an extreme image, or a model that overflows on it)"))
+        return columns, image_rows, errors

@@ -160,3 +160,105 @@ def test_pipeline_without_selection_gives_images_rows_only(archive, checkpoint):
                      prob_threshold=0.0).run(batch)
     assert set(every.boxes.column("class_index").to_pylist()) <= set(range(len(CHESTXRAY14)))
     assert every.boxes.num_rows > 0
+
+
+MARK = np.float32(0.123456)  # a pixel value no decoded phantom holds at (0, 0): marks the image to poison
+
+
+def _marked(images) -> torch.Tensor:
+    return images[:, 0, 0, 0] == torch.tensor(MARK, dtype=images.dtype, device=images.device)
+
+
+def _poisoned_model(model):
+    """`model`, whose features (and so logits and maps) are NaN for every image marked with MARK at pixel (0, 0)."""
+    base = type(model)
+
+    class Poisoned(base):
+        def forward_features(self, x):
+            features = base.forward_features(self, x)
+            return torch.where(_marked(x).view(-1, 1, 1, 1), torch.full_like(features, float("nan")), features)
+
+    model.__class__ = Poisoned
+    return model
+
+
+def _same_boxes(got, want):
+    """Box rows of the same images, findings and ranks, at the same places (float rounding of other batches)."""
+    got, want = got.to_pydict(), want.to_pydict()
+    for key in ("image_id", "finding", "class_index", "rank"):
+        assert got[key] == want[key]
+    for key in ("x", "y", "w", "h", "score", "prob", "threshold"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4)
+
+
+def test_an_image_with_nan_maps_gets_its_own_error_row_and_its_neighbours_keep_their_boxes(archive, checkpoint):
+    from miner.backends.torch_backend import TorchBackend
+
+    arch, _ = archive
+    batch = decode_batch(_records(arch)[:6], input_size=SIZE)
+    assert len(batch) >= 3
+    poisoned_index = 1
+    batch.images[poisoned_index, 0, 0, 0] = MARK
+    model, _ = load_checkpoint(checkpoint)
+    backend = TorchBackend(_poisoned_model(model), input_size=(SIZE, SIZE), device="cpu")
+    _, maps = backend.run(torch.from_numpy(batch.images))
+    assert torch.isnan(maps[poisoned_index]).all() and torch.isfinite(maps[[0, 2]]).all()  # the model's doing
+
+    out = Pipeline(backend, classes="all").run(batch)
+    poisoned = batch.image_ids[poisoned_index]
+    rows = [r for r in out.errors.to_pylist() if r["kind"] == "non_finite"]
+    assert [(r["image_id"], r["path"]) for r in rows] == [(poisoned, batch.paths[poisoned_index])]
+    assert "the model's logits and maps for this image are NaN or infinite" in rows[0]["error"]
+    assert out.errors.num_rows == len(batch.errors) + 1  # the decode errors, and this one
+    others = [i for i in range(len(batch)) if i != poisoned_index]
+    assert out.images.column("image_id").to_pylist() == [batch.image_ids[i] for i in others]  # no images row
+    assert poisoned not in out.boxes.column("image_id").to_pylist()
+    # the neighbours' rows are those of a clean model on the batch without the poisoned image
+    clean = Pipeline(open_backend(checkpoint, backend="torch", device="cpu"), classes="all").run(batch.take(others))
+    assert out.boxes.num_rows > 0
+    _same_boxes(out.boxes, clean.boxes)
+    np.testing.assert_allclose(np.array(out.images.column("probs").to_pylist()),
+                               np.array(clean.images.column("probs").to_pylist()), rtol=1e-5, atol=1e-6)
+
+
+class _UnstableRecompute:
+    """Wraps a backend; its maps of erased features (mining steps >= 2) are +inf for images marked with MARK."""
+
+    def __init__(self, inner):
+        self.inner, self.meta = inner, inner.meta
+
+    def run(self, images, masks=None):
+        return self.inner.run(images, masks=masks)
+
+    def recompute(self, images):
+        inner = self.inner.recompute(images)
+        marked = _marked(images)
+
+        def recompute(masks):
+            maps = inner(masks)
+            return torch.where(marked.view(-1, 1, 1, 1), torch.full_like(maps, float("inf")), maps)
+
+        return recompute
+
+
+def test_an_image_whose_recomputed_maps_overflow_gets_an_error_row():
+    """A non-linear head (maps of erased features recomputed at every mining step): finite first maps, infinite
+    recomputed ones for one image -> that image is a non_finite row, the others are untouched."""
+    from miner.backends.torch_backend import TorchBackend
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", classes=CHESTXRAY14, width=0.125, head="mlp")
+    backend = TorchBackend(model, input_size=(64, 64), method="gradcam", device="cpu")
+    assert backend.meta.masks_input
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 1, 64, 64), dtype=np.float32)
+    images[2, 0, 0, 0] = MARK
+    batch = DecodedBatch(["a", "b", "c"], ["a.png", "b.png", "c.png"], [()] * 3, images,
+                         np.full((3, 2), 64, np.int32))
+    mining = replace(MiningConfig(), steps=2)
+    out = Pipeline(_UnstableRecompute(backend), mining=mining, classes="all").run(batch)
+    assert [(r["image_id"], r["kind"]) for r in out.errors.to_pylist()] == [("c", "non_finite")]
+    assert "maps of erased features for this image are NaN or infinite" in out.errors.to_pylist()[0]["error"]
+    assert out.images.column("image_id").to_pylist() == ["a", "b"]
+    clean = Pipeline(backend, mining=mining, classes="all").run(batch.take([0, 1]))
+    _same_boxes(out.boxes, clean.boxes)

@@ -17,7 +17,7 @@ from typing import Any
 from miner.backends.base import BACKENDS, Backend, BackendMeta
 from miner.errors import ModelError, UsageError
 
-__all__ = ["BACKENDS", "Backend", "BackendMeta", "backend_for_path", "open_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendMeta", "backend_for_path", "check_model", "open_backend"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 ONNX_SUFFIXES = (".onnx",)
@@ -121,3 +121,41 @@ def open_backend(
     from miner.backends.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(path, device=device)
+
+
+def check_model(model_path: str | Path, *, backend: str = "auto", **options: Any) -> BackendMeta:
+    """Check a model file before a job starts: what `miner mine`'s driver runs before Ray and before OUT.
+
+    A checkpoint or ONNX graph is opened on this machine's CPU (its record, its declared inputs and outputs
+    against the record) and run once on a fixed test batch (`Backend.probe`: output shapes as promised, finite
+    values). An engine needs its GPU: here only its side file's record is read and checked; its model actors
+    check the rest when they open it. `options` are the job's other `open_backend` options (``method``,
+    ``layer``, ``plain_maps``); options that do not fit the file (a method for a graph) fail here too.
+
+    Returns:
+        the model's `BackendMeta`.
+
+    Raises:
+        ModelError, UsageError: one line naming the file (or option), what is wrong and what to do.
+    """
+    path = Path(model_path)
+    kind = backend_for_path(path)
+    if kind == "tensorrt" and backend in ("auto", "tensorrt"):
+        from miner.export.metadata import GraphMeta, engine_metadata_path
+
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
+        side = engine_metadata_path(path)
+        if not side.is_file():
+            raise ModelError(f"{path}: metadata {side.name} is missing (build engines with `miner export trt`)")
+        try:
+            text = side.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ModelError(f"{side}: cannot read the engine's metadata ({err}); build the engine again "
+                             "(miner export trt)") from None
+        return BackendMeta.from_graph_meta(GraphMeta.from_json(text, source=str(side)))
+    options = {k: v for k, v in options.items() if v is not None}
+    options.update(device="cpu", provider="cpu" if kind == "onnxruntime" else None, spinning=False, compile=False)
+    opened = open_backend(path, backend=backend, **options)
+    opened.probe()
+    return opened.meta

@@ -8,6 +8,11 @@ open time to one map method and layer, and answers on its own device:
     recompute = backend.recompute(images)                  # None for GAP + linear heads
     mining = attention_mining(maps, recompute=recompute)   # miner.mining
 
+A model file is untrusted: when it is opened, its declared inputs and outputs must agree with its record
+(`miner.export.metadata.check_io`), every batch's outputs must have the shapes the record promises
+(`Backend.run`), and `Backend.probe` runs it once on a fixed test batch, which must give finite numbers. Each
+failure is one `ModelError` naming the file and what to do (export it again).
+
 Mining (Cai et al.) looks again at features erased class-wise by the masks M of the previous step. For a
 GAP + linear head that equals masking the first map, so no second pass is needed and `recompute` returns
 None. For any other head the maps of the erased features differ; `recompute(images)` returns a callable
@@ -23,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from miner.errors import UsageError
+from miner.errors import ModelError, UsageError
 
 #: backend names accepted by `open_backend`
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -101,6 +106,13 @@ class BackendMeta:
         )
 
 
+def non_finite(outputs: Tensor) -> Tensor:
+    """Tensor[B] bool: the images whose `outputs` (Tensor[B, ...], logits or maps) hold a NaN or an infinity."""
+    if outputs.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool, device=outputs.device)
+    return ~torch.isfinite(outputs).reshape(outputs.shape[0], -1).all(dim=1)
+
+
 class Backend(abc.ABC):
     """Base class: subclasses set `name`, `device`, `meta`, `provider` and implement `_run`."""
 
@@ -108,6 +120,10 @@ class Backend(abc.ABC):
     name: str = ""
     #: what actually executes (e.g. ``CPUExecutionProvider``, ``torch eager``, ``TensorRT 10.x``)
     provider: str = ""
+    #: the model file (named in errors) and what to do when it breaks its record
+    source: str = "model"
+    remedy: str = "export it again with `miner export onnx CHECKPOINT`"
+    nan_remedy: str = "export it again (miner export onnx) from a checkpoint whose outputs are finite"
     device: torch.device
     meta: BackendMeta
 
@@ -121,8 +137,14 @@ class Backend(abc.ABC):
                 `meta.masks_input` (non-linear heads); None = nothing erased.
 
         Returns:
-            (logits Tensor[B, C] float32, maps Tensor[B, C, h, w] float32), on `device`.
+            (logits Tensor[B, C] float32, maps Tensor[B, C, h, w] float32), on `device`. Values may be NaN or
+            infinite (`non_finite` tells which images); shapes are checked.
+
+        Raises:
+            ModelError: the outputs' shapes break the model's record (a graph whose dynamic axes lie).
         """
+        from miner.export.metadata import check_outputs
+
         images = self._check_images(images)
         if masks is not None:
             if not self.meta.masks_input:
@@ -130,7 +152,46 @@ class Backend(abc.ABC):
                     f"{self.name} backend: this model takes no erasure masks (GAP + linear head: mask the maps instead)"
                 )
             masks = self._check_masks(masks, images.shape[0])
-        return self._run(images, masks)
+        logits, maps = self._run(images, masks)
+        check_outputs(self.meta, logits, maps, batch=images.shape[0], source=self.source, remedy=self.remedy)
+        return logits, maps
+
+    def probe(self) -> None:
+        """Run the model once on a fixed test batch (2 images of seeded noise in [0, 1]; erasure masks too where
+        the model takes them) and refuse it where it breaks its record or gives NaN or infinite logits or maps.
+
+        Clean input that makes a model's outputs non-finite, or that the model fails on, is the model's fault
+        (NaN weights, a broken graph), not an image's: such a model would only turn every image into an error row.
+
+        Raises:
+            ModelError: one line naming the file, what is wrong and what to do.
+        """
+        import numpy as np
+
+        h, w = self.meta.input_size
+        b = max(2, int(getattr(self, "batch_range", (1, 2))[0]))  # an engine's profile may start above 2
+        images = torch.from_numpy(np.random.default_rng(0).random((b, self.meta.in_chans, h, w), dtype=np.float32))
+        from miner.errors import MinerError
+
+        try:
+            with torch.inference_mode():
+                logits, maps = self.run(images)
+                bad = [name for name, t in (("logits", logits), ("maps", maps)) if not bool(torch.isfinite(t).all())]
+                recompute = self.recompute(images)
+                if recompute is not None and not bad:
+                    erased = torch.ones(b, self.meta.num_classes, *self.meta.map_size, device=self.device)
+                    erased[..., : max(1, self.meta.map_size[0] // 2), :] = 0
+                    if not bool(torch.isfinite(recompute(erased)).all()):
+                        bad.append("maps of erased features")
+        except MinerError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the runtimes' own error types (ONNX Runtime, TensorRT, torch)
+            text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+            raise ModelError(f"{self.source}: the model fails on a plain test batch of {b} images "
+                             f"({type(err).__name__}: {text[:300]}); {self.remedy}") from None
+        if bad:
+            raise ModelError(f"{self.source}: the model gives NaN or infinite {' and '.join(bad)} on a plain test "
+                             f"image (broken weights or graph), so no image would get boxes; {self.nan_remedy}")
 
     def recompute(self, images: Tensor) -> Callable[[Tensor], Tensor] | None:
         """For non-linear heads: ``masks [B, C, h, w] -> maps [B, C, h, w]`` of `images` with features erased.

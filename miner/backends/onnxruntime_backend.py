@@ -58,7 +58,7 @@ def session_options(*, intra_op_threads: int | None = None, spinning: bool = Tru
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = int(intra_op_threads or available_threads())
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: its errors reach the user as our one-line errors, once
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
@@ -104,8 +104,10 @@ class OnnxRuntimeBackend(Backend):
         if provider not in PROVIDERS:
             raise UsageError(f"unknown onnxruntime provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
         self.path = Path(path)
+        self.source = str(self.path)
+        # the record, and the graph's declared inputs and outputs checked against it (one line if they disagree)
         self.meta = BackendMeta.from_graph_meta(read_onnx_metadata(self.path))
-        ort.set_default_logger_severity(3)
+        ort.set_default_logger_severity(4)
         dev = torch.device(device) if device is not None else None
         if dev is not None and dev.type == "cpu" and provider in ("tensorrt", "cuda"):
             raise UsageError(f"provider {provider!r} runs on a GPU, but device {dev} was asked for")
@@ -147,8 +149,6 @@ class OnnxRuntimeBackend(Backend):
             self.device = torch.device("cuda", device_id)
             self.intra_op_threads = None
         self._input_names = [i.name for i in self.session.get_inputs()]
-        if self._input_names[:1] != ["images"] or ("masks" in self._input_names) != self.meta.masks_input:
-            raise ModelError(f"{self.path}: graph inputs {self._input_names} disagree with its metadata")
 
     def _run(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.meta.masks_input and masks is None:
@@ -177,4 +177,11 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(name, "cuda", index, np.float32, list(t.shape), t.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
+        # ONNX Runtime writes an output of another shape than the bound buffer's into a buffer of its own (with
+        # a warning only), leaving ours unwritten: compare what it produced with what was bound
+        for (name, t), value in zip((("logits", logits), ("maps", maps)), binding.get_outputs()):
+            shape = [int(d) for d in value.shape()]
+            if shape != list(t.shape):
+                raise ModelError(f"{self.path}: the model returned {name} of shape {shape} for a batch of {b}, its "
+                                 f"metadata promises {list(t.shape)}; {self.remedy}")
         return logits, maps

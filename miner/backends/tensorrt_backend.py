@@ -8,12 +8,29 @@ file written next to it (``<engine>.json``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from miner.backends.base import Backend, BackendMeta
 from miner.errors import ModelError, UsageError
+
+
+def engine_io(engine: Any, trt: Any) -> tuple[list[Any], list[Any]]:
+    """The engine's inputs and outputs as `miner.export.metadata.TensorSpec` (-1 = a dynamic axis)."""
+    from miner.export.metadata import TensorSpec
+
+    dtypes = {getattr(trt, name, None): name for name in ("float32", "float16", "bfloat16", "int8", "int32",
+                                                             "int64", "bool", "uint8")}
+    inputs, outputs = [], []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        dims = tuple(int(d) if int(d) >= 0 else None for d in engine.get_tensor_shape(name))
+        dtype = engine.get_tensor_dtype(name)
+        spec = TensorSpec(name, dims, dtypes.get(dtype, str(dtype)))
+        (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
+    return inputs, outputs
 
 
 class TensorRTBackend(Backend):
@@ -31,12 +48,21 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path: str | Path, *, device: str | torch.device | None = None) -> None:
-        from miner.export.metadata import GraphMeta, engine_metadata_path
+        from miner.export.metadata import (
+            REMEDY,
+            GraphMeta,
+            check_io,
+            engine_metadata_path,
+        )
         from miner.export.trt import import_tensorrt, require_gpu
 
         trt = import_tensorrt()
         require_gpu()
         self.path = Path(path)
+        self.source = str(self.path)
+        self.remedy = REMEDY["engine"]
+        self.nan_remedy = ("build it again (miner export trt) from a graph whose outputs are finite (without --fp16 "
+                           "where half precision overflows)")
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such TensorRT engine")
         side = engine_metadata_path(self.path)
@@ -54,11 +80,10 @@ class TensorRTBackend(Backend):
                 raise ModelError(f"{self.path}: TensorRT cannot load this engine (built by another TensorRT or GPU?)")
             self.context = self.engine.create_execution_context()
         self._trt = trt
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self._outputs = [n for n in names if n not in self._inputs]
-        if self._inputs[:1] != ["images"] or set(self._outputs) != {"logits", "maps"}:
-            raise ModelError(f"{self.path}: engine I/O {names} is not images -> logits, maps")
+        inputs, outputs = engine_io(self.engine, trt)
+        self._inputs = [s.name for s in inputs]
+        self._outputs = [s.name for s in outputs]
+        check_io(self.meta, inputs, outputs, source=self.source, remedy=self.remedy, dynamic_batch=False)
         low, _, high = self.engine.get_tensor_profile_shape("images", 0)
         self.batch_range = (int(low[0]), int(high[0]))
         self.provider = f"TensorRT {getattr(trt, '__version__', '')}".strip()

@@ -34,6 +34,8 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    remedy = "it is not a model miner can use: save it again with miner's own tools"
+    nan_remedy = "its weights may hold NaN or infinities: train it again, or take an earlier checkpoint"
 
     def __init__(
         self,
@@ -103,7 +105,9 @@ class TorchBackend(Backend):
         options.setdefault("inference", record)
         if options.get("method") is None and options.get("layer") is None and meta.get("method"):
             options["method"] = meta["method"]  # the recipe's map method
-        return cls(model, input_size=size, model_hash=file_hash(path), **options)
+        backend = cls(model, input_size=size, model_hash=file_hash(path), **options)
+        backend.source = str(path)
+        return backend
 
     def _run(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
         images = images.contiguous(memory_format=torch.channels_last)

@@ -82,17 +82,22 @@ class ModelWorker:
         self.load_seconds = time.time() - started
         started = time.time()
         if self.error is None:
-            self.warm_up()
+            try:
+                self.warm_up()
+            except MinerError as err:  # a model that breaks its record or gives NaN here, on this device
+                self.error = err
         self.warmup_seconds = time.time() - started
 
     def warm_up(self) -> None:
-        """Run the whole pipeline once on a synthetic image with every class selected: the first call pays
-        for lazy imports, kernel initialisation and allocator growth (seconds), which belong to start-up, not
-        to the first real batch."""
+        """Check the model on this actor's device (`Backend.probe`: output shapes, finite values; a graph can
+        overflow in one provider and not another), then run the whole pipeline once on a synthetic image with
+        every class selected: the first call pays for lazy imports, kernel initialisation and allocator growth
+        (seconds), which belong to start-up, not to the first real batch."""
         import numpy as np
 
         from miner.pipeline import DecodedBatch
 
+        self.backend.probe()
         meta = self.backend.meta
         h, w = meta.input_size
         image = np.random.default_rng(0).random((1, 1, h, w), dtype=np.float32)
