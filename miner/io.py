@@ -1,6 +1,6 @@
 """The mining job's output on disk: Parquet schemas, whole-shard commits, the manifest.
 
-Layout of an output folder ``OUT`` (DESIGN.md, "Output contract")::
+Layout of an output folder ``OUT`` (docs/design.md, "Output contract")::
 
     OUT/boxes/part-000042.parquet    one row per box                    (BOXES_SCHEMA)
     OUT/errors/part-000042.parquet   one row per input that failed      (ERRORS_SCHEMA)
@@ -34,6 +34,16 @@ has its boxes in ``boxes/`` (a reader that joins on ``images`` sees whole shards
 removes such orphans before it does anything else (`ShardStore.clean_stale`) and rewrites the shard. A rerun
 rewrites every shard without a marker under the same names, so the final dataset holds each row exactly once.
 
+Reading OUT back (``miner eval``, ``miner labels``, ``miner report``) treats it as untrusted input: every part is
+checked against the contract before use (`read_part`: a regular file that opens as Parquet, exactly the
+dataset's columns and types, no nulls, valid UTF-8, and the values readers rely on), and so are the manifest
+(`read_manifest`, `check_manifest`) and the shard markers (`read_marker`). A damaged one is a `ContractError`:
+one line naming the file, what is wrong and what to do (exit code 2). Text from OUT or an archive that a message
+or a page shows goes through `visible` (control and bidirectional characters escaped).
+
+The folders other verbs write whole (``miner report``'s, ``miner labels``'s) list their files, and a later run
+replaces only those (`install_folder`): a file of the user's in such a folder is never removed.
+
 Hidden ``.tmp`` names are skipped by pyarrow/pandas (``.`` prefix) and by ``*.parquet`` globs (DuckDB), so the
 folders can be read while a job runs. Every shard writes all three files, empty ones included, so a reader
 never meets a missing file and the ``images`` dataset tells "mined, no boxes" (a row with ``boxes == 0``) from
@@ -47,16 +57,17 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from miner.errors import UsageError, WriteError
 
-#: one row per box (DESIGN.md): x, y, w, h in original image pixels (BBox_List_2017.csv convention)
+#: one row per box (docs/design.md): x, y, w, h in original image pixels (BBox_List_2017.csv convention)
 BOXES_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),
     pa.field("finding", pa.string(), nullable=False),
@@ -72,7 +83,8 @@ BOXES_SCHEMA = pa.schema([
 ])
 
 #: one row per input that could not be processed; ``kind`` is an `ImageError` kind (missing, empty,
-#: truncated, corrupt, unsupported, too_large) or ``decode`` / ``model`` for an unexpected failure in that stage
+#: truncated, corrupt, unsupported, too_large, outside_archive, non_finite) or ``decode`` / ``model`` for an
+#: unexpected failure in that stage
 ERRORS_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),
     pa.field("path", pa.string(), nullable=False),
@@ -118,6 +130,188 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     if missing:
         raise ValueError(f"table lacks columns {missing} of the output schema")
     return table.select(schema.names).cast(schema)
+
+
+# -- reading: every part and the manifest checked against the contract ---------------------------------------
+
+class ContractError(UsageError):
+    """A Parquet part, a shard marker or a manifest that breaks the output contract (exit code 2: the folder given
+    is damaged or not a job's output). The message names the file, what is wrong and what to do."""
+
+
+#: Unicode categories shown escaped wherever text from an archive or an output folder is shown (a report page,
+#: a one-line message): controls (C0, C1), format characters (bidirectional controls U+202A-U+202E and
+#: U+2066-U+2069, zero-width U+200B-U+200F, U+FEFF, ...), lone surrogates, line and paragraph separators
+INVISIBLE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+
+
+def escape_code(char: str) -> str:
+    """``\\u202e`` for one character (``\\U0001d173`` beyond the first plane)."""
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def visible(text: str) -> str:
+    """`text` with every control, format (bidirectional, zero-width), surrogate and line-separator character
+    replaced by its escape ``\\uXXXX``: what such a name holds can be seen, and it cannot reorder, hide or break
+    the text around it."""
+    text = str(text)
+    if text.isprintable():  # the common case: nothing to escape (the escaped categories are all unprintable)
+        return text
+    import unicodedata
+
+    return "".join(escape_code(c) if unicodedata.category(c) in INVISIBLE else c for c in text)
+
+
+def shown(path: str | Path) -> str:
+    """A path as a one-line message names it (`visible`)."""
+    return visible(str(path))
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return visible(text[:300] + ("..." if len(text) > 300 else ""))
+
+
+def _in_output(path: Path) -> bool:
+    """Whether `path` lies in a dataset folder of a job's output folder (``OUT/boxes/...``)."""
+    return path.parent.name in DATASETS and (path.parent.parent / MANIFEST_NAME).is_file()
+
+
+def _repair(path: Path) -> str:
+    """What to do about a damaged part `path`: in a job's output folder, have the job rewrite its shard."""
+    folder, out = path.parent, path.parent.parent
+    if _in_output(path):
+        match = _PART_RE.match(path.name)
+        if not match:
+            return f"only part-NNNNNN.parquet files belong in {shown(folder)}: move it out"
+        marker = out / SHARDS_DIR / f"{match.group(1)}.json"
+        if marker.exists():
+            return (f"the output folder is damaged: delete {shown(marker)} and rerun the same miner mine command to "
+                    f"rewrite shard {int(match.group(1))}")
+        return "the output folder is damaged: rerun the same miner mine command (it rewrites unfinished shards)"
+    return "give a file or folder that miner mine wrote"
+
+
+def part_error(path: str | Path, problem: str) -> ContractError:
+    """The one-line `ContractError` of part `path`."""
+    path = Path(path)
+    return ContractError(f"{shown(path)}: {problem}; {_repair(path)}")
+
+
+def _schema_problem(found: pa.Schema, schema: pa.Schema, dataset: str) -> str:
+    names = found.names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"column {visible(twice[0])} appears {names.count(twice[0])} times"
+    missing = [n for n in schema.names if n not in names]
+    extra = [n for n in names if n not in schema.names]
+    wrong = [f"{n} is {found.field(n).type}, not {schema.field(n).type}" for n in schema.names
+             if n in names and not found.field(n).type.equals(schema.field(n).type)]
+    parts = ([f"missing column {', '.join(missing)}"] if missing else []) + (
+        [f"unknown column {visible(', '.join(extra))}"] if extra else []) + wrong
+    if not parts:
+        return ""
+    return f"not a {dataset} part of the output contract ({'; '.join(parts)})"
+
+
+def _count_bad(column: pa.ChunkedArray, ok: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int]:
+    """How many values of numeric `column` fail `ok` (a numpy predicate) and the row of the first."""
+    with np.errstate(invalid="ignore"):
+        bad = ~ok(column.to_numpy())
+    count = int(bad.sum())
+    return count, int(np.argmax(bad)) if count else -1
+
+
+#: per dataset, (column, what its values must be, a numpy predicate): the values readers rely on
+_VALUE_RULES: dict[str, tuple[tuple[str, str, Callable[[np.ndarray], np.ndarray]], ...]] = {
+    "boxes": (("x", "finite", np.isfinite), ("y", "finite", np.isfinite),
+              ("w", "finite and > 0", lambda v: np.isfinite(v) & (v > 0)),
+              ("h", "finite and > 0", lambda v: np.isfinite(v) & (v > 0)),
+              ("rank", ">= 1", lambda v: v >= 1), ("class_index", ">= 0", lambda v: v >= 0)),
+    "errors": (),
+    "images": (("height", ">= 1", lambda v: v >= 1), ("width", ">= 1", lambda v: v >= 1),
+               ("boxes", ">= 0", lambda v: v >= 0)),
+}
+
+
+def read_part(path: str | Path, dataset: str) -> pa.Table:
+    """One Parquet part of ``OUT/<dataset>/`` (or a single Parquet file of that contract), checked before use.
+
+    The file must be a regular file that opens as Parquet, with exactly the dataset's columns and types (order
+    free, nullability free), no nulls, valid data (UTF-8 strings), and values the readers rely on (boxes: finite
+    x, y and w, h > 0, rank >= 1; images: sizes >= 1). Returns it as a table of exactly the dataset's schema.
+
+    Raises:
+        ContractError: one line naming the file, what is wrong and what to do.
+    """
+    import stat
+
+    schema = DATASETS[dataset]
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise part_error(path, f"cannot be read ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        raise part_error(path, "not a regular file")
+    if _in_output(path) and not _PART_RE.match(path.name):
+        raise part_error(path, "not a part of the output contract")
+    try:
+        with pq.ParquetFile(path) as parquet:
+            found = parquet.schema_arrow
+            problem = _schema_problem(found, schema, dataset)
+            if problem:
+                raise part_error(path, problem)
+            table = parquet.read(columns=schema.names)
+        table.validate(full=True)
+    except ContractError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, EOFError, TypeError) as err:
+        raise part_error(path, f"not a readable Parquet file ({_first_line(err)})") from None
+    for name in schema.names:
+        column = table.column(name)
+        nulls = column.null_count
+        if pa.types.is_list(column.type) and not nulls:
+            nulls = pa.concat_arrays([c.flatten() for c in column.chunks]).null_count if column.num_chunks else 0
+        if nulls:
+            raise part_error(path, f"column {name} holds {nulls} null {'value' if nulls == 1 else 'values'}")
+    for name, rule, ok in _VALUE_RULES[dataset]:
+        count, first = _count_bad(table.column(name), ok)
+        if count:
+            values = "value that is" if count == 1 else "values that are"
+            raise part_error(path, f"column {name} holds {count} {values} not {rule} (first at row {first})")
+    return table.select(schema.names).cast(schema)
+
+
+def read_parts(paths: Sequence[str | Path], dataset: str) -> pa.Table:
+    """The parts `paths` (each checked by `read_part`) as one table of the dataset's schema."""
+    tables = [read_part(p, dataset) for p in paths]
+    return pa.concat_tables(tables) if tables else empty_table(DATASETS[dataset])
+
+
+def part_paths(folder: str | Path) -> list[Path]:
+    """The parts of a dataset folder as pyarrow and pandas read it: every entry whose name starts with neither
+    ``.`` nor ``_`` (a running job's ``.tmp`` files are skipped), sorted by name.
+
+    Raises:
+        ContractError: the folder holds a folder (the output contract has no partitions).
+    """
+    folder = Path(folder)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as err:
+        raise ContractError(f"{shown(folder)}: cannot be listed ({err.strerror or err})") from None
+    paths = [folder / n for n in names if not n.startswith((".", "_"))]
+    for path in paths:
+        if path.is_dir():
+            raise part_error(path, "a folder inside a dataset folder (the output contract has only part files)")
+    return paths
+
+
+def read_folder(folder: str | Path, dataset: str) -> pa.Table:
+    """Every part of the dataset folder `folder` (`part_paths`), each checked (`read_part`), as one table."""
+    return read_parts(part_paths(folder), dataset)
 
 
 # errno -> (cause, what to do); the action always ends in a rerun of the same command, which resumes
@@ -212,14 +406,100 @@ def _unlink_quietly(path: Path) -> None:
 
 
 def read_manifest(out: str | Path) -> dict[str, Any] | None:
-    """The manifest of output folder `out`, or None when there is none."""
+    """The manifest of output folder `out`, or None when there is none.
+
+    Raises:
+        ContractError: it is not UTF-8 JSON, not an object, or a field a reader uses has the wrong type
+            (`check_manifest`).
+    """
     path = Path(out) / MANIFEST_NAME
     if not path.exists():
         return None
+    action = "rerun miner mine with --overwrite to write OUT afresh"
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise ContractError(f"{shown(path)}: cannot be read ({err.strerror or err}); make it readable") from None
+    except UnicodeDecodeError as err:
+        raise ContractError(f"{shown(path)}: not a valid manifest (not UTF-8 at byte {err.start}); {action}") from None
     except json.JSONDecodeError as err:
-        raise UsageError(f"{path}: not a valid manifest ({err.msg}); use --overwrite to start OUT afresh") from err
+        raise ContractError(f"{shown(path)}: not a valid manifest ({err.msg}, line {err.lineno} column "
+                            f"{err.colno}); {action}") from None
+    except RecursionError:
+        raise ContractError(f"{shown(path)}: not a valid manifest (nested too deeply); {action}") from None
+    problem = check_manifest(data)
+    if problem:
+        raise ContractError(f"{shown(path)}: not a valid manifest ({problem}); {action}")
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_manifest(data: Any) -> str:
+    """What is wrong with a parsed manifest for the readers (report, labels, eval, a resumed job), "" if nothing.
+
+    Only the fields the readers use are checked, and only their types: a section that is there must be an
+    object, ``model.classes`` a list of strings, the shard plan and the counts integers, run timings numbers.
+    """
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    for key in ("identity", "archive", "model", "config", "shards", "versions", "counts"):
+        if key in data and not isinstance(data[key], dict):
+            return f"{key} is not an object"
+    for key in ("status", "created", "updated"):
+        if key in data and not isinstance(data[key], str):
+            return f"{key} is not a string"
+    model, archive = data.get("model", {}), data.get("archive", {})
+    classes = model.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return "model.classes is not a list of names"
+    for key in ("path", "sha256"):
+        if model.get(key) is not None and not isinstance(model[key], str):
+            return f"model.{key} is not a string"
+    if archive.get("path") is not None and not isinstance(archive["path"], str):
+        return "archive.path is not a string"
+    options = archive.get("options")
+    if options is not None and not isinstance(options, dict):
+        return "archive.options is not an object"
+    if (options or {}).get("uncertain") is not None and not isinstance(options["uncertain"], str):
+        return "archive.options.uncertain is not a string"
+    if "allow_outside_archive" in (options or {}) and not isinstance(options["allow_outside_archive"], bool):
+        return "archive.options.allow_outside_archive is not true or false"
+    if "images" in archive and not (_is_int(archive["images"]) and archive["images"] >= 0):
+        return "archive.images is not a count"
+    if data.get("identity", {}).get("archive") is not None and not isinstance(data["identity"]["archive"], str):
+        return "identity.archive is not a string"
+    config = data.get("config", {})
+    if "pipeline" in config and not isinstance(config["pipeline"], dict):
+        return "config.pipeline is not an object"
+    if config.get("backend_options") is not None and not isinstance(config["backend_options"], dict):
+        return "config.backend_options is not an object"
+    if config.get("classes") is not None and not isinstance(config["classes"], str):
+        return "config.classes is not a string"
+    if config.get("prob_threshold") is not None and not _is_number(config["prob_threshold"]):
+        return "config.prob_threshold is not a number"
+    shards = data.get("shards", {})
+    if "count" in shards and not (_is_int(shards["count"]) and shards["count"] >= 0):
+        return "shards.count is not a count"
+    bounds = shards.get("bounds")
+    if bounds is not None and not (isinstance(bounds, list) and all(
+            isinstance(b, list) and len(b) == 2 and all(_is_int(v) and v >= 0 for v in b) for b in bounds)):
+        return "shards.bounds is not a list of [start, stop] pairs"
+    if "runs" in data:
+        runs = data["runs"]
+        if not (isinstance(runs, list) and all(isinstance(r, dict) for r in runs)):
+            return "runs is not a list of objects"
+        for r in runs:
+            for key in ("seconds", "startup_seconds", "images_per_second", "steady_images_per_second"):
+                if r.get(key) is not None and not _is_number(r[key]):
+                    return f"runs[].{key} is not a number"
+    return ""
 
 
 def write_manifest(out: str | Path, manifest: Mapping[str, Any]) -> None:
@@ -231,6 +511,22 @@ def write_manifest(out: str | Path, manifest: Mapping[str, Any]) -> None:
     path = Path(out) / MANIFEST_NAME
     with writing(out, path):
         atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_marker(path: str | Path) -> dict[str, Any]:
+    """A shard's done-marker (``OUT/_shards/NNNNNN.json``), checked: a JSON object whose counts are integers."""
+    path = Path(path)
+    action = "delete it and rerun the same miner mine command to rewrite that shard"
+    try:
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise ContractError(f"{shown(path)}: cannot be read ({err.strerror or err}); make it readable") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        info = None
+    if not isinstance(info, dict) or not all(_is_int(info[k]) and info[k] >= 0 for k in
+                                             ("images", "boxes", "errors", "processed") if k in info):
+        raise ContractError(f"{shown(path)}: not a valid shard marker (a JSON object of counts); {action}")
+    return info
 
 
 class ShardStore:
@@ -274,12 +570,16 @@ class ShardStore:
         return sorted(os.listdir(folder)) if folder.is_dir() else []
 
     def done(self) -> dict[int, dict[str, Any]]:
-        """Finished shards: index -> the info its marker holds."""
+        """Finished shards: index -> the info its marker holds.
+
+        Raises:
+            ContractError: a marker that is not a JSON object with integer counts (one line, naming it).
+        """
         result: dict[int, dict[str, Any]] = {}
         for name in self._listing(SHARDS_DIR):
             match = _MARKER_RE.match(name)
             if match:
-                result[int(match.group(1))] = json.loads((self.out / SHARDS_DIR / name).read_text())
+                result[int(match.group(1))] = read_marker(self.out / SHARDS_DIR / name)
         return result
 
     def clean_stale(self, *, done: Sequence[int] | None = None) -> int:
@@ -371,11 +671,104 @@ class ShardStore:
 
 
 def read_dataset(out: str | Path, dataset: str) -> pa.Table:
-    """All rows of ``OUT/<dataset>/`` (boxes, errors or images) as one table with the dataset's schema."""
-    import pyarrow.dataset as ds
-
+    """All rows of ``OUT/<dataset>/`` (boxes, errors or images) as one table with the dataset's schema, every part
+    checked against the contract first (`read_part`; a damaged part raises `ContractError`)."""
     schema = DATASETS[dataset]
     folder = Path(out) / dataset
     if not folder.is_dir():
         return empty_table(schema)
-    return ds.dataset(folder, format="parquet", schema=schema).to_table()
+    return read_folder(folder, dataset)
+
+
+# -- folders a verb writes whole (miner report, miner labels): it replaces only the files it wrote -------------
+
+def safe_relative(name: Any) -> bool:
+    """Whether `name` is a relative POSIX path that stays inside its folder (no ``..``, no absolute path)."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or "\0" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def folder_files(root: Path) -> list[str]:
+    """Every file and symbolic link under `root` (links not followed), as sorted relative POSIX paths."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
+            found.append((here / name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _inside(target: Path, name: str) -> bool:
+    """Whether ``target/name`` is reached without passing a symbolic link or a non-folder between `target` and
+    the file itself (so removing or replacing it cannot touch anything outside `target`)."""
+    here = target
+    for part in name.split("/")[:-1]:
+        here = here / part
+        if os.path.islink(here) or (os.path.lexists(here) and not here.is_dir()):
+            return False
+    return True
+
+
+def check_not_in_data(out: Path, target: Path, option: str = "--to") -> None:
+    """Refuse a folder to write (`target`) inside OUT's data (``boxes/``, ``errors/``, ``images/``, ``_shards/``):
+    a folder there would break the output contract for every reader."""
+    out, target = Path(out).resolve(), Path(target).resolve()
+    for name in (*DATASETS, SHARDS_DIR):
+        if target == out / name or out / name in target.parents:
+            where = "" if target == out / name else "inside "
+            raise UsageError(f"{option}: {shown(target)} is {where}{shown(out / name)}, which holds the job's data; "
+                             "give another folder")
+
+
+def install_folder(built: Path, target: Path, *, owned: set[str] | None, listing: str,
+                   listing_bytes: Callable[[Sequence[str]], bytes], verb: str) -> list[str]:
+    """Move what a verb built in the hidden folder `built` into its folder `target`, replacing only its own files.
+
+    - `owned` None (`target` does not exist, or is an empty folder): `built` is renamed to `target` (atomic).
+    - Else `owned` holds the files of `target` the verb wrote before (its listing's): every other file there is
+      the user's and is kept. A built file whose place holds a file the verb did not write, or lies below a
+      symbolic link or a file, refuses the whole install before anything moves. Then the listing is rewritten
+      to cover old and new files (a crash in between leaves it complete), the new files are moved in, the old
+      files that are not written again are removed (and folders left empty by that), and the listing is
+      replaced by the new one (`built/listing`, written by the caller with `listing_bytes`) last.
+
+    Returns the relative paths of the files installed. Raises `UsageError` for a collision, `WriteError` when
+    `target` cannot be written; `built` is removed either way.
+    """
+    try:
+        written = folder_files(built)
+        if owned is None:
+            with writing(target, target):
+                os.chmod(built, 0o755)  # mkdtemp makes it private
+                os.replace(built, target)
+            return written
+        for name in written:
+            path = target / name
+            foreign = os.path.lexists(path) and (name not in owned or (path.is_dir() and not path.is_symlink()))
+            if foreign or not _inside(target, name):
+                raise UsageError(f"{shown(path)} was not written by miner {verb}; move it away or give another "
+                                 "folder (miner never replaces a file it did not write)")
+        with writing(target, target / listing):
+            atomic_write_bytes(target / listing, listing_bytes(sorted(owned | set(written))))
+        for name in written:
+            if name == listing:
+                continue
+            with writing(target, target / name):
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(built / name, target / name)
+        emptied = set()
+        for name in sorted(owned - set(written) - {listing}):
+            path = target / name
+            if _inside(target, name) and os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
+                with writing(target, path):
+                    path.unlink()
+                emptied.update(p for p in path.parents if target in p.parents)
+        for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: a user's file in it keeps it
+        with writing(target, target / listing):
+            os.replace(built / listing, target / listing)
+        return written
+    finally:
+        shutil.rmtree(built, ignore_errors=True)

@@ -9,9 +9,18 @@ Each mined image (``OUT/images``) then falls in one of three groups:
 - **left out**, listed with the reason in ``DIR/skipped.csv``: ``filtered`` (it had boxes, the score/rank filters
   removed them all: it shows a finding, so it is no background example; ``--filtered negative`` writes these as
   negatives instead), ``unboxed`` (labelled with an exported finding the job gave no box for) or ``unknown``
-  (its label of an exported finding is unknown, e.g. CheXpert's uncertain under ``--uncertain ignore``).
+  (its label of an exported finding is unknown, e.g. CheXpert's uncertain under ``--uncertain ignore``) or
+  ``outside_archive`` (its file now resolves outside the archive's root, `miner.data.confine`: not linked, not
+  named; ``--allow-outside-archive`` exports it).
+
+An image the job's output lists twice (an output mined before duplicate rows were read once) is exported once.
 
 Error rows (``OUT/errors``: files that did not decode) are left out and listed in ``DIR/errors.csv``.
+
+``DIR/miner-labels.json`` lists every file the export wrote. DIR must be new or empty; ``--overwrite`` replaces
+an earlier export, and only the files its list names: a file of the user's in DIR is never removed, and one in
+the place of a file the export writes makes it refuse. The export is written beside DIR first and moved in when
+complete.
 
 **COCO** (``DIR/annotations.json``, and ``DIR/annotations_<split>.json`` per split of the archive): ``images``
 with their original ``width`` / ``height`` from ``OUT/images`` and ``file_name`` relative to the archive's folder
@@ -32,6 +41,7 @@ import csv
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +50,12 @@ import numpy as np
 
 from miner.config import LabelsConfig
 from miner.errors import UsageError
+from miner.io import check_not_in_data, folder_files, install_folder, writing
 
 FORMATS: tuple[str, ...] = ("coco", "yolo")
 FILTERED: tuple[str, ...] = ("skip", "negative")
-#: everything an export writes into DIR (removed first by ``overwrite``)
-WRITTEN = ("annotations.json", "images", "labels", "images.txt", "data.yaml", "errors.csv", "skipped.csv")
+#: written last into DIR: every file the export wrote, all that ``overwrite`` may replace (other files are kept)
+LISTING = "miner-labels.json"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 _SPLIT_ORDER = ("train", "val", "valid", "test")
 
@@ -88,22 +99,32 @@ def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0]
 
 
-def _prepare(to: Path, overwrite: bool) -> None:
-    if to.exists() and not to.is_dir():
-        raise UsageError(f"--to: {to} exists and is not a folder; give a new folder")
-    if to.is_dir() and any(to.iterdir()):
-        if not overwrite:
-            raise UsageError(f"--to: {to} is not empty; give a new folder or pass --overwrite")
-        if not ((to / "annotations.json").is_file() or (to / "data.yaml").is_file()):
-            raise UsageError(f"--to: {to} holds no earlier export (annotations.json or data.yaml); --overwrite "
-                             "replaces only an export: give a new folder")
-        for child in to.iterdir():
-            if child.name in WRITTEN or child.name.startswith("annotations_") or child.suffix == ".txt":
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-    to.mkdir(parents=True, exist_ok=True)
+def _prepare(to: Path, overwrite: bool) -> set[str] | None:
+    """The files of an earlier export in `to` that `overwrite` may replace (its `LISTING`); None when `to` is new
+    or empty. An export replaces only the files it wrote itself: any other file in `to` is kept."""
+    from miner.io import safe_relative, shown
+
+    if os.path.lexists(to) and not to.is_dir():
+        raise UsageError(f"--to: {shown(to)} exists and is not a folder; give a new folder")
+    if not to.is_dir() or not any(to.iterdir()):
+        return None
+    if not overwrite:
+        raise UsageError(f"--to: {shown(to)} is not empty; give a new folder or pass --overwrite (it replaces only "
+                         "the files of an earlier export)")
+    listing = to / LISTING
+    if listing.is_file() and not listing.is_symlink():
+        try:
+            files = json.loads(listing.read_bytes().decode("utf-8")).get("files")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError):
+            files = None
+        if isinstance(files, list) and all(safe_relative(f) for f in files):
+            return set(files) | {LISTING}
+    if (to / "annotations.json").is_file() or (to / "data.yaml").is_file():
+        raise UsageError(f"--to: {shown(to)} holds an export without its list of files ({LISTING}: written by an "
+                         "earlier version, or edited); --overwrite replaces only files an export lists: remove it "
+                         "yourself or give a new folder")
+    raise UsageError(f"--to: {shown(to)} holds no earlier export ({LISTING}); --overwrite replaces only an export: "
+                     "give a new folder")
 
 
 def export_labels(
@@ -115,17 +136,22 @@ def export_labels(
     config: LabelsConfig | None = None,
     archive: str | Path | None = None,
     overwrite: bool = False,
+    allow_outside_archive: bool = False,
 ) -> LabelsResult:
     """Write the pseudo-labels of job output `out` into folder `to` (module docstring).
 
     Args:
         out: a finished job's output folder (``miner mine``'s OUT).
-        to: a new or empty folder (with `overwrite`, an earlier export is replaced).
+        to: a new or empty folder (with `overwrite`, the files of an earlier export are replaced; other files
+            are kept).
         format: ``coco`` or ``yolo``.
         findings: exported findings (default: every class of the model), canonical or archive spelling.
         config: `LabelsConfig` (min_score, max_rank, filtered).
         archive: where the mined archive is now (default: the path recorded in OUT's manifest).
+        allow_outside_archive: export images whose files resolve outside the archive's root too (else as the job
+            read the archive: `miner.config.ArchiveConfig.allow_outside_archive`).
     """
+    from miner.data.confine import outside_records, unconfined
     from miner.findings import canonical
     from miner.metrics.localization import read_boxes
     from miner.output import read_output
@@ -152,6 +178,8 @@ def export_labels(
     else:
         exported = classes
     arch = output.archive(path=archive)
+    if allow_outside_archive:
+        arch = unconfined(arch)
     records = {r.image_id: r for r in arch.records}
     boxes = read_boxes(output.root)
     in_export = np.isin(boxes.finding.astype(str), np.asarray(exported, dtype=str))
@@ -165,11 +193,17 @@ def export_labels(
     chosen_images: list[str] = []
     skipped: list[tuple[str, str]] = []
     negatives = 0
-    for image_id in output.image_ids:
-        record = records.get(image_id)
-        if record is None:
-            raise UsageError(f"{output.root}: image {image_id} is not in the archive {arch.root}; pass --archive "
-                             "with the archive that was mined")
+    mined = list(dict.fromkeys(output.image_ids))  # each image once (docs/untrusted-input.md: duplicate rows)
+    missing = next((i for i in mined if i not in records), None)
+    if missing is not None:
+        raise UsageError(f"{output.root}: image {missing} is not in the archive {arch.root}; pass --archive "
+                         "with the archive that was mined")
+    outside = {r.image_id for r, _ in outside_records([records[i] for i in mined], arch.confined_to)}
+    for image_id in mined:
+        record = records[image_id]
+        if image_id in outside:
+            skipped.append((image_id, "outside_archive"))
+            continue
         if image_id in by_image:
             chosen_images.append(image_id)
             continue
@@ -189,22 +223,40 @@ def export_labels(
             negatives += 1
 
     to = Path(to).expanduser().resolve()
-    _prepare(to, overwrite)
-    files: list[Path] = []
-    if format == "coco":
-        files += _write_coco(to, output, arch, records, chosen_images, by_image, boxes, exported, cfg)
-    else:
-        files += _write_yolo(to, output, records, chosen_images, by_image, boxes, exported)
-    files.append(_write_csv(to / "errors.csv", ["image_id", "path", "kind", "error"],
-                            [[e["image_id"], e["path"], e["kind"], e["error"]] for e in output.errors]))
-    files.append(_write_csv(to / "skipped.csv", ["image_id", "reason"], [list(s) for s in skipped]))
-    reasons = {"filtered": 0, "unboxed": 0, "unknown": 0}
+    check_not_in_data(output.root, to)
+    owned = _prepare(to, overwrite)
+    with writing(to, to.parent):  # written beside DIR, moved in when complete (miner.io.install_folder)
+        to.parent.mkdir(parents=True, exist_ok=True)
+        built = Path(tempfile.mkdtemp(prefix=f".{to.name}.", dir=to.parent))
+    try:
+        with writing(to, built):
+            if format == "coco":
+                _write_coco(built, output, arch, records, chosen_images, by_image, boxes, exported, cfg)
+            else:
+                _write_yolo(built, output, records, chosen_images, by_image, boxes, exported, final=to)
+            _write_csv(built / "errors.csv", ["image_id", "path", "kind", "error"],
+                       [[e["image_id"], e["path"], e["kind"], e["error"]] for e in output.errors])
+            _write_csv(built / "skipped.csv", ["image_id", "reason"], [list(s) for s in skipped])
+            written = [*folder_files(built), LISTING]
+            (built / LISTING).write_bytes(_listing_bytes(format, written))
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+    install_folder(built, to, owned=owned, listing=LISTING, verb="labels",
+                   listing_bytes=lambda files: _listing_bytes(format, files))
+    files = [to / name for name in written]
+    reasons = {"filtered": 0, "unboxed": 0, "unknown": 0, "outside_archive": 0}
     for _, reason in skipped:
         reasons[reason] += 1
     return LabelsResult(format=format, to=to, findings=exported, images=len(chosen_images),
                         with_boxes=len(chosen_images) - negatives, negatives=negatives,
                         boxes=sum(len(by_image.get(i, ())) for i in chosen_images), skipped=reasons,
                         errors=len(output.errors), files=files)
+
+
+def _listing_bytes(format: str, files: Sequence[str]) -> bytes:
+    return (json.dumps({"written_by": "miner labels", "format": format, "files": sorted(files)}, indent=0)
+            + "\n").encode()
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
@@ -262,7 +314,8 @@ def _write_coco(to, output, arch, records, images, by_image, boxes, exported, cf
     return written
 
 
-def _write_yolo(to, output, records, images, by_image, boxes, exported) -> list[Path]:
+def _write_yolo(to, output, records, images, by_image, boxes, exported, *, final: Path) -> list[Path]:
+    """The YOLO layout written into `to`, its data.yaml naming `final` (the folder it is moved to) as its path."""
     index = {name: k for k, name in enumerate(exported)}
     (to / "images").mkdir()
     (to / "labels").mkdir()
@@ -297,7 +350,7 @@ def _write_yolo(to, output, records, images, by_image, boxes, exported) -> list[
     yaml = [
         "# pseudo-labels mined by attention-miner (miner labels); images are links to the archive's files",
         f"# from {output.root} (model sha256 {output.manifest.get('model', {}).get('sha256')})",
-        f"path: {json.dumps(str(to))}",
+        f"path: {json.dumps(str(final))}",
         f"train: {train}",
         f"val: {val}",
         f"nc: {len(exported)}",

@@ -75,32 +75,35 @@ def read_output(path: str | Path) -> JobOutput:
 
     Raises:
         UsageError: `path` is not a job's output folder.
+        ContractError: its manifest or a part of ``images/`` or ``errors/`` breaks the output contract
+            (`miner.io.read_part`).
     """
-    import pyarrow.dataset as ds
+    import pyarrow.compute as pc
 
-    from miner.io import ERRORS_SCHEMA, IMAGES_SCHEMA, read_manifest
+    from miner.io import ContractError, read_folder, read_manifest, shown
 
     root = Path(path)
     if root.name in ("boxes", "images", "errors") and is_output(root.parent):
         root = root.parent
     if not is_output(root):
-        raise UsageError(f"{path}: not a mining job's output folder (no _manifest.json and images/); give the OUT "
-                         "of miner mine")
+        raise UsageError(f"{shown(path)}: not a mining job's output folder (no _manifest.json and images/); give "
+                         "the OUT of miner mine")
     manifest = read_manifest(root) or {}
     classes = tuple(manifest.get("model", {}).get("classes") or ())
-    table = ds.dataset(root / "images", format="parquet", schema=IMAGES_SCHEMA).to_table()
+    table = read_folder(root / "images", "images")  # every part checked against the contract
     ids = table.column("image_id").to_pylist()
     heights, widths = table.column("height").to_pylist(), table.column("width").to_pylist()
     counts = table.column("boxes").to_pylist()
-    probs_list = table.column("probs").to_pylist()
-    probs = np.asarray(probs_list, dtype=np.float32).reshape(len(ids), -1) if ids else np.zeros((0, len(classes)),
-                                                                                                 np.float32)
-    if ids and classes and probs.shape[1] != len(classes):
-        raise UsageError(f"{root}: images/ holds {probs.shape[1]} probabilities per image but the manifest names "
-                         f"{len(classes)} classes")
+    lengths = sorted(set(pc.list_value_length(table.column("probs")).to_pylist()))
+    if len(lengths) > 1 or (ids and classes and lengths != [len(classes)]):
+        raise ContractError(f"{shown(root / 'images')}: the probs lists hold {' or '.join(map(str, lengths))} "
+                            f"values where the manifest names {len(classes)} classes; the output folder is damaged: "
+                            "rerun miner mine with --overwrite")
+    probs = (np.asarray(table.column("probs").to_pylist(), dtype=np.float32).reshape(len(ids), lengths[0]) if ids
+             else np.zeros((0, len(classes)), np.float32))
     errors = []
     if (root / "errors").is_dir():
-        errors = ds.dataset(root / "errors", format="parquet", schema=ERRORS_SCHEMA).to_table().to_pylist()
+        errors = read_folder(root / "errors", "errors").to_pylist()
     return JobOutput(root=root, manifest=manifest, classes=classes, image_ids=ids,
                      sizes={i: (int(h), int(w)) for i, h, w in zip(ids, heights, widths)},
                      box_counts=dict(zip(ids, (int(c) for c in counts))), probs=probs, errors=errors)

@@ -100,16 +100,12 @@ def read_boxes(path: str | Path) -> BoxTable:
         raise UsageError(f"BOXES: {path} does not exist (give OUT, OUT/boxes, a .parquet file or a BBox_List CSV)")
     if path.is_file() and not path.name.endswith(".parquet"):
         return read_bbox_csv(path)
-    import pyarrow.dataset as ds
-
-    from miner.io import BOXES_SCHEMA
+    from miner.io import read_folder, read_part
 
     if path.is_dir() and (path / "boxes").is_dir():
         path = path / "boxes"
-    try:
-        table = ds.dataset(path, format="parquet", schema=BOXES_SCHEMA).to_table()
-    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for unreadable input
-        raise UsageError(f"BOXES: {path} is not a boxes Parquet dataset ({type(err).__name__}: {err})") from None
+    # every part checked against the output contract (miner.io.read_part): one line naming a damaged one
+    table = read_folder(path, "boxes") if path.is_dir() else read_part(path, "boxes")
     cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
     return BoxTable.from_columns(cols["image_id"], cols["finding"], cols["x"], cols["y"], cols["w"], cols["h"],
                                  rank=cols["rank"], score=cols["score"])

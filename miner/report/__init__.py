@@ -13,7 +13,9 @@ Layout of the report folder (default ``OUT/report``; opens from the file system,
     img/plots/*.png               matplotlib plots
     img/thumbs/<finding>/*.jpg    gallery thumbnails (box green, ground truth red; H_f and CLEAR with --model)
     img/pictures/<finding>/*.jpg  the full-size picture each thumbnail links to
-    report.json                   what was written (counts, bounds, seconds)
+    report.json                   what was written (counts, bounds, seconds) and ``files``, every file of the
+                                  report: all that a later report into the folder replaces or removes (a file
+                                  of the user's there is kept; one where the report writes is refused)
 
 Modules: `miner.report.job` (reading OUT: finished shards only, the job's state), `miner.report.evaluation`
 (miner eval's tables), `miner.report.gallery` (which boxes, their pictures through `miner.show`),

@@ -1,13 +1,14 @@
 """`write_report`: a mining job's output folder -> a static HTML report (see the package docstring)."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from miner.config import ReportConfig
 from miner.errors import UsageError
+from miner.io import check_not_in_data, folder_files, install_folder, shown, writing
 from miner.report import describe
 from miner.report.describe import fmt
 from miner.report.evaluation import Evaluation
@@ -78,15 +80,57 @@ class FindingView:
         return "?" if self.asked is None else f"{self.asked:,}"
 
 
-def _prepare_target(target: Path) -> None:
-    """Refuse a `--to` folder that holds anything but an earlier report."""
-    if target.exists() and not target.is_dir():
-        raise UsageError(f"--to: {target} exists and is not a folder; give a folder for the report")
-    if target.is_dir() and any(target.iterdir()) and not (target / SUMMARY_NAME).is_file():
-        raise UsageError(f"--to: {target} is not empty and holds no earlier report; give a new or empty folder")
+#: the files of a report written before its summary listed them (``files``): the layout of `miner.report`
+_LEGACY_REPORT = ("index.html", SUMMARY_NAME, "findings/*.html", "img/plots/*.png", "img/thumbs/*/*.jpg",
+                  "img/pictures/*/*.jpg")
 
 
-def _archive(output: JobSnapshot, archive: str | Path | None) -> tuple[Any, list[str]]:
+def _prepare_target(target: Path) -> set[str] | None:
+    """The files of an earlier report in `target` (its summary's list; None when `target` is new or empty).
+
+    A folder that holds anything but is not a report (no summary, or a summary that is not one) is refused: a
+    report replaces only the files it wrote itself (`miner.io.install_folder`)."""
+    from miner.io import safe_relative
+
+    if os.path.lexists(target) and not target.is_dir():
+        raise UsageError(f"--to: {shown(target)} exists and is not a folder; give a folder for the report")
+    if not target.is_dir() or not any(target.iterdir()):
+        return None
+    refused = (f"--to: {shown(target)} is not empty and holds no earlier report; give a new or empty folder (a "
+               "report replaces only the files it wrote)")
+    summary_path = target / SUMMARY_NAME
+    if summary_path.is_symlink() or not summary_path.is_file():
+        raise UsageError(refused)
+    try:
+        summary = json.loads(summary_path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise UsageError(refused) from None
+    if not isinstance(summary, dict):
+        raise UsageError(refused)
+    files = summary.get("files")
+    if isinstance(files, list) and all(safe_relative(f) for f in files):
+        owned = set(files) | {SUMMARY_NAME}
+    elif "files" not in summary and "out" in summary and "findings" in summary:  # a report of an earlier version
+        owned = {p.relative_to(target).as_posix() for pattern in _LEGACY_REPORT for p in target.glob(pattern)
+                 if p.is_file() and not p.is_symlink()} | {SUMMARY_NAME}
+    else:
+        raise UsageError(refused)
+    # a file of the user's where a report writes: refused now rather than after the report is drawn (the exact
+    # check, over the files actually written, is `install_folder`'s)
+    for name in folder_files(target):
+        if name not in owned and any(fnmatch.fnmatch(name, pattern) for pattern in _LEGACY_REPORT):
+            raise UsageError(f"{shown(target / name)} was not written by miner report; move it away or give "
+                             "another folder (miner never replaces a file it did not write)")
+    return owned
+
+
+def _summary_bytes(summary: dict[str, Any], files: Sequence[str]) -> bytes:
+    """``report.json``: the summary and ``files``, every file the report wrote (all a later report may replace)."""
+    return (json.dumps({**summary, "files": sorted(files)}, indent=1) + "\n").encode()
+
+
+def _archive(output: JobSnapshot, archive: str | Path | None, *,
+             allow_outside_archive: bool = False) -> tuple[Any, list[str]]:
     """The job's archive (checked against the manifest's fingerprint) and notices; (None, notices) when the
     manifest's archive cannot be read and none was given."""
     from miner.data import read_archive
@@ -105,6 +149,8 @@ def _archive(output: JobSnapshot, archive: str | Path | None) -> tuple[Any, list
     # read as the job read it: the options the manifest records (as `miner.output.JobOutput.archive` does)
     names = {f.name for f in fields(ArchiveConfig)}
     options = {k: v for k, v in (output.manifest.get("archive", {}).get("options") or {}).items() if k in names}
+    if allow_outside_archive:  # the archive-root rule lifted (miner.data.confine)
+        options["allow_outside_archive"] = True
     try:
         arch = read_archive(path, config=ArchiveConfig(**options))
     except ArchiveError as err:
@@ -118,11 +164,6 @@ def _archive(output: JobSnapshot, archive: str | Path | None) -> tuple[Any, list
                          f"archive this job mined (its images, order or labels differ); give the archive of "
                          f"{output.out}")
     return arch, notices
-
-
-def _folder_size(root: Path) -> tuple[int, int]:
-    files = [p for p in root.rglob("*") if p.is_file()]
-    return len(files), sum(p.stat().st_size for p in files)
 
 
 @dataclass
@@ -275,7 +316,7 @@ def _draw(job: _Job, entries: list[Entry], tmp: Path) -> None:
         rows = sorted(box_rows.get((image_id, finding), []), key=lambda k: r.rank[k])
         return [tuple(float(v) for v in r.xywh[k]) for k in rows], [f"{r.rank[k]} {r.score[k]:.2f}" for k in rows]
 
-    gallery.draw(entries, tmp, paths={rec.image_id: rec.path for rec in job.archive.records}, gt=job.gt,
+    gallery.draw(entries, tmp, paths={rec.image_id: rec for rec in job.archive.records}, gt=job.gt,
                  mined=mined, maps=job.maps, config=job.config)
 
 
@@ -336,8 +377,9 @@ def write_report(
     to: str | Path | None = None,
     config: ReportConfig | None = None,
     log: Callable[[str], None] | None = None,
+    allow_outside_archive: bool = False,
 ) -> ReportResult:
-    """Write the static report of the job output folder `out` (README "Reports").
+    """Write the static report of the job output folder `out` (docs/reports.md).
 
     Args:
         out: the folder `miner mine` (or `miner demo`) wrote; a job still running or stopped is reported
@@ -346,10 +388,13 @@ def write_report(
             boxes evaluated. Must be the archive the job mined (same fingerprint).
         model: a checkpoint, ONNX graph or engine: thumbnails and pictures show the fused heatmap H_f and the
             CLEAR picture (recomputed with the job's mining options). None: boxes on the plain images.
-        to: the report's folder (default ``OUT/report``); an earlier report there is replaced. The report is
-            written beside it first and moved in place when complete.
+        to: the report's folder (default ``OUT/report``): new, empty, or an earlier report's, whose files (the
+            list in its ``report.json``) are replaced; any other file there is kept (`miner.io.install_folder`).
+            The report is written beside it first and moved in when complete.
         config: bounds and sizes (`miner.config.ReportConfig`).
         log: where progress lines go (default: nowhere).
+        allow_outside_archive: draw images whose files resolve outside the archive's root too (else as the job
+            read the archive; such an image's entry says why it has no picture: `miner.data.confine`).
     """
     from miner import __version__
     from miner.clear import finding_hues, hue_hex
@@ -367,11 +412,12 @@ def write_report(
             raise UsageError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(cfg, name)}")
     say = log or (lambda text: None)
     output = load_snapshot(out)
-    target = Path(to).expanduser().resolve() if to is not None else output.out / "report"
-    _prepare_target(target)
+    target = (Path(to).expanduser() if to is not None else output.out / "report").resolve()
+    check_not_in_data(output.out, target)
+    owned = _prepare_target(target)
     if model is not None and not Path(model).is_file():
         raise UsageError(f"--model: {model} does not exist")
-    arch, notices = _archive(output, archive)
+    arch, notices = _archive(output, archive, allow_outside_archive=allow_outside_archive)
     maps = None
     if model is not None:
         job_config = output.manifest.get("config", {})
@@ -398,47 +444,49 @@ def write_report(
                asked=_asked(output, arch, mined), maps=maps,
                hues={f: hue_hex(hues[c]) for c, f in enumerate(output.classes)} if maps is not None else {})
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # moved in place at the end
+    with writing(target, target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # moved in place at the end
     try:
-        names = [f for f in output.classes if (rows.finding == f).any()]
-        names += sorted(set(rows.finding.tolist()) - set(names))
-        slugs: dict[str, str] = {}
-        for name in names:
-            s = slug(name)
-            slugs[name] = s if s not in slugs.values() else f"{s}-{len(slugs)}"
-        views = [_finding(job, name, slugs[name], tmp) for name in names]
-        entries = [e for v in views for e in (*v.top, *v.sample)]
-        say(f"plots of {len(views)} findings written; drawing {len(entries)} gallery pictures")
-        _draw(job, entries, tmp)
-        common = {"version": __version__, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "out": str(output.out), "bounds": cfg, "name": output.out.name, "state": output.state,
-                  "notices": notices, "hues": list(job.hues.items()), "with_model": maps is not None}
-        index = _index(job, views, tmp, archive=archive, model=model)
-        (tmp / "index.html").write_text(render_page("index.html", **common, **index), encoding="utf-8")
-        (tmp / "findings").mkdir(exist_ok=True)
-        for i, view in enumerate(views):
-            (tmp / view.page).write_text(render_page(
-                "finding.html", **common, f=view, prev=views[i - 1] if i > 0 else None,
-                next=views[i + 1] if i + 1 < len(views) else None), encoding="utf-8")
-        thumbs = sum(1 for e in entries if not e.error)
-        summary = {"out": str(output.out), "status": output.state.status,
-                   "manifest_updated": output.manifest.get("updated"), "shards_done": output.state.shards_done,
-                   "shards_planned": output.state.shards_planned, "findings": [v.name for v in views],
-                   "gallery": {v.name: {"top": len(v.top), "sample": len(v.sample)} for v in views},
-                   "thumbnails": thumbs, "error_rows": int(output.errors.num_rows),
-                   "error_rows_listed": len(index["error_rows"]),
-                   "evaluated": evaluation.findings if evaluation else [], "model": str(model) if model else None,
-                   "config": asdict(cfg), "seconds": round(time.perf_counter() - started, 3)}
-        (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with writing(target, tmp):  # a full disk or a read-only folder: one line, exit 74
+            names = [f for f in output.classes if (rows.finding == f).any()]
+            names += sorted(set(rows.finding.tolist()) - set(names))
+            slugs: dict[str, str] = {}
+            for name in names:
+                s = slug(name)
+                slugs[name] = s if s not in slugs.values() else f"{s}-{len(slugs)}"
+            views = [_finding(job, name, slugs[name], tmp) for name in names]
+            entries = [e for v in views for e in (*v.top, *v.sample)]
+            say(f"plots of {len(views)} findings written; drawing {len(entries)} gallery pictures")
+            _draw(job, entries, tmp)
+            common = {"version": __version__, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "out": str(output.out), "bounds": cfg, "name": output.out.name, "state": output.state,
+                      "notices": notices, "hues": list(job.hues.items()), "with_model": maps is not None}
+            index = _index(job, views, tmp, archive=archive, model=model)
+            (tmp / "index.html").write_text(render_page("index.html", **common, **index), encoding="utf-8")
+            (tmp / "findings").mkdir(exist_ok=True)
+            for i, view in enumerate(views):
+                (tmp / view.page).write_text(render_page(
+                    "finding.html", **common, f=view, prev=views[i - 1] if i > 0 else None,
+                    next=views[i + 1] if i + 1 < len(views) else None), encoding="utf-8")
+            thumbs = sum(1 for e in entries if not e.error)
+            summary = {"out": str(output.out), "status": output.state.status,
+                       "manifest_updated": output.manifest.get("updated"), "shards_done": output.state.shards_done,
+                       "shards_planned": output.state.shards_planned, "findings": [v.name for v in views],
+                       "gallery": {v.name: {"top": len(v.top), "sample": len(v.sample)} for v in views},
+                       "thumbnails": thumbs, "error_rows": int(output.errors.num_rows),
+                       "error_rows_listed": len(index["error_rows"]),
+                       "evaluated": evaluation.findings if evaluation else [],
+                       "model": str(model) if model else None,
+                       "config": asdict(cfg), "seconds": round(time.perf_counter() - started, 3)}
+            written = [*folder_files(tmp), SUMMARY_NAME]  # what this report writes: all it may replace next time
+            (tmp / SUMMARY_NAME).write_bytes(_summary_bytes(summary, written))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    files, size = _folder_size(target)
+    install_folder(tmp, target, owned=owned, listing=SUMMARY_NAME, verb="report",
+                   listing_bytes=lambda files: _summary_bytes(summary, files))
+    files, size = len(written), sum((target / name).lstat().st_size for name in written)
     return ReportResult(index=target / "index.html", findings=len(views), thumbnails=thumbs,
                         error_rows=summary["error_rows"], error_rows_listed=summary["error_rows_listed"], files=files,
                         bytes=size, seconds=time.perf_counter() - started, status=output.state.status,

@@ -42,10 +42,10 @@ def model_rows(output: JobSnapshot, model: str | Path | None) -> list[tuple[str,
             ("device", text(m.get("device"))),
             ("maps", f"{text(m.get('method'))} at {text(m.get('layer'))}, {text(m.get('map_size'))}"),
             ("input", f"{text(m.get('input_size'))}, {text(m.get('in_chans'))} channel(s)")]
-    path = Path(str(m.get("path", "")))
-    card = path.with_suffix(".json")
+    path = Path(str(m.get("path") or ""))
+    card = path.with_suffix(".json") if path.name else None  # no file named: nothing to read beside it
     described = False
-    if card.is_file():
+    if card is not None and card.is_file():
         try:
             info = json.loads(card.read_text())
         except (OSError, json.JSONDecodeError):

@@ -133,7 +133,7 @@ def draw(
     entries: Sequence[Entry],
     root: Path,
     *,
-    paths: Mapping[str, str],
+    paths: Mapping[str, Any],
     gt: Mapping[tuple[str, str], list[Box]],
     mined: Callable[[str, str], tuple[list[Box], list[str]]],
     maps: MapSource | None,
@@ -143,7 +143,9 @@ def draw(
     """Draw every entry's thumbnail and full-size picture under `root` (sets `Entry.size` or `Entry.error`).
 
     Args:
-        paths: image id -> image file (an id without a path gets an error instead of pictures).
+        paths: image id -> image file, or its `miner.data.Record` (its file checked against the archive's root
+            right before it is opened: one outside gets the reason instead of pictures, `miner.data.confine`);
+            an id without a path gets an error instead of pictures.
         gt: (image id, finding) -> ground-truth boxes.
         mined: (image id, finding) -> (every mined box of the finding on the image, best rank first; labels).
         maps: heatmaps and CLEAR pictures from a model, or None (boxes on the plain image).
@@ -151,8 +153,9 @@ def draw(
     """
     import cv2
 
-    from miner.data import load_image
+    from miner.data.confine import load_record
     from miner.errors import ImageError
+    from miner.io import visible
     from miner.show import Panel, render
 
     by_image: dict[str, list[Entry]] = defaultdict(list)
@@ -170,7 +173,7 @@ def draw(
                     entry.error = "not in the archive given to the report"
                 continue
             try:
-                loaded[image_id] = load_image(path)[0]
+                loaded[image_id] = load_record(path)[0]  # a Record: checked against its root right before
             except ImageError as err:
                 for entry in by_image[image_id]:
                     entry.error = str(err)
@@ -191,14 +194,15 @@ def draw(
                         note = "not a class of the model"
                     clear = raw[b]
                 truth = gt.get((image_id, entry.finding), [])
-                small = [Panel(entry.finding, heat=heat, gt=truth, mined=[entry.box])]
+                name = visible(entry.finding)  # drawn text: controls escaped as on the pages
+                small = [Panel(name, heat=heat, gt=truth, mined=[entry.box])]
                 boxes, labels = mined(image_id, entry.finding)
-                large = [Panel(entry.finding, heat=heat, gt=truth, mined=boxes, labels=labels, note=note)]
+                large = [Panel(name, heat=heat, gt=truth, mined=boxes, labels=labels, note=note)]
                 if clear is not None:
                     small.append(Panel("CLEAR", clear=clear))
                     large.append(Panel("CLEAR: dominant finding", clear=clear, clear_names=tuple(maps.classes)))
                 thumb = render(image, small, panel_size=config.thumb_size, header=False)
-                title = f"{image_id}  ({image.shape[1]}x{image.shape[0]}): ground truth red, mined green"
+                title = f"{visible(image_id)}  ({image.shape[1]}x{image.shape[0]}): ground truth red, mined green"
                 # never more pixels than the image has (a 256-px phantom stays 256 px; 256 at the least)
                 side = min(config.picture_size, max(max(image.shape[:2]), 256))
                 picture = render(image, large, panel_size=side, title=title)

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from miner.errors import UsageError
-from miner.io import DATASETS, LOCK_NAME, MANIFEST_NAME, ShardStore, empty_table, read_manifest
+from miner.io import LOCK_NAME, MANIFEST_NAME, ContractError, ShardStore, read_manifest, read_parts, shown
 
 #: job states a report names (`JobState.status`)
 STATES = ("complete", "running", "interrupted", "killed")
@@ -131,17 +131,16 @@ def job_state(out: str | Path, manifest: dict[str, Any], done: dict[int, dict[st
 
 
 def _read_parts(store: ShardStore, dataset: str, indices: list[int]) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    schema = DATASETS[dataset]
-    tables = []
+    """The parts of the finished shards `indices`, each checked against the output contract (`read_part`)."""
+    paths = []
     for k in indices:
         path = store.part_path(dataset, k)
-        if not path.is_file():
-            raise UsageError(f"{path}: missing although shard {k} is marked done; the output folder is damaged "
-                             "(rerun the job with --overwrite)")
-        tables.append(pq.read_table(path, schema=schema))
-    return pa.concat_tables(tables) if tables else empty_table(schema)
+        if not os.path.lexists(path):
+            raise ContractError(f"{shown(path)}: missing although shard {k} is marked done; the output folder is "
+                                f"damaged: delete {shown(store.marker_path(k))} and rerun the same miner mine command "
+                                "to rewrite that shard")
+        paths.append(path)
+    return read_parts(paths, dataset)
 
 
 def load_snapshot(out: str | Path) -> JobSnapshot:

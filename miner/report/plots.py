@@ -23,6 +23,14 @@ MINED_COLOUR = "#2ca02c"
 MAX_GT_POINTS = 2000
 
 
+def label(text: str) -> str:
+    """Archive text (a finding's name) as a plot shows it: control and bidirectional characters escaped
+    (`miner.io.visible`), ``$`` escaped so that matplotlib draws it instead of parsing math."""
+    from miner.io import visible
+
+    return visible(str(text)).replace("$", r"\$")
+
+
 def _figure(width: float, height: float, **margins: float) -> Any:
     """A figure with fixed margins (fractions of the figure; `Figure.subplots_adjust`): a layout engine would
     cost more than the drawing itself (matplotlib's constrained layout took 60 % of a plot's time)."""
@@ -67,8 +75,8 @@ def finding_plot(
     axes = figure.subplots(1, 4 if accuracy is not None else 3)
     left, middle, right = axes[:3]
     left.hist(np.asarray(scores, np.float64), bins=40, range=(0.0, 1.0), color=MINED_COLOUR)
-    left.set(title=f"{finding}: box scores ({len(scores):,} boxes)", xlabel="score (mean fused heatmap in the box)",
-             ylabel="boxes", xlim=(0, 1))
+    left.set(title=f"{label(finding)}: box scores ({len(scores):,} boxes)",
+             xlabel="score (mean fused heatmap in the box)", ylabel="boxes", xlim=(0, 1))
     counts = sorted(per_image.items())
     middle.bar([str(k) for k, _ in counts], [v for _, v in counts], color=MINED_COLOUR)
     middle.set(title="boxes per image", xlabel="boxes of this finding", ylabel="images")
@@ -117,7 +125,7 @@ def accuracy_plot(
     cycle = colormaps["tab10"].colors
     for i, (finding, (levels, bounded, every)) in enumerate(curves.items()):
         colour = (colours or {}).get(finding, cycle[i % len(cycle)])
-        axes.plot(levels, bounded, marker="o", color=colour, label=finding)
+        axes.plot(levels, bounded, marker="o", color=colour, label=label(finding))
         axes.plot(levels, every, linestyle="--", color=colour, alpha=0.7)
     axes.set(xlabel="T(IoU)", ylabel="Acc", ylim=(-0.02, 1.02),
              title=title or "Acc vs T(IoU): Wang et al.'s AFP bounds (solid), every box of B (dashed)")
@@ -138,7 +146,7 @@ def overview_plot(path: str | Path, findings: Sequence[str], images: Sequence[in
     x = np.arange(len(findings))
     axes.bar(x - 0.2, images, width=0.4, label="images with boxes", color="#1f77b4")
     axes.bar(x + 0.2, boxes, width=0.4, label="boxes", color=MINED_COLOUR)
-    axes.set_xticks(x, list(findings), rotation=30, ha="right")
+    axes.set_xticks(x, [label(f) for f in findings], rotation=30, ha="right")
     axes.set(title="images with boxes and boxes per finding", ylabel="count")
     axes.legend(fontsize="small")
     return _save(figure, Path(path), dpi)

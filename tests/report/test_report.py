@@ -190,12 +190,14 @@ def test_demo_report_tables_are_miner_evals(demo, tmp_path, capsys):
 
 def test_report_bounds_without_model(demo, tmp_path, capsys):
     """Without --model: boxes on the plain image (one panel); --top/--sample/--max-errors bound what is listed;
-    an earlier report in --to is replaced."""
+    an earlier report in --to is replaced: the files it listed, not the user's."""
     out, _ = demo
     to = tmp_path / "small"
     to.mkdir()
-    (to / "report.json").write_text("{}")  # an earlier report, with a file the new one does not write
+    # an earlier report, with a file the new one does not write, and a file of the user's beside it
+    (to / "report.json").write_text(json.dumps({"out": str(out), "findings": [], "files": ["stale.html"]}))
     (to / "stale.html").write_text("old")
+    (to / "notes.txt").write_text("mine")
     assert main(["report", str(out), "--to", str(to), "--top", "2", "--sample", "1", "--max-errors", "2",
                  "--thumb-size", "64"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
@@ -211,6 +213,10 @@ def test_report_bounds_without_model(demo, tmp_path, capsys):
     assert len(list((to / "img" / "thumbs").rglob("*.jpg"))) == sum(a + b for a, b in counts)
     assert "CLEAR" not in index.all_text
     assert not (to / "stale.html").exists() and json.loads((to / "report.json").read_text())["config"]["top"] == 2
+    assert (to / "notes.txt").read_text() == "mine"
+    listed = json.loads((to / "report.json").read_text())["files"]
+    assert sorted(listed) == sorted(p.relative_to(to).as_posix() for p in to.rglob("*") if p.is_file()
+                                    and p.name != "notes.txt")
     # a folder that holds something else is refused
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -327,7 +333,7 @@ def test_report_cli_refuses_bad_input(demo, markup, tmp_path, capsys):
         (["report", str(out), "--model", str(tmp_path / "none.pt")], "--model:"),
         (["report", str(out), "--archive", str(markup[0]), "--to", str(tmp_path / "r")],
          "is not the archive this job mined"),
-        (["report", str(out), "--top", "-1", "--to", str(tmp_path / "r")], "--top must be 0 or more"),
+        (["report", str(out), "--top", "-1", "--to", str(tmp_path / "r")], "argument --top: must be an integer in [0, 1000]"),
     ]
     for argv, text in cases:
         assert main(argv) == 2, argv
