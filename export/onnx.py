@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from miner.errors import ModelError, UsageError
+from miner.errors import ExportError, ModelError, UsageError
 from miner.export.metadata import GraphMeta, file_hash, state_dict_hash
 from miner.export.parity import DEFAULT_ATOL, ParityReport, check_inputs, compare, ort_session, run_session
 
@@ -244,7 +244,7 @@ def export_model(
         masks_input: see `MapGraph`.
         external_data: weights in ``<path>.data`` (None: only above ~1.8 GB; else one self-contained file).
         check: compare ONNX Runtime (CPU) with eager `class_maps` on a random batch and a phantom image; a
-            difference above `atol` raises `ModelError` (the graph is left on disk for inspection).
+            difference above `atol` raises `ExportError` (exit 1) (the graph is left on disk for inspection).
         atol: tolerance of the check (scaled by the output's magnitude where that exceeds 1).
         trace_batch: batch of the tracing example (>= 2).
         model_hash: recorded in the metadata (default: a hash of the state_dict).
@@ -294,11 +294,11 @@ def export_model(
                     external_data=external_data,
                     metadata=meta.to_props(),
                 )
-            except (UsageError, ModelError):
+            except (UsageError, ModelError, ExportError):
                 raise
             except Exception as err:
                 tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
-                raise ModelError(
+                raise ExportError(
                     f"{path}: export of {meta.method} maps of {meta.arch} failed: {type(err).__name__}: "
                     f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}" + (f" [{tail}]" if tail else "")
                 ) from err
@@ -307,7 +307,7 @@ def export_model(
     nbytes = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
     result = ExportResult(path, meta, report, time.perf_counter() - start, nbytes)
     if report is not None and not report.ok:
-        raise ModelError(f"{path}: parity check failed: {report.line()}")
+        raise ExportError(f"{path}: parity check failed: {report.line()}")
     return result
 
 

@@ -89,9 +89,13 @@ class ArchiveConfig:
             or ``ignore`` (U-Ignore: the label is unknown: `Record.unknown`; such a finding gets no boxes under
             ``--classes labels`` and is left out of `miner eval`'s label scores). Blank means not mentioned:
             negative under every policy.
+        allow_outside_archive: lift the archive-root rule (`miner.data.confine`): read image files that resolve
+            outside the archive's root (``--allow-outside-archive``; e.g. a manifest of absolute paths into a
+            mounted store). Off: such a file is never opened (an ``outside_archive`` error row).
     """
 
     uncertain: str = "ignore"
+    allow_outside_archive: bool = False
 
 
 # --- phantom archives (miner.data.phantoms, `miner phantoms`; owner: data) -----------------------------
@@ -99,7 +103,7 @@ class ArchiveConfig:
 
 @dataclass
 class PhantomConfig:
-    """Defaults for `miner phantoms` / `miner.data.make_phantoms` (README "Archives and phantoms").
+    """Defaults for `miner phantoms` / `miner.data.make_phantoms` (docs/archives.md).
 
     Attributes:
         images: number of images.
@@ -148,7 +152,7 @@ DEFAULT_RECIPE = "peaks"
 
 @dataclass
 class TrainConfig:
-    """Defaults for `miner train` (README "Training"). Stages follow Cai et al. Sec. 3.1-3.2."""
+    """Defaults for `miner train` (docs/training.md). Stages follow Cai et al. Sec. 3.1-3.2."""
 
     arch: str = "resnet50_msa"
     #: named recipe (`miner.recipes`): its model options apply where the arch takes them (explicit
@@ -337,7 +341,7 @@ class LabelsConfig:
 
 @dataclass
 class ExportConfig:
-    """Defaults for `miner export onnx` / `miner export trt` (README "Export and backends").
+    """Defaults for `miner export onnx` / `miner export trt` (docs/export.md).
 
     Attributes:
         method: class-map method baked into the graph (`miner.cam.list_methods()`); None = ``cam`` for
@@ -404,7 +408,7 @@ class BackendConfig:
 
 @dataclass
 class DemoConfig:
-    """Defaults for `miner demo OUT` (README "The main job").
+    """Defaults for `miner demo OUT` (README, "The main job").
 
     Attributes:
         images: phantom images generated into ``OUT/archive`` (plus one unsupported file with `bad_files`).
@@ -430,7 +434,7 @@ class DemoConfig:
 
 @dataclass
 class PaperConfig:
-    """Defaults for `miner bench paper` (the seed's Tables 2-3 and Fig. 2 on phantoms; README "Results").
+    """Defaults for `miner bench paper` (the seed's Tables 2-3 and Fig. 2 on phantoms; docs/results/seed-tables.md).
 
     One base model (stages base, msa-init, end2end) is trained on a phantom archive, then three AM fine-tunings
     start from it (``--kp none``, ``vanilla``, ``kp``); every model mines a second, unseen phantom archive at
@@ -477,7 +481,7 @@ class PaperConfig:
 
 @dataclass
 class ReportConfig:
-    """Defaults for `miner report OUT` (README "Reports").
+    """Defaults for `miner report OUT` (docs/reports.md).
 
     A report holds at most ``(top + sample)`` thumbnails per finding, each linking to one full-size picture,
     whatever the size of the job: with the defaults 16 of each per finding (224 for the 14 ChestX-ray14

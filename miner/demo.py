@@ -303,13 +303,13 @@ def run_demo(
     if not model_path.is_file():
         raise UsageError(f"--model: {model_path} does not exist")
     out = Path(out).expanduser().resolve()
-    _prepare(out, overwrite)
     meta = open_backend(model_path).meta
     size = cfg.size or int(meta.input_size[0])
     findings = tuple(f for f in meta.classes if f in _phantom_findings())
     if not findings:
         raise UsageError(f"--model: {model_path} knows none of the findings the phantoms draw "
                          f"({', '.join(_phantom_findings())})")
+    _prepare(out, overwrite)  # OUT is touched only once the model is known to be usable
 
     t0 = time.perf_counter()
     log(f"[1/5] phantom archive: {cfg.images} images of {size}x{size}, seed {cfg.seed} -> {out / 'archive'}")

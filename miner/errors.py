@@ -50,7 +50,7 @@ class ImageError(MinerError):
     `kind` is one of ``missing``, ``empty``, ``truncated``, ``corrupt``, ``unsupported``, ``too_large`` (its
     header announces more pixels than the decoder may allocate, or its compressed data inflates past what the
     header promises; see `miner.data.image.load_image`), ``outside_archive`` (the path, symlinks followed,
-    leaves the archive's root; see README's archive-root rule), ``non_finite`` (the model's logits or maps of
+    leaves the archive's root; see docs/untrusted-input.md, "The archive root"), ``non_finite`` (the model's logits or maps of
     the image are NaN or infinite: no boxes).
     """
 
@@ -77,6 +77,11 @@ class ModelError(MinerError):
     """A checkpoint, ONNX graph or engine that cannot be used (exit code 2: fix the input)."""
 
     exit_code = 2
+
+
+class ExportError(MinerError):
+    """An export that failed, or whose graph does not compute what the model computes (the parity check): not the
+    input's fault (exit code 1); the message says what to try (another opset, --no-check to inspect the graph)."""
 
 
 class BackendUnavailable(MinerError):

@@ -286,7 +286,7 @@ def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
         assert "--coarse-weights" in capsys.readouterr().err
     assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks",
                  "--input-sizes", "64,96", "--size-tolerance", "-0.1"]) == 2
-    assert "--size-tolerance must lie in [0, 1)" in capsys.readouterr().err
+    assert "argument --size-tolerance: must be a number in [0, 1)" in capsys.readouterr().err
     empty = make_phantoms(tmp_path / "none", images=4, size=64, seed=1, findings=("Nodule",)).root
     (empty / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
     assert main(["calibrate", str(src), str(empty), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks"]) == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from miner.cli._options import BATCH, COUNT, OPEN_FRACTION, integer, numbers, out_file, real
+
 HELP = "fix per-finding box levels on validation images with boxes; write them into a checkpoint"
 DESCRIPTION = (
     "Score CKPT's boxes (its own recipe settings, the mining job's code) on the labelled images with ground-truth "
@@ -24,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint from miner train (.pt)")
     parser.add_argument("archives", nargs="+", metavar="ARCHIVE", help="archive(s) with ground-truth boxes")
-    parser.add_argument("--out", required=True, metavar="CKPT2", help="the calibrated checkpoint (may be CKPT)")
+    parser.add_argument("--out", required=True, metavar="CKPT2", type=out_file,
+                        help="the calibrated checkpoint (may be CKPT)")
     parser.add_argument("--split", default=None, choices=("val", "train", "test"),
                         help="use one split of each archive (val: the training run's held-out patients, as "
                              "recorded in CKPT); default: every image")
@@ -32,28 +35,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibrate (and record) this named recipe's settings instead of the model's own")
     parser.add_argument("--method", default=None,
                         help="class-map method to calibrate (and record); default: the model's own")
-    parser.add_argument("--iou", type=float, default=0.3, help="T(IoU) of the Acc that decides (default %(default)s)")
-    parser.add_argument("--min-boxes", type=int, default=10,
+    parser.add_argument("--iou", type=OPEN_FRACTION, default=0.3,
+                        help="T(IoU) of the Acc that decides (default %(default)s)")
+    parser.add_argument("--min-boxes", type=COUNT, default=10,
                         help="findings with fewer ground-truth boxes keep the recipe's level (default %(default)s)")
-    parser.add_argument("--levels", default=",".join(f"{v:g}" for v in LEVELS),
+    parser.add_argument("--levels", type=numbers(OPEN_FRACTION), default=",".join(f"{v:g}" for v in LEVELS),
                         help="candidate levels, fractions of a step's peak (default %(default)s)")
     parser.add_argument("--no-shapes", action="store_true",
                         help="levels only: no per-finding box shapes (scale and shift of each finding's boxes, "
-                             "fitted with the levels; README 'Box quality')")
-    parser.add_argument("--coarse-weights", default=",".join(f"{v:g}" for v in COARSE_WEIGHTS), metavar="W,W,...",
+                             "fitted with the levels; docs/results/box-quality.md)")
+    parser.add_argument("--coarse-weights", type=numbers(real(0.0, 4.0)),
+                        default=",".join(f"{v:g}" for v in COARSE_WEIGHTS), metavar="W,W,...",
                         help="candidate weights of the coarsest backbone stage's channels in each finding's map "
                              "(the MSA's stride-32 part; 1 = the maps as trained); each finding takes the one whose "
                              "boxes find the most of these images' boxes, recorded as stage_weights "
                              "(default %(default)s; 1 keeps the maps as trained)")
-    parser.add_argument("--input-sizes", default=None, metavar="N,N,...",
+    parser.add_argument("--input-sizes", type=numbers(integer(32, 4096)), default=None, metavar="N,N,...",
                         help="candidate square image sizes to run the model at, e.g. 256,288,320 (fully "
                              "convolutional models only); the one with the best macro Acc on these images (see "
                              "--size-tolerance) is recorded as the model's input_size. Default: the checkpoint's own "
                              "size only. Time grows with the pixels")
-    parser.add_argument("--size-tolerance", type=float, default=0.0,
+    parser.add_argument("--size-tolerance", type=real(0.0, 1.0, hi_open=True), default=0.0,
                         help="take the smallest size within this macro Acc of the best, for speed (default "
                              "%(default)s: the best)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=BATCH, default=32)
 
 
 def run(args: argparse.Namespace) -> int:

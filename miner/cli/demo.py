@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from miner.cli._options import BATCH, SEED, SIDE, STEPS, integer, out_folder
 from miner.config import DemoConfig
 
 HELP = "the whole product on a phantom archive: mine it on Ray, evaluate it, draw overlays (about a minute)"
@@ -23,18 +24,21 @@ _D = DemoConfig()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", metavar="OUT", help="output folder (new or empty; --overwrite redoes a demo)")
+    parser.add_argument("out", metavar="OUT", type=out_folder,
+                        help="output folder (new or empty; --overwrite redoes a demo)")
     parser.add_argument("--model", default=None, help="model file (default: the embedded phantom model)")
-    parser.add_argument("--images", type=int, default=_D.images, help="phantom images (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's input)")
-    parser.add_argument("--seed", type=int, default=_D.seed, help="phantom seed (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=_D.steps, help="attention-mining steps T (default: %(default)s)")
-    parser.add_argument("--overlays", type=int, default=_D.overlays,
+    parser.add_argument("--images", type=integer(8, 1_000_000), default=_D.images,
+                        help="phantom images (default: %(default)s)")
+    parser.add_argument("--size", type=SIDE, default=None, help="image side in pixels (default: the model's input)")
+    parser.add_argument("--seed", type=SEED, default=_D.seed, help="phantom seed (default: %(default)s)")
+    parser.add_argument("--steps", type=STEPS, default=_D.steps, help="attention-mining steps T (default: %(default)s)")
+    parser.add_argument("--overlays", type=integer(0, 1000), default=_D.overlays,
                         help="images drawn to OUT/overlays (default: %(default)s; 0: none)")
     parser.add_argument("--no-bad-files", action="store_true", help="do not break files in the archive")
-    parser.add_argument("--workers", type=int, default=None, help="model actors (default: one per CPU)")
-    parser.add_argument("--batch-size", type=int, default=_D.batch_size, help="images per model call")
-    parser.add_argument("--shard-size", type=int, default=_D.shard_size, help="images per output shard")
+    parser.add_argument("--workers", type=integer(1, 4096), default=None, help="model actors (default: one per CPU)")
+    parser.add_argument("--batch-size", type=BATCH, default=_D.batch_size, help="images per model call")
+    parser.add_argument("--shard-size", type=integer(1, 1_000_000), default=_D.shard_size,
+                        help="images per output shard")
     parser.add_argument("--address", default=None, help="Ray cluster to attach to (default: a local Ray)")
     parser.add_argument("--overwrite", action="store_true", help="redo the demo in a non-empty OUT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

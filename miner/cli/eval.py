@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from miner.cli._options import OPEN_FRACTION, RANK, SIDE, STEPS, integer, numbers, out_file, out_folder
+
 HELP = "evaluate mined boxes: Acc-AFP per finding at T(IoU) and T(IoBB), COCO AP/AP50/AR, image-level AUC"
 DESCRIPTION = (
     "Print Cai et al.'s Table 2 for BOXES (OUT, OUT/boxes, a .parquet file, or a BBox_List CSV) against the "
@@ -38,14 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("boxes", metavar="BOXES", help="mined boxes: OUT, OUT/boxes, a .parquet file or a CSV")
     parser.add_argument("--gt", default=None, help="ground-truth boxes, BBox_List_2017.csv format (plain or .gz); "
                                                    "default: the boxes of --archive (or of OUT's archive)")
-    parser.add_argument("--json", default=None, help="also write every cell (and WSOL metrics) to this JSON file")
+    parser.add_argument("--json", default=None, type=out_file,
+                        help="also write every cell (and WSOL metrics) to this JSON file")
     parser.add_argument("--afp-bounds", default=None, help="AFP bounds file (JSON or CSV; see "
                                                            "miner/metrics/bounds.py) instead of the built-in ones")
-    parser.add_argument("--iou", default=None, help="T(IoU) levels (default 0.1,...,0.7)")
-    parser.add_argument("--iobb", default=None, help="T(IoBB) levels (default 0.1,0.25,0.5,0.75,0.9)")
+    parser.add_argument("--iou", default=None, type=numbers(OPEN_FRACTION), help="T(IoU) levels (default 0.1,...,0.7)")
+    parser.add_argument("--iobb", default=None, type=numbers(OPEN_FRACTION),
+                        help="T(IoBB) levels (default 0.1,0.25,0.5,0.75,0.9)")
     parser.add_argument("--within-rank", choices=("score", "image"), default="score",
                         help="order of one rank's boxes in B: by score (default) or by image name")
-    parser.add_argument("--max-rank", type=int, default=3, help="boxes per image and finding that are scored")
+    parser.add_argument("--max-rank", type=RANK, default=3, help="boxes per image and finding that are scored")
     parser.add_argument("--findings", default=None,
                         help="comma-separated findings (default: those with GT boxes that the model knows)")
     gt = parser.add_argument_group("ground truth")
@@ -55,9 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="several readers' boxes (VinDr-CXR): fused (one box per lesion that readers' boxes "
                          "overlapping at --fuse-iou share), any (every reader's box) or a reader id such as R8 "
                          "(default: %(default)s)")
-    gt.add_argument("--fuse-iou", type=float, default=cfg.fuse_iou,
+    gt.add_argument("--fuse-iou", type=OPEN_FRACTION, default=cfg.fuse_iou,
                     help="IoU at which two readers' boxes are one lesion (default: %(default)s)")
-    gt.add_argument("--min-readers", type=int, default=cfg.min_readers,
+    gt.add_argument("--min-readers", type=integer(1, 100), default=cfg.min_readers,
                     help="with --readers fused: lesions boxed by at least this many readers (default: %(default)s)")
     gt.add_argument("--uncertain", default=None, choices=UNCERTAIN_POLICIES,
                     help="CheXpert's uncertain labels when reading --archive (default: as the job read it, else "
@@ -69,14 +73,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "archive's convention (auto: all for VinDr-CXR, RSNA, SIIM; boxed otherwise)")
     coco.add_argument("--coco-backend", default=cfg.coco_backend, choices=("faster-coco-eval", "pycocotools"),
                       help="the COCOeval implementation (default: %(default)s)")
-    coco.add_argument("--coco-dir", default=None, metavar="DIR",
+    coco.add_argument("--coco-dir", default=None, type=out_folder, metavar="DIR",
                       help="write the COCO ground truth (ground_truth.json) and detections (detections.json) "
                            "that were scored")
     wsol = parser.add_argument_group("WSOL metrics")
     wsol.add_argument("--model", default=None, help="checkpoint: also MaxBoxAccV2 (and PxAP with masks)")
     wsol.add_argument("--method", default=None, help="map method with --model (default cam / gradcam)")
-    wsol.add_argument("--steps", type=int, default=None, help="attention-mining steps with --model (default 3)")
-    wsol.add_argument("--size", type=int, default=None, help="model input side (default: the checkpoint's)")
+    wsol.add_argument("--steps", type=STEPS, default=None, help="attention-mining steps with --model (default 3)")
+    wsol.add_argument("--size", type=SIDE, default=None, help="model input side (default: the checkpoint's)")
+    wsol.add_argument("--allow-outside-archive", action="store_true",
+                      help="with --model: also read image files that resolve outside the archive's root (symbolic "
+                           "links followed; default: as the job read the archive, else they are left out unread)")
 
 
 def _ground_truth(args, archive, cfg):
@@ -127,18 +134,23 @@ def run(args: argparse.Namespace) -> int:
     archive = None
     if output is not None and (args.archive or not args.gt):
         archive = output.archive(path=args.archive, uncertain=args.uncertain)
+        if args.allow_outside_archive:
+            from miner.data.confine import unconfined
+
+            archive = unconfined(archive)
     elif args.archive:
         from miner.data import read_archive
 
         archive = read_archive(args.archive, config=ArchiveConfig(uncertain=args.uncertain or
-                                                                  ArchiveConfig.uncertain))
+                                                                  ArchiveConfig.uncertain,
+                                                                  allow_outside_archive=args.allow_outside_archive))
     gt, gt_source = _ground_truth(args, archive, cfg)
     if gt is None:
         raise UsageError("give --gt BBOX_CSV, --archive ARCHIVE, or a job's OUT (its manifest names the archive)")
     pred = read_boxes(args.boxes)
     # the images that count: those that went through the model (OUT), else the archive's, else any named
     if output is not None:
-        universe = list(output.image_ids)
+        universe = list(dict.fromkeys(output.image_ids))  # an image is counted once (docs/untrusted-input.md: duplicate rows)
     elif archive is not None:
         universe = [r.image_id for r in archive.records]
     else:
@@ -253,14 +265,23 @@ def _wsol(args, archive, gt, findings) -> dict:
     from torch.nn import functional as F
 
     from miner.cli._maps import default_method, fused_maps, mining_config, open_checkpoint
+    from miner.data.confine import FLAG, check_inside
+    from miner.errors import ImageError
     from miner.metrics.wsol import max_box_acc_v2, pxap
 
     model, meta, size = open_checkpoint(args.model, size=args.size)
     method = args.method or default_method(model, meta)
     config = mining_config(meta, args.steps)
-    paths = {r.image_id: r.path for r in archive.records}
+    paths, outside = {}, 0
+    for r in archive.records:  # the archive-root rule (miner.data.confine): the resolved path is the one opened
+        try:
+            paths[r.image_id] = check_inside(r.path, r.root)
+        except ImageError:
+            outside += 1
     out = {}
     print(f"WSOL metrics of {args.model} ({method}, T={config.steps}) -- Choe et al. 2020:")
+    if outside:
+        print(f"  {outside} images resolve outside the archive's root: left out, unread ({FLAG} reads them)")
     for f in findings:
         if f not in model.classes:
             continue

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import fields
 
+from miner.cli._options import BATCH, CPUS, FRACTION, OPEN_FRACTION, RANK, STEPS, integer, numbers, out_folder, real
 from miner.config import UNCERTAIN_POLICIES, ArchiveConfig, JobConfig
 
 HELP = "mine a whole archive into Parquet boxes (Ray actors; resumable)"
@@ -29,13 +27,22 @@ failures.
 
 _DEFAULTS = {f.name: f.default for f in fields(JobConfig)}
 
+#: ranges of the job's own numbers (the shared ones are in miner.cli._options)
+MAX_PIXELS = integer(1, 1 << 34)  # 2^34 pixels = 64 GiB as float32: beyond any machine
+SHARD = integer(1, 1_000_000)  # the driver holds a shard's rows until it is written
+WORKERS = integer(1, 4096)
+GPUS = real(0.0, 64.0)  # fractions share a GPU
+DECODE_CPUS = real(0.0, 1024.0)  # 0: decode tasks are not counted against the cluster's CPUs
+PREFETCH = integer(1, 1024)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("archive", metavar="ARCHIVE",
                         help="release folder (ChestX-ray14 layout), CSV/Parquet manifest, or image folder")
     parser.add_argument("--model", required=True, metavar="MODEL",
                         help="a checkpoint (.pt), an ONNX graph (.onnx) or a TensorRT engine")
-    parser.add_argument("--out", required=True, metavar="OUT", help="output folder (created; resumed if it exists)")
+    parser.add_argument("--out", required=True, metavar="OUT", type=out_folder,
+                        help="output folder (created; resumed if it exists)")
     what = parser.add_argument_group("what to mine")
     what.add_argument("--backend", default=_DEFAULTS["backend"], choices=("auto", "torch", "onnxruntime", "tensorrt"),
                       help="inference backend (default: %(default)s, by file type and device)")
@@ -46,17 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--recipe", default=None,
                       help="mine with this named recipe's mining and box settings (miner.recipes: peaks, cai2018) "
                            "instead of the model's own (the settings it was trained and calibrated with)")
-    what.add_argument("--steps", type=int, default=None,
+    what.add_argument("--steps", type=STEPS, default=None,
                       help="attention-mining steps T (default: the model's recipe, 3)")
-    what.add_argument("--mining-threshold", type=float, default=None,
+    what.add_argument("--mining-threshold", type=OPEN_FRACTION, default=None,
                       help="level of each normalised step map whose component at the peak is erased (default: the "
                            "model's recipe: 0.8 for peaks, 0.5 for cai2018)")
     what.add_argument("--box-rule", default=None, choices=("steps", "levels"),
                       help="boxes: one per mining step around its peak (steps), or components of the fused map at "
                            "fixed levels (levels, the seed's) (default: the model's recipe)")
-    what.add_argument("--box-thresholds", default=None,
+    what.add_argument("--box-thresholds", default=None, type=numbers(OPEN_FRACTION, words=("wang",)),
                       help="levels rule: levels on the normalised fused map, or 'wang' (cai2018: 0.3,0.5,0.7)")
-    what.add_argument("--step-level", type=float, default=None,
+    what.add_argument("--step-level", type=OPEN_FRACTION, default=None,
                       help="steps rule: a step's box is where its map is >= this fraction of its peak, for every "
                            "finding (default: the model's calibrated per-finding levels, else 0.85)")
     what.add_argument("--plain-boxes", action="store_true",
@@ -65,34 +72,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--plain-maps", action="store_true",
                       help="class maps without the model's calibrated stage weights (stage_weights, miner "
                            "calibrate); checkpoints only: a graph or engine has them built in")
-    what.add_argument("--max-boxes", type=int, default=None,
+    what.add_argument("--max-boxes", type=RANK, default=None,
                       help="boxes per image and finding (default: 3)")
     what.add_argument("--classes", default=_DEFAULTS["classes"], choices=("labels", "predicted", "all"),
                       help="findings that get boxes: the image's labels, the predicted ones, or all "
                            "(default: %(default)s)")
-    what.add_argument("--prob-threshold", type=float, default=_DEFAULTS["prob_threshold"],
+    what.add_argument("--prob-threshold", type=FRACTION, default=_DEFAULTS["prob_threshold"],
                       help="probability at which a finding counts as predicted (default: %(default)s)")
-    what.add_argument("--max-pixels", type=int, default=_DEFAULTS["max_pixels"],
+    what.add_argument("--max-pixels", type=MAX_PIXELS, default=_DEFAULTS["max_pixels"],
                       help="largest image, in pixels (height x width x frames) read from the file header before "
                            "decoding; larger files become 'too_large' error rows (default: %(default)s = 2^28)")
     what.add_argument("--uncertain", default=ArchiveConfig.uncertain, choices=UNCERTAIN_POLICIES,
                       help="CheXpert's uncertain (-1) labels: ignore (unknown: no boxes under --classes labels), "
                            "zeros (negative) or ones (positive) (default: %(default)s)")
+    what.add_argument("--allow-outside-archive", action="store_true",
+                      help="also mine image files that resolve outside the archive's root (symbolic links "
+                           "followed; e.g. a manifest of absolute paths into a mounted store); without it such a "
+                           "file is never opened and becomes an 'outside_archive' error row. Part of the job's "
+                           "identity")
     scale = parser.add_argument_group("scale")
-    scale.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"],
+    scale.add_argument("--batch-size", type=BATCH, default=_DEFAULTS["batch_size"],
                        help="images per model call (default: %(default)s)")
-    scale.add_argument("--shard-size", type=int, default=_DEFAULTS["shard_size"],
+    scale.add_argument("--shard-size", type=SHARD, default=_DEFAULTS["shard_size"],
                        help="images per shard, the unit of output files and of resume (default: %(default)s)")
-    scale.add_argument("--workers", type=int, default=None,
+    scale.add_argument("--workers", type=WORKERS, default=None,
                        help="model actors (default: one per GPU, else one per --cpus-per-worker CPUs)")
-    scale.add_argument("--cpus-per-worker", type=int, default=_DEFAULTS["cpus_per_worker"],
+    scale.add_argument("--cpus-per-worker", type=CPUS, default=_DEFAULTS["cpus_per_worker"],
                        help="CPUs (and compute threads) of each model actor (default: %(default)s)")
-    scale.add_argument("--gpus-per-worker", type=float, default=None,
+    scale.add_argument("--gpus-per-worker", type=GPUS, default=None,
                        help="GPUs of each model actor (default: 1 where the cluster has GPUs, else 0)")
-    scale.add_argument("--decode-cpus", type=float, default=_DEFAULTS["decode_cpus"],
+    scale.add_argument("--decode-cpus", type=DECODE_CPUS, default=_DEFAULTS["decode_cpus"],
                        help="CPUs each decode task reserves (default: %(default)s: not reserved, decoding runs "
                             "beside its actor, --prefetch batches ahead)")
-    scale.add_argument("--prefetch", type=int, default=None,
+    scale.add_argument("--prefetch", type=PREFETCH, default=None,
                        help="batches queued per actor (default: 2 on CPU, 8 on GPU)")
     scale.add_argument("--malloc", default=_DEFAULTS["malloc"], choices=("tuned", "default"),
                        help="glibc malloc thresholds of the workers (default: %(default)s; 'default' is for "
@@ -100,43 +112,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ray_group = parser.add_argument_group("Ray")
     ray_group.add_argument("--address", default=None,
                            help="Ray cluster to attach to (default: RAY_ADDRESS, else start a local one)")
-    ray_group.add_argument("--num-cpus", type=int, default=None,
+    ray_group.add_argument("--num-cpus", type=CPUS, default=None,
                            help="logical CPUs of a local cluster (default: all cores)")
     parser.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start afresh")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM (``ray job stop``, ``kill``, a pod being deleted) raised in the driver like Ctrl-C, so that the job
-    ends as an interrupted run: the shard being written is rolled back and the manifest says so."""
-
-    signum = int(signal.SIGTERM)
-
-
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise Stopped()
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed from the main thread
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def resume_hint(args: argparse.Namespace) -> str:
+    """What to do after a stop (`miner.cli.main`)."""
+    return f"the shards complete in {args.out} are kept: rerun the same command to resume"
 
 
 def run(args: argparse.Namespace) -> int:
+    from miner import runtime
+
     try:
-        with _sigterm_interrupts():
+        with runtime.interrupt_on_signals():  # shared with miner.cli.main's when it runs there
             return _run(args)
-    except KeyboardInterrupt as err:
-        signum = getattr(err, "signum", int(signal.SIGINT))
-        print(f"miner mine: stopped by {signal.Signals(signum).name}; the shards complete in {args.out} are kept: "
-              "rerun the same command to resume", file=sys.stderr, flush=True)
+    except (KeyboardInterrupt, Exception) as err:  # an error the interrupt caused on its way out: the signal says it
+        signum = runtime.signal_received()
+        if signum is None:
+            if not isinstance(err, KeyboardInterrupt):
+                raise
+            signum = int(signal.SIGINT)  # a KeyboardInterrupt that no handler of ours raised
+        runtime.quiet_signals()
+        runtime.mark_reported()
+        print(f"miner mine: stopped by {signal.Signals(signum).name}; {resume_hint(args)}", file=sys.stderr,
+              flush=True)
         return 128 + signum
 
 
@@ -196,6 +198,8 @@ def _run(args: argparse.Namespace) -> int:
                       backend_options=backend_options(args),
                       pipeline_options={"recipe": args.recipe, "mining": mining, "boxes": boxes},
                       address=args.address, num_cpus=args.num_cpus, overwrite=args.overwrite,
-                      progress=not args.no_progress, archive_config=ArchiveConfig(uncertain=args.uncertain))
+                      progress=not args.no_progress,
+                      archive_config=ArchiveConfig(uncertain=args.uncertain,
+                                                   allow_outside_archive=args.allow_outside_archive))
     print(summary.line(), flush=True)
     return 0

@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from miner.cli._options import FRACTION, IMAGES, SEED, SIDE, out_folder, real
 from miner.config import PhantomConfig
 
 HELP = "write a phantom archive (synthetic chest X-rays with known lesions) in the ChestX-ray14 layout"
@@ -16,10 +17,10 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = PhantomConfig()
-    parser.add_argument("out", metavar="OUT", help="new (or empty) folder to write the archive to")
-    parser.add_argument("--images", type=int, default=d.images, help=f"number of images (default {d.images})")
-    parser.add_argument("--size", type=int, default=d.size, help=f"image side in pixels (default {d.size})")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    parser.add_argument("out", metavar="OUT", type=out_folder, help="new (or empty) folder to write the archive to")
+    parser.add_argument("--images", type=IMAGES, default=d.images, help=f"number of images (default {d.images})")
+    parser.add_argument("--size", type=SIDE, default=d.size, help=f"image side in pixels (default {d.size})")
+    parser.add_argument("--seed", type=SEED, default=d.seed, help=f"random seed (default {d.seed})")
     parser.add_argument("--masks", action="store_true",
                         help="also write masks/<image stem>_<Finding>.png (255 on the finding's lesions)")
     parser.add_argument("--real-background", action="store_true",
@@ -27,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the synthetic chest; needs the pydicom-data package")
     parser.add_argument("--findings", default=None,
                         help="comma-separated findings to draw (default: all eight: " + ",".join(d.findings) + ")")
-    parser.add_argument("--no-finding", type=float, default=d.no_finding,
+    parser.add_argument("--no-finding", type=FRACTION, default=d.no_finding,
                         help=f"fraction of images without findings (default {d.no_finding})")
-    parser.add_argument("--contrast", type=float, default=d.contrast,
+    parser.add_argument("--contrast", type=real(0.0, 10.0, lo_open=True), default=d.contrast,
                         help=f"lesion visibility scale (default {d.contrast}; lower is harder)")
-    parser.add_argument("--test-fraction", type=float, default=d.test_fraction,
+    parser.add_argument("--test-fraction", type=FRACTION, default=d.test_fraction,
                         help=f"fraction of patients in test_list.txt (default {d.test_fraction})")
     parser.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT (replaces its images)")
 

@@ -31,6 +31,7 @@ import math
 import os
 import secrets
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -114,15 +115,25 @@ def local_auth_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _keep_sigterm_handler() -> Iterator[None]:
-    """`ray.init` replaces SIGTERM's handler with ``sys.exit``; keep one the caller installed (``miner mine``
-    turns SIGTERM into an interrupt that ends the run cleanly, e.g. on ``ray job stop``)."""
+    """`ray.init` replaces SIGTERM's handler with ``sys.exit`` (and a started head node with its own); keep one
+    the caller installed (``miner`` turns SIGTERM into an interrupt that ends the run cleanly, e.g. on ``ray job
+    stop``): Ray's ``set_sigterm_handler`` does nothing while inside, and the caller's handler is put back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
     try:
+        import ray._private.utils as ray_utils
+    except ImportError:  # pragma: no cover - another Ray layout: only the handler is put back
+        ray_utils = None
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if callable(previous) and original is not None:
+        ray_utils.set_sigterm_handler = lambda handler: None
+    try:
         yield
     finally:
+        if original is not None:
+            ray_utils.set_sigterm_handler = original
         if callable(previous):
             signal.signal(signal.SIGTERM, previous)
 
@@ -132,6 +143,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
             quiet: bool = True) -> Iterator[ClusterInfo]:
     """A Ray session for the job.
 
+    Starting and stopping a local cluster is never cut in half by SIGINT or SIGTERM
+    (`miner.runtime.signals_deferred`): a signal that arrives meanwhile is raised once the cluster is up (and
+    the ``finally`` stops it) or down, so that no process of it outlives the job.
+
     Args:
         address: a cluster to attach to (``ray://``-less GCS address such as ``10.0.0.1:6379``, or ``auto``);
             None = ``RAY_ADDRESS`` if set, else a local cluster started here (with token authentication; see
@@ -140,36 +155,59 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
             attaching.
         quiet: keep Ray's own INFO logging out of the terminal (the job prints its own progress).
     """
+    from miner.runtime import signal_received, signals_deferred
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS") or None
     import ray
 
     level = logging.WARNING if quiet else logging.INFO
     started = False
-    if not ray.is_initialized():
-        check_token_path(os.environ)
-        if address is not None:
-            _attach(address, level)
-        else:
-            changes = local_auth_env(os.environ)
-            os.environ.update(changes)
-            if changes:
-                # Ray read the mode into its config when it was imported; read it again (as ray.init does when
-                # it turns token authentication on by itself)
-                from ray._raylet import Config
-
-                Config.initialize("")
-            with _keep_sigterm_handler():
-                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=level)
-            started = True
     try:
+        if not ray.is_initialized():
+            check_token_path(os.environ)
+            if address is not None:
+                with signals_deferred():
+                    _attach(address, level)
+            else:
+                changes = local_auth_env(os.environ)
+                os.environ.update(changes)
+                if changes:
+                    # Ray read the mode into its config when it was imported; read it again (as ray.init does when
+                    # it turns token authentication on by itself)
+                    from ray._raylet import Config
+
+                    Config.initialize("")
+                started = True  # from here on, whatever ray.init started is stopped on the way out
+                with signals_deferred(), _keep_sigterm_handler():
+                    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=level)
         cpus, gpus, nodes = _resources()
         info = ClusterInfo(address=ray.get_runtime_context().gcs_address, started_here=started, cpus=cpus,
                            gpus=gpus, nodes=nodes)
         yield info
     finally:
         if started:
-            ray.shutdown()
+            with signals_deferred(), _stderr_silenced(signal_received() is not None):
+                ray.shutdown()
+
+
+@contextlib.contextmanager
+def _stderr_silenced(silence: bool) -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null while a stopped job's local cluster is torn down: Ray's C++ core
+    worker logs each task that the teardown cuts short (``task_manager.cc: Failed to push error to driver``)
+    straight to the descriptor, past Python; the job's own line saying how it stopped comes after."""
+    if not silence:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _attach(address: str, level: int) -> None:
@@ -183,7 +221,7 @@ def _attach(address: str, level: int) -> None:
     except AuthenticationError:
         raise UsageError(f"--address {address}: token authentication is on here (RAY_AUTH_MODE=token) but no "
                          "token was found; set RAY_AUTH_TOKEN_PATH to the cluster's token file (or RAY_AUTH_TOKEN), "
-                         "as README 'Running on a Ray cluster' shows") from None
+                         "as docs/cluster.md shows") from None
     except ConnectionError:
         hint = ("or its token differs from the one configured here" if token_mode else
                 "or it requires token authentication (set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to its token "
@@ -206,28 +244,48 @@ class WorkerResources:
 
 
 def plan_workers(cluster: ClusterInfo, *, workers: int | None, cpus_per_worker: int,
-                 gpus_per_worker: float | None) -> WorkerResources:
+                 gpus_per_worker: float | None, decode_cpus: float = 0.0) -> WorkerResources:
     """How many model actors to start and what each reserves.
 
     GPUs are used where the cluster has them (``gpus_per_worker`` defaults to 1 there, 0 elsewhere); the
     default number of actors fills the cluster: one per ``gpus_per_worker`` GPUs, or on a CPU cluster one per
-    ``cpus_per_worker`` CPUs. An explicit ``workers`` beyond the cluster's current size is allowed (an
-    autoscaling cluster grows to fit; actors start as resources appear).
+    ``cpus_per_worker`` CPUs, leaving ``decode_cpus`` free for a decode task (which would otherwise wait
+    forever for CPUs the actors hold). An explicit ``workers`` beyond the cluster's current size is allowed on
+    a cluster that may grow (an autoscaling one: actors start as resources appear); on a local cluster started
+    by the job, which cannot grow, a plan that can never run (an actor larger than the cluster, decode tasks
+    with no CPU left) is refused at once instead of waiting for resources that never come.
     """
     if cpus_per_worker < 1:
         raise UsageError(f"--cpus-per-worker must be at least 1 (got {cpus_per_worker})")
+    if not decode_cpus >= 0:
+        raise UsageError(f"--decode-cpus must be >= 0 (got {decode_cpus})")
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if cluster.gpus > 0 else 0.0
-    if gpus_per_worker < 0:
+    if not gpus_per_worker >= 0:
         raise UsageError(f"--gpus-per-worker must be >= 0 (got {gpus_per_worker})")
+    if gpus_per_worker > 0 and cluster.gpus == 0 and cluster.started_here:
+        raise UsageError(f"--gpus-per-worker {gpus_per_worker:g}: the local Ray cluster has no GPUs; leave it out "
+                         "(or 0) to run CPU actors")
     if gpus_per_worker > 0 and cluster.gpus == 0 and workers is None:
         raise UsageError(f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has no GPUs; leave it out "
                          "(or 0) to run CPU actors, or pass --workers for a cluster that autoscales GPU nodes")
+    if cluster.started_here:  # a local cluster: what it has now is all it will ever have
+        if gpus_per_worker > cluster.gpus:
+            raise UsageError(f"--gpus-per-worker {gpus_per_worker:g}: the local Ray cluster has {cluster.gpus:g} "
+                             "GPUs; ask for at most that many")
+        if cpus_per_worker + decode_cpus > cluster.cpus:
+            need = f"--cpus-per-worker {cpus_per_worker}" + (f" + --decode-cpus {decode_cpus:g}" if decode_cpus else "")
+            raise UsageError(f"{need} needs more CPUs than the local Ray cluster has ({cluster.cpus:g}); lower "
+                             "them, or raise --num-cpus")
     if workers is None:
         if gpus_per_worker > 0:
             workers = max(1, math.floor(cluster.gpus / gpus_per_worker + 1e-9))
         else:
-            workers = max(1, math.floor(cluster.cpus / cpus_per_worker + 1e-9))
+            workers = max(1, math.floor((cluster.cpus - decode_cpus) / cpus_per_worker + 1e-9))
     if workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {workers})")
+    if cluster.started_here and decode_cpus > 0 and workers * cpus_per_worker + decode_cpus > cluster.cpus:
+        raise UsageError(f"--workers {workers} x --cpus-per-worker {cpus_per_worker} leave less than --decode-cpus "
+                         f"{decode_cpus:g} of the local Ray cluster's {cluster.cpus:g} CPUs: decode tasks would wait "
+                         "forever; lower --workers or --decode-cpus (0: decode beside the actors)")
     return WorkerResources(workers=workers, cpus=cpus_per_worker, gpus=float(gpus_per_worker))

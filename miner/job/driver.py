@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,6 +28,7 @@ from miner.job.cluster import ClusterInfo, WorkerResources, connect, plan_worker
 from miner.job.plan import Shard, archive_fingerprint, check_identity, model_files, model_hash, plan_shards
 from miner.job.progress import Progress
 from miner.job.summary import BatchEvent, JobSummary
+from miner.runtime import raise_if_signalled, signals_deferred
 
 MANIFEST_FORMAT = 1
 CLASS_MODES = ("labels", "predicted", "all")
@@ -74,7 +76,7 @@ def _batches(records: list, shards: list[Shard], batch_size: int) -> Iterator[tu
         for seq in range(count):
             lo = shard.start + seq * batch_size
             hi = min(lo + batch_size, shard.stop)
-            payload = [(r.image_id, r.path, tuple(r.labels)) for r in records[lo:hi]]
+            payload = [(r.image_id, r.path, tuple(r.labels), r.root) for r in records[lo:hi]]  # root: confine
             yield shard, seq, count, payload
 
 
@@ -109,7 +111,7 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
             address: str | None = None,
             num_cpus: int | None = None, overwrite: bool = False, progress: bool = True,
             log: Callable[[str], None] | None = None, archive_config: Any = None) -> JobSummary:
-    """Mine every image of `archive` with `model` into the Parquet dataset `out` (DESIGN.md's output contract).
+    """Mine every image of `archive` with `model` into the Parquet dataset `out` (the output contract of docs/design.md).
 
     Args:
         archive: anything `miner.data.read_archive` reads; image files must be readable on every node.
@@ -143,6 +145,8 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
         raise UsageError(f"--classes must be one of {', '.join(CLASS_MODES)} (got {config.classes!r})")
     if config.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {config.batch_size})")
+    if not 0 <= config.prob_threshold <= 1:  # NaN included
+        raise UsageError(f"--prob-threshold must lie in [0, 1] (got {config.prob_threshold})")
     if config.prefetch is not None and config.prefetch < 1:
         raise UsageError(f"--prefetch must be at least 1 (got {config.prefetch})")
     if config.max_pixels < 1:
@@ -160,15 +164,28 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
     model_path = Path(model).expanduser().resolve()
     if not model_path.is_file():
         raise ModelError(f"{model}: no such model file; give a checkpoint (.pt), an ONNX graph (.onnx) or an engine")
+    # the model against its own record, run once on a test batch (shapes, finite values), before Ray and OUT
+    from miner.backends import check_model
+
+    meta = check_model(model_path, backend=config.backend, **backend_options)
+    _check_pipeline(meta, config=config, pipeline_options=pipeline_options)
     model_sha = model_hash(model_path)
     shards = plan_shards(len(records), config.shard_size)
     identity = _identity(fingerprint=archive_fingerprint(records, arch.root), images=len(records),
                          model_sha=model_sha, config=config, backend_options=backend_options,
                          pipeline_options=pipeline_options)
+    if archive_config.allow_outside_archive:  # files outside the archive's root are mined, not error rows
+        identity["allow_outside_archive"] = True
 
+    # nothing is written to OUT, and Ray does not start, before every option, the archive and the model pass:
+    # a refused command leaves OUT as it was, and the corrected one is not taken for another job
     out = Path(out).expanduser().resolve()
+    check_out_folder(out)
     store = ShardStore(out)
-    with _say_what_is_kept(store, shards=len(shards)), store.lock():
+    runs_ray = _needs_work(store, shards, identity, overwrite=overwrite)  # refuses another job's OUT, read-only
+    _check_local_cpus(address, num_cpus=num_cpus, config=config)
+    cluster = _cluster(address, num_cpus=num_cpus, config=config) if runs_ray else contextlib.nullcontext()
+    with cluster as ray_plan, _say_what_is_kept(store, shards=len(shards)), store.lock():
         previous = read_manifest(out)
         if overwrite:
             store.clear()
@@ -218,8 +235,8 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
             if pending:
                 startup, workers, worker_info = _run_pending(
                     records, pending, store, model_path=model_path, config=config, backend_options=backend_options,
-                    pipeline_options=pipeline_options, address=address, num_cpus=num_cpus, events=events,
-                    progress=progress, log=log, started=started)
+                    pipeline_options=pipeline_options, address=address, num_cpus=num_cpus, ray_plan=ray_plan,
+                    events=events, progress=progress, log=log, started=started)
                 manifest["model"].update(worker_info["model"])
                 run_info.update(worker_info["run"])
             status = "complete"
@@ -249,7 +266,8 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
             manifest.update(status="complete" if len(done) == len(shards) else status, updated=_now(),
                             counts={**counts, "shards_done": len(done)})
             try:
-                write_manifest(out, manifest)
+                with signals_deferred():  # a signal now would leave the manifest saying "running"
+                    write_manifest(out, manifest)
             except WriteError:
                 if failure is None:
                     raise
@@ -275,27 +293,94 @@ def _kept(done: int, shards: int) -> str:
     return f"{done} of {shards} shards are complete in it and kept"
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an OUT that is a regular file, or lies below one, before anything is written (`UsageError`, exit 2;
+    writing would fail with a misleading I/O error)."""
+    for candidate in (out, *out.parents):
+        if os.path.lexists(candidate):
+            if candidate.is_dir():
+                return
+            if candidate == out:
+                raise UsageError(f"{out} is a file, not a folder; give --out a folder (new, or a job's output to "
+                                 "resume)")
+            raise UsageError(f"{out}: cannot make this folder, {candidate} is a file; give --out another path")
+
+
+def _check_pipeline(meta: Any, *, config: JobConfig, pipeline_options: Mapping[str, Any]) -> None:
+    """The mining and box settings against the model's record, as each model actor will build them
+    (`miner.pipeline.Pipeline`: the recipe, --steps against what the model can recompute, ...)."""
+    from types import SimpleNamespace
+
+    from miner.pipeline import Pipeline
+
+    Pipeline(SimpleNamespace(meta=meta), classes=config.classes, prob_threshold=config.prob_threshold,
+             **dict(pipeline_options))
+
+
+def _needs_work(store: ShardStore, shards: list[Shard], identity: Mapping[str, Any], *, overwrite: bool) -> bool:
+    """Whether any shard is left to run; refuses (read-only, before Ray starts) what the locked check in
+    `run_job` would refuse: OUT holding another job, or shard files without a manifest."""
+    if overwrite or not store.out.is_dir():
+        return True
+    previous = read_manifest(store.out)
+    if previous is not None:
+        check_identity(previous.get("identity", {}), identity, out=store.out)
+    elif store.has_output():
+        raise UsageError(f"{store.out} holds shard files but no manifest; pass --overwrite to start afresh")
+    done = store.done()
+    return any(s.index not in done for s in shards)
+
+
+def _check_local_cpus(address: str | None, *, num_cpus: int | None, config: JobConfig) -> None:
+    """A local cluster of --num-cpus CPUs that cannot hold one model actor (and a decode task) is refused before
+    Ray starts (its actors would wait for CPUs forever)."""
+    ray = sys.modules.get("ray")
+    if address or os.environ.get("RAY_ADDRESS") or num_cpus is None or (ray is not None and ray.is_initialized()):
+        return
+    if config.cpus_per_worker + config.decode_cpus > num_cpus:
+        need = f"--cpus-per-worker {config.cpus_per_worker}" + (
+            f" + --decode-cpus {config.decode_cpus:g}" if config.decode_cpus else "")
+        raise UsageError(f"{need} needs more than the local Ray cluster's --num-cpus {num_cpus}; lower it or raise "
+                         "--num-cpus")
+
+
+@contextlib.contextmanager
+def _cluster(address: str | None, *, num_cpus: int | None,
+             config: JobConfig) -> Iterator[tuple[ClusterInfo, WorkerResources]]:
+    """Ray for the job, and the resources of its model actors (a plan the cluster can never run is refused
+    here, before OUT is touched)."""
+    with connect(address, num_cpus=num_cpus) as cluster:
+        yield cluster, plan_workers(cluster, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
+                                    gpus_per_worker=config.gpus_per_worker, decode_cpus=config.decode_cpus)
+
+
 def _run_pending(records: list, pending: list[Shard], store: ShardStore, *, model_path: Path, config: JobConfig,
-                 backend_options: dict[str, Any], pipeline_options: dict[str, Any], address: str | None, num_cpus: int | None,
+                 backend_options: dict[str, Any], pipeline_options: dict[str, Any], address: str | None,
+                 num_cpus: int | None, ray_plan: tuple[ClusterInfo, WorkerResources] | None,
                  events: list[BatchEvent], progress: bool, log: Callable[[str], None],
                  started: float) -> tuple[float, int, dict[str, Any]]:
-    """Run the pending shards on Ray. Returns (start-up seconds, workers, what the actors reported)."""
-    with connect(address, num_cpus=num_cpus) as cluster:
-        resources = plan_workers(cluster, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
-                                 gpus_per_worker=config.gpus_per_worker)
-        where = "local Ray" if cluster.started_here else f"Ray cluster {cluster.address}"
-        log(f"{len(pending)} shards to mine on {where} ({cluster.nodes} nodes, {cluster.cpus:g} CPUs, "
-            f"{cluster.gpus:g} GPUs): {resources.workers} {resources.device} model actors x "
-            f"{resources.cpus} CPUs" + (f", {resources.gpus:g} GPUs" if resources.gpus else ""))
-        total = sum(len(s) for s in pending)
-        bar = Progress(total, enabled=progress, log=log)
-        try:
-            return _dispatch(records, pending, store, cluster=cluster, resources=resources,
-                             model_path=model_path, config=config, backend_options=backend_options,
-                             pipeline_options=pipeline_options,
-                             events=events, bar=bar, started=started)
-        finally:
-            bar.close()
+    """Run the pending shards on Ray (`ray_plan`: the cluster and the actors' resources, or None to start
+    Ray here). Returns (start-up seconds, workers, what the actors reported)."""
+    if ray_plan is None:
+        with _cluster(address, num_cpus=num_cpus, config=config) as plan:
+            return _run_pending(records, pending, store, model_path=model_path, config=config,
+                                backend_options=backend_options, pipeline_options=pipeline_options, address=address,
+                                num_cpus=num_cpus, ray_plan=plan, events=events, progress=progress, log=log,
+                                started=started)
+    cluster, resources = ray_plan
+    where = "local Ray" if cluster.started_here else f"Ray cluster {cluster.address}"
+    log(f"{len(pending)} shards to mine on {where} ({cluster.nodes} nodes, {cluster.cpus:g} CPUs, "
+        f"{cluster.gpus:g} GPUs): {resources.workers} {resources.device} model actors x "
+        f"{resources.cpus} CPUs" + (f", {resources.gpus:g} GPUs" if resources.gpus else ""))
+    total = sum(len(s) for s in pending)
+    bar = Progress(total, enabled=progress, log=log)
+    try:
+        return _dispatch(records, pending, store, cluster=cluster, resources=resources,
+                         model_path=model_path, config=config, backend_options=backend_options,
+                         pipeline_options=pipeline_options,
+                         events=events, bar=bar, started=started)
+    finally:
+        bar.close()
 
 
 def _dispatch(records: list, pending: list[Shard], store: ShardStore, *, cluster: ClusterInfo,
@@ -341,6 +426,7 @@ def _dispatch(records: list, pending: list[Shard], store: ShardStore, *, cluster
                           "rerun the same command to resume")
 
     while True:
+        raise_if_signalled()  # a SIGTERM that Ray's wait turned into something else still stops the job here
         # keep every ready actor fed, least loaded first
         while next_batch is not None and info:
             actor = min(info, key=lambda i: load[i])

@@ -86,6 +86,19 @@ def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     return path
 
 
+def _load_error(err: Exception) -> str:
+    """One line for why `torch.load` refused a file (torch's own message runs to several lines)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:  # the restricted unpickler met code to run: never loaded
+        return (f"it holds pickled Python objects ({refused.group(1)}), which are never loaded; give a checkpoint "
+                "of plain weights, as miner train writes")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 def read_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The raw checkpoint dict (``weights_only=True``); raises `ModelError` for a missing or foreign file."""
     path = Path(path)
@@ -94,7 +107,7 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     try:
         record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle/zip errors of many kinds
-        raise ModelError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise ModelError(f"{path}: not a readable checkpoint ({_load_error(err)})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ModelError(f"{path}: not an attention-miner checkpoint (no format {FORMAT!r}); "
                          "for ImageNet weights use --init")

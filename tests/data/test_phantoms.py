@@ -151,10 +151,10 @@ def test_separate_lesions_of_one_finding_do_not_touch(phantom):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--images", "0"], "--images must be at least 1"),
-    (["--size", "8"], "--size must be at least 32"),
+    (["--images", "0"], "argument --images: must be an integer in [1, 10000000], got '0'"),
+    (["--size", "8"], "argument --size: must be an integer in [32, 8192], got '8'"),
     (["--findings", "Hernia"], "cannot draw findings"),
-    (["--no-finding", "2"], "--no-finding must be within"),
+    (["--no-finding", "2"], "argument --no-finding: must be a number in [0, 1], got '2'"),
 ])
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path, argv, message):
     result = subprocess.run([sys.executable, "-m", "miner", "phantoms", str(tmp_path / "o"), *argv],

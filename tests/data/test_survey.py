@@ -91,7 +91,7 @@ def test_inspect_on_the_real_nih_labels(tmp_path, nih_data_entry, nih_bbox_list)
 
 @pytest.mark.parametrize("argv,code,message", [
     (["inspect", "/nonexistent/archive"], 2, "no such file or folder"),
-    (["inspect", ".", "--sample", "0"], 2, "--sample must be at least 1"),
+    (["inspect", ".", "--sample", "0"], 2, "argument --sample: must be an integer in [1, 100000000], got '0'"),
 ])
 def test_inspect_bad_input_is_one_line(argv, code, message):
     result = _miner(*argv)

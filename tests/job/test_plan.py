@@ -99,7 +99,16 @@ def test_plan_workers_fills_the_cluster():
     assert plan_workers(gpu, workers=None, cpus_per_worker=2, gpus_per_worker=None) == WorkerResources(4, 2, 1.0)
     assert plan_workers(gpu, workers=None, cpus_per_worker=1, gpus_per_worker=0.5).workers == 8
     assert plan_workers(gpu, workers=None, cpus_per_worker=1, gpus_per_worker=None).device == "cuda"
-    assert plan_workers(cpu, workers=3, cpus_per_worker=1, gpus_per_worker=1).device == "cuda"  # autoscaling
+    attached = ClusterInfo(address="x", started_here=False, cpus=8, gpus=0, nodes=1)
+    assert plan_workers(attached, workers=3, cpus_per_worker=1, gpus_per_worker=1).device == "cuda"  # autoscaling
+    # a local cluster cannot grow: a plan it can never run is refused at once (no wait for resources)
+    with pytest.raises(UsageError, match="local Ray cluster has no GPUs"):
+        plan_workers(cpu, workers=3, cpus_per_worker=1, gpus_per_worker=1)
+    with pytest.raises(UsageError, match="more CPUs than the local Ray cluster has"):
+        plan_workers(cpu, workers=None, cpus_per_worker=9, gpus_per_worker=None)
+    with pytest.raises(UsageError, match="decode tasks would wait forever"):
+        plan_workers(cpu, workers=8, cpus_per_worker=1, gpus_per_worker=None, decode_cpus=1)
+    assert plan_workers(cpu, workers=None, cpus_per_worker=2, gpus_per_worker=None, decode_cpus=1).workers == 3
     with pytest.raises(UsageError, match="no GPUs"):
         plan_workers(cpu, workers=None, cpus_per_worker=1, gpus_per_worker=1)
     with pytest.raises(UsageError, match="--cpus-per-worker"):
