@@ -6,8 +6,8 @@ or checkpoint declares its own list.
 
 `VOCABULARY` is every canonical finding (ChestX-ray14's 14, then `OTHER_FINDINGS`); `ARCHIVE_FINDINGS` maps each
 archive kind's own names to it (VinDr-CXR "Pleural effusion" and CheXpert "Pleural Effusion" -> Effusion, ...), so
-a model trained on one archive mines and is scored on another where their findings meet. README "Archives and
-phantoms" lists the map as a table.
+a model trained on one archive mines and is scored on another where their findings meet. docs/archives.md lists
+the map as a table.
 """
 from __future__ import annotations
 

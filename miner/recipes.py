@@ -14,11 +14,11 @@ is mined the seed's way, ``cai2018``.
 
 ``cai2018`` is Cai et al. (MICCAI 2018) as the first version of this project reproduced it: ResNet-MSA at stride 16
 with global average pooling; T = 3 steps erasing the component of H_t >= 0.5 at the maximum; the fused map of
-Eq. 8; boxes of H_f at levels 0.3 / 0.5 / 0.7 ranked by the mean H_f inside the box. It reproduces README's
-Tables 2-3 (`tests/bench/test_paper.py`).
+Eq. 8; boxes of H_f at levels 0.3 / 0.5 / 0.7 ranked by the mean H_f inside the box. It reproduces the seed's
+Tables 2-3 (docs/results/seed-tables.md; `tests/bench/test_paper.py`).
 
 The default recipe (`miner.config.DEFAULT_RECIPE`, ``peaks``) is the best combination measured by ``miner bench
-localize`` (README, "Box quality"): finer maps (MSA at stride 8, GAP), LayerCAM maps (at a GAP + linear head's
+localize`` (docs/results/box-quality.md): finer maps (MSA at stride 8, GAP), LayerCAM maps (at a GAP + linear head's
 input: the CAM of the positive branch weights only), attention mining that erases only the core of each peak, one
 box per mining step sized relative to its own peak (per finding where calibrated) and ranked by its heat, boxes
 placed on the cells' receptive-field centres. Log-sum-exp and top-k pooling were measured and did not gain.

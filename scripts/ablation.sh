@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The ablation of README "Box quality": every lever of the `peaks` recipe, one at a time, on plain phantoms.
+# The ablation of docs/results/box-quality.md: every lever of the `peaks` recipe, one at a time, on plain phantoms.
 #
 #   scripts/ablation.sh [WORKDIR]          (default WORKDIR: runs/ablation; about 75 minutes on 2 cores)
 #
@@ -10,7 +10,7 @@
 # levels only: no shapes, no stage weights, the levers that came after this ablation);
 # `miner bench localize` then scores each model and inference setting on unseen phantoms (seed 1 plain, seed 2
 # real-background, 600 each). Training seed 0 throughout: differences of a few hundredths are within the spread
-# that README gives for three seeds of the default recipe.
+# that docs/results/box-quality.md gives for three seeds of the default recipe.
 set -euo pipefail
 
 WORK=${1:-runs/ablation}

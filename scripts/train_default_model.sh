@@ -3,7 +3,7 @@
 #
 #   scripts/train_default_model.sh [WORKDIR]          (default WORKDIR: runs/default_model; SEED=k for another seed)
 #
-# Recipe `peaks` (miner.recipes; README "Box quality"): a ResNet-18-MSA at 3/8 of the width with the MSA at
+# Recipe `peaks` (miner.recipes; docs/results/box-quality.md): a ResNet-18-MSA at 3/8 of the width with the MSA at
 # stride 8 (1.6 M parameters), trained on the union of two 2,000-image phantom archives of 256x256 -- plain
 # (seed 0) and drawn on the real radiograph of pydicom-data (seed 3), so the model is not tied to one look --
 # through stages base (8 epochs), msa-init (2), end2end (4) with balanced class weights and augmentation, then

@@ -5,7 +5,7 @@
     X = model.forward_features(images)            # [B, 768, S/16, S/16], images in [0, 1]
     logits = model.forward_head(X, masks=M)       # branch c sees X * M[:, c]
 
-Every classifier follows `miner.models.base.Classifier`; see the README section "Training".
+Every classifier follows `miner.models.base.Classifier`; see docs/training.md.
 """
 from __future__ import annotations
 
