@@ -3,26 +3,31 @@
     result = export_checkpoint("model.pt", "model.onnx")                  # method from the model
     result = export_model(model, "model.onnx", method="gradcam", input_size=(512, 512))
 
-The graph computes exactly `miner.cam.class_maps(model, images, method=..., layer=...)`: it is the trace of
-the same pure function (`miner.cam.maps_function`), autograd included:
+The graph computes exactly `miner.cam.class_maps(model, images, method=..., layer=...)`: it is the trace
+(`miner.cam.graph.trace_graph`) of the map graph a checkpoint runs as (`miner.cam.graph.MapGraph`), autograd
+included, exported by `export_graph`:
 
 - GAP + linear heads (CAM, or any gradient method at the feature layer): the maps come from the feature map
   and the branch weights in the graph (the analytic gradient w_c / (h w)); no backward operator.
 - any other head (a non-linear head, a U-Net for Seg-Grad-CAM, the pyramid of a DC-FPN for Pyramid
   Grad-CAM): the graph holds the forward pass and the backward pass from each class score to the layer,
-  traced by `miner.export.grad_graph` and exported with a translation of `convolution_backward`.
+  traced by `miner.cam.graph.trace_graph` and exported with a translation of `convolution_backward`.
 
 Inputs: ``images`` float32 [B, in_chans, H, W] in [0, 1] (the graph normalises), plus ``masks`` float32
 [B, C, h, w] on graphs for attention mining with heads where erasing features does not commute with the
 map (non-linear heads: see `miner.export` README section); outputs ``logits`` [B, C] and ``maps``
 [B, C, h, w]; the batch is dynamic. The model's record (classes, method, layer, input size, normalisation,
-hash) is stored in ``metadata_props`` (`miner.export.metadata.GraphMeta`).
+hash) is stored in ``metadata_props`` (`miner.models.meta.ModelMeta`).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +35,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from miner.cam.graph import MapGraph, checkpoint_options, default_method
 from miner.errors import ExportError, ModelError, UsageError
-from miner.export.metadata import GraphMeta, file_hash, state_dict_hash
 from miner.export.parity import DEFAULT_ATOL, ParityReport, check_inputs, compare, ort_session, run_session
+from miner.export.translations import translation_table
+from miner.models.meta import ModelMeta, file_hash, parse_size, state_dict_hash
 
 MIN_OPSET, MAX_OPSET = 17, 23
+#: a graph at or above this size is saved with its weights in a side file (`<name>.onnx.data`):
+#: protobuf cannot serialise a single message past 2 GiB.
+EMBED_LIMIT_BYTES = 1_800_000_000
 
 
 @dataclass
@@ -42,7 +52,7 @@ class ExportResult:
     """What `export_model` wrote and how it checked."""
 
     path: Path
-    meta: GraphMeta
+    meta: ModelMeta
     parity: ParityReport | None
     seconds: float
     size_bytes: int
@@ -58,142 +68,6 @@ class ExportResult:
         if self.parity is not None:
             line += f"; check {'ok' if self.parity.ok else 'FAILED'}: {self.parity.line()}"
         return line
-
-
-def default_method(model: nn.Module) -> str:
-    """The map method a model's graph gets when none is named.
-
-    ``cam`` for a GAP + linear head, ``seg-gradcam`` for a segmentation net, ``pyramid-gradcam`` for a
-    model with a feature pyramid (DC-FPN), else ``gradcam``.
-    """
-    if getattr(model, "task", "classification") == "segmentation":
-        return "seg-gradcam"
-    if getattr(model, "pyramid_layers", None):
-        return "pyramid-gradcam"
-    if getattr(model, "head_is_linear", False):
-        return "cam"
-    return "gradcam"
-
-
-def parse_size(value: int | str | Sequence[int] | None) -> tuple[int, int] | None:
-    """``512``, ``"512"``, ``"512x384"``, ``[512, 384]`` -> (H, W); None stays None."""
-    if value is None:
-        return None
-    try:
-        if isinstance(value, str):
-            parts = [int(p) for p in value.lower().replace("*", "x").split("x")]
-        elif isinstance(value, int):
-            parts = [value]
-        else:
-            parts = [int(v) for v in value]
-    except ValueError:
-        raise UsageError(f"input size must be S or HxW (e.g. 512 or 512x512), got {value!r}") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 8:
-        raise UsageError(f"input size must be S or HxW with sides >= 8, got {value!r}")
-    return parts[0], parts[1]
-
-
-class MapGraph:
-    """The traceable function a graph is made of, and its eager reference.
-
-    Args:
-        model: a `miner.models` classifier or segmentation net (eval mode, frozen parameters while tracing).
-        method, layer, target, scales: as `miner.cam.class_maps`.
-        masks_input: add the class-wise erasure ``masks`` input; None = where erasure changes the maps
-            (`ClassMapper.shortcut_exact` is False) and the mapper works at the feature layer.
-        stage_weights: per-finding stage weights of the maps (`miner.cam.ClassMapper`), built into the graph.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        method: str,
-        layer: str | Sequence[str] | None = None,
-        masks_input: bool | None = None,
-        target: Any = None,
-        scales: Sequence[int] | str | None = None,
-        stage_weights: Any = None,
-    ) -> None:
-        from miner.cam import maps_function
-
-        self.model = model
-        self.mapper = maps_function(model, method, layer, target=target, scales=scales, stage_weights=stage_weights)
-        self.method = self.mapper.method.name
-        self.layers = list(self.mapper.layers)
-        can_erase = self.mapper.mode in ("analytic", "split")
-        if masks_input is None:
-            masks_input = can_erase and not self.mapper.shortcut_exact
-        if masks_input and not can_erase:
-            raise UsageError(
-                f"a masks input needs maps at the model's feature layer ({getattr(model, 'feature_layer', None)!r}); "
-                f"{self.method} at {', '.join(self.layers)} cannot recompute erased features"
-            )
-        self.masks_input = bool(masks_input)
-
-    def __call__(self, images: Tensor, masks: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(logits Tensor[B, C], maps Tensor[B, C, h, w]); with a masks input, maps of the erased features."""
-        if not self.masks_input:
-            return self.mapper(images)
-        if masks is None:
-            raise ValueError("this graph takes masks")
-        features = self.mapper.features(images)
-        with torch.no_grad():
-            logits = self.model.forward_head(features)
-        return logits, self.mapper.erased_maps(features, masks)
-
-    def reference(self, images: Tensor, masks: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Eager PyTorch for the parity check: `class_maps` itself when nothing is erased."""
-        if masks is None or bool((masks == 1).all()):
-            from miner.cam import class_maps
-
-            layer = self.layers if self.mapper.method.pyramid else self.layers[0]
-            return class_maps(self.model, images, method=self.method, layer=layer, target=self.mapper.target,
-                              stage_weights=self.mapper.stage_weights)
-        return self(images, masks)
-
-    @property
-    def input_names(self) -> list[str]:
-        return ["images", "masks"] if self.masks_input else ["images"]
-
-    def describe(self, input_size: tuple[int, int], map_size: tuple[int, int], *, model_hash: str,
-                 inference: Mapping[str, Any] | None = None) -> GraphMeta:
-        """What this graph computes: the record its ONNX file carries, and what the torch backend reports.
-
-        `inference` is the checkpoint's recipe record (`miner.recipes.recorded`), carried into the graph so that
-        mining an exported model uses the settings it was trained and calibrated with.
-        """
-        import miner
-
-        model = self.model
-        return GraphMeta(
-            classes=tuple(getattr(model, "classes", ())),
-            method=self.method,
-            layer=",".join(self.layers),
-            input_size=(int(input_size[0]), int(input_size[1])),
-            in_chans=int(getattr(model, "in_chans", 1)),
-            mean=tuple(float(v) for v in getattr(model, "mean", ())),
-            std=tuple(float(v) for v in getattr(model, "std", ())),
-            head_is_linear=bool(getattr(model, "head_is_linear", False)),
-            map_size=(int(map_size[0]), int(map_size[1])),
-            masks_input=self.masks_input,
-            shortcut_exact=self.mapper.shortcut_exact,
-            arch=str(getattr(model, "arch", type(model).__name__)),
-            model_hash=model_hash,
-            miner_version=miner.__version__,
-            task=str(getattr(model, "task", "classification")),
-            cell_origin=str(getattr(model, "cell_origin", "centre")),
-            inference=self._record(inference),
-        )
-
-    def _record(self, inference: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The recipe record with the stage weights this graph's maps really use (none: no entry)."""
-        record = {k: v for k, v in dict(inference or {}).items() if k != "stage_weights"}
-        if self.mapper.stage_weights:
-            record["stage_weights"] = {f: dict(w) for f, w in self.mapper.stage_weights.items()}
-        return record
 
 
 def _on_cpu_float32(fn: Callable[..., ExportResult]) -> Callable[..., ExportResult]:
@@ -241,7 +115,7 @@ def export_model(
         method: map method (default `default_method(model)`).
         layer: map layer (default: the method's, usually ``model.feature_layer``).
         opset: ONNX opset (17..23).
-        masks_input: see `MapGraph`.
+        masks_input: see `miner.cam.graph.MapGraph`.
         external_data: weights in ``<path>.data`` (None: only above ~1.8 GB; else one self-contained file).
         check: compare ONNX Runtime (CPU) with eager `class_maps` on a random batch and a phantom image; a
             difference above `atol` raises `ExportError` (exit 1) (the graph is left on disk for inspection).
@@ -257,7 +131,7 @@ def export_model(
         an `ExportResult` (path, metadata, parity report, seconds, size).
     """
     from miner.cam import inference_state
-    from miner.export.grad_graph import export_graph, quiet, trace_graph
+    from miner.cam.graph import trace_graph
 
     start = time.perf_counter()
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
@@ -311,7 +185,7 @@ def export_model(
     return result
 
 
-def check_graph(path: str | Path, graph: MapGraph, meta: GraphMeta, *, atol: float = DEFAULT_ATOL) -> ParityReport:
+def check_graph(path: str | Path, graph: MapGraph, meta: ModelMeta, *, atol: float = DEFAULT_ATOL) -> ParityReport:
     """ONNX Runtime (CPU) vs eager PyTorch on a random batch of 3 and a phantom image (plus random masks).
 
     The reference is eager float32 first. Where that differs by more than `atol`, eager PyTorch runs again in
@@ -367,16 +241,114 @@ def export_checkpoint(
     its calibrated stage weights into the maps (not with `plain_maps`).
     """
     from miner.models import load_checkpoint
-    from miner.recipes import recorded
 
     checkpoint = Path(checkpoint)
     model, ckpt_meta = load_checkpoint(checkpoint)
     size = parse_size(input_size) or parse_size(ckpt_meta.get("input_size"))
     if size is None:
         raise UsageError(f"{checkpoint} records no input_size: pass --input-size HxW")
-    options.setdefault("inference", recorded(ckpt_meta))
-    if not plain_maps:
-        options.setdefault("stage_weights", ckpt_meta.get("stage_weights"))
-    if options.get("method") is None and options.get("layer") is None and ckpt_meta.get("method"):
-        options["method"] = ckpt_meta["method"]  # the recipe's map method
+    checkpoint_options(ckpt_meta, options, plain_maps=plain_maps)
     return export_model(model, path, input_size=size, model_hash=file_hash(checkpoint), **options)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[io.StringIO]:
+    """Silence the exporter's progress prints, warnings and log lines; yields what was printed.
+
+    `torch.onnx.export` prints its steps and warns about unrelated registries (torchvision ops); the
+    captured text is kept for error messages.
+    """
+    buffer = io.StringIO()
+    names = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_graph(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Tensor],
+    path: str | Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    opset: int = 18,
+    external_data: bool | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Export a traced graph to ONNX with a dynamic batch dimension (dim 0 of every input).
+
+    Args:
+        gm: from `trace_graph`.
+        example_inputs: the tensors it was traced with.
+        path: the ``.onnx`` file to write.
+        input_names, output_names: ONNX names, in order.
+        opset: ONNX opset (17..23).
+        external_data: True writes weights to ``<path>.data``; False embeds them; None (default) embeds
+            them below `EMBED_LIMIT_BYTES` (one self-contained file) and writes a side file above.
+        metadata: ``metadata_props`` to record (string keys and values).
+
+    Returns:
+        the written path.
+    """
+    import onnx
+
+    path = Path(path)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    gm.eval()  # a GraphModule starts in training mode; the traced ops do not depend on it
+    with quiet():
+        program = torch.onnx.export(
+            gm,
+            tuple(example_inputs),
+            dynamo=True,
+            dynamic_shapes=tuple({0: batch} for _ in example_inputs),
+            custom_translation_table=translation_table(),
+            opset_version=int(opset),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            optimize=True,
+            verbose=False,
+        )
+    model = program.model_proto
+    static = [v.name for v in model.graph.input if v.type.tensor_type.shape.dim[0].HasField("dim_value")]
+    if static:
+        raise RuntimeError(
+            f"the batch dimension of {', '.join(static)} was specialised during export (an operation tied it to a "
+            "fixed size); the graph would only run at the traced batch"
+        )
+    # One symbol for the batch on every input and output (TensorRT's parser and ONNX Runtime's shape
+    # inference then know they are the same dimension).
+    for value in list(model.graph.input) + list(model.graph.output):
+        dim = value.type.tensor_type.shape.dim
+        if len(dim) and not dim[0].HasField("dim_value"):
+            dim[0].dim_param = "batch"
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = str(key), str(value)
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if external_data is None:
+        external_data = size >= EMBED_LIMIT_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_path = path.with_name(path.name + ".data")
+    if data_path.exists():
+        data_path.unlink()
+    if external_data:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_path.name,
+            size_threshold=0,
+        )
+    else:
+        onnx.save_model(model, str(path))
+    return path

@@ -140,7 +140,7 @@ def check_inputs(
 ) -> list[tuple[str, Tensor]]:
     """Images for a parity check: a random batch and a chest-like phantom image.
 
-    The phantom is a synthetic chest radiograph with lesions from `miner.data.phantoms` (a deterministic
+    The phantom is a synthetic chest radiograph with lesions from `miner.phantoms.generator` (a deterministic
     smooth stand-in where that module is absent).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -155,7 +155,7 @@ def phantom_image(input_size: tuple[int, int], *, in_chans: int = 1, seed: int =
     h, w = input_size
     try:
         from miner.config import PhantomConfig
-        from miner.data.phantoms import plan_archive, render_image
+        from miner.phantoms.generator import plan_archive, render_image
     except ImportError:  # the phantom generator is optional here
         plan_archive = None
     if plan_archive is not None:

@@ -24,7 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from miner.errors import BackendUnavailable, ModelError, UsageError
+from miner.backends.tensorrt_backend import import_tensorrt, require_gpu
+from miner.errors import ModelError, UsageError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -73,26 +74,6 @@ class NetworkPlan:
     parser: Any
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
     strongly_typed: bool
-
-
-def import_tensorrt() -> ModuleType:
-    """The `tensorrt` module, or `BackendUnavailable` with one line saying how to get it."""
-    try:
-        import tensorrt  # type: ignore[import-not-found]
-    except ImportError:
-        raise BackendUnavailable(
-            "TensorRT is not installed here (pip install tensorrt on a machine with an NVIDIA GPU and CUDA; "
-            "the deploy/ image has it); use the onnxruntime backend instead"
-        ) from None
-    return tensorrt
-
-
-def require_gpu() -> None:
-    """`BackendUnavailable` unless torch sees a CUDA device (TensorRT builds and runs only on one)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendUnavailable("TensorRT needs an NVIDIA GPU with CUDA, and none is visible here")
 
 
 def has_qdq(onnx_path: str | Path) -> bool:
@@ -196,7 +177,7 @@ def build_engine(
         UsageError: bad settings (batch range, ``int8`` without Q/DQ nodes).
         ModelError: the graph cannot be parsed or built.
     """
-    from miner.export.metadata import engine_metadata_path, read_onnx_metadata
+    from miner.models.meta import engine_metadata_path, read_onnx_metadata
 
     settings.validate()
     meta = read_onnx_metadata(onnx_path)  # fail on a foreign graph before the (slow) build

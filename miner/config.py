@@ -98,18 +98,18 @@ class ArchiveConfig:
     allow_outside_archive: bool = False
 
 
-# --- phantom archives (miner.data.phantoms, `miner phantoms`; owner: data) -----------------------------
+# --- phantom archives (miner.phantoms, `miner phantoms`) -----------------------------
 
 
 @dataclass
 class PhantomConfig:
-    """Defaults for `miner phantoms` / `miner.data.make_phantoms` (docs/archives.md).
+    """Defaults for `miner phantoms` / `miner.phantoms.make_phantoms` (docs/archives.md).
 
     Attributes:
         images: number of images.
         size: side of the square 8-bit PNGs, in pixels.
         seed: the archive is a pure function of (seed, options): same seed, same bytes.
-        findings: findings drawn (a subset of the eight that the generator knows; see `miner.data.lesions`).
+        findings: findings drawn (a subset of the eight that the generator knows; see `miner.phantoms.lesions`).
         no_finding: fraction of images without any finding.
         extra_findings: probabilities of a second and a third finding on a positive image (multi-label).
         multi_lesion: per finding, probability of more than one separate lesion of it in one image

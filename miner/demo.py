@@ -6,11 +6,11 @@
 2. **Mining**: the Ray job of ``miner mine`` (`miner.job.run_job`; a local Ray unless an address is given)
    with the model (default: the one embedded in the package, `default_model_path`) writes ``OUT/boxes``,
    ``OUT/errors``, ``OUT/images`` and ``OUT/_manifest.json``.
-3. **Evaluation**: ``miner eval``'s protocol (`miner.metrics.localization_table`) against the archive's
-   ground-truth boxes, once with Wang et al.'s AFP bounds (the seed's Table 2) and once with every box of the
-   ranked list B (the seed's Table 3), written to ``OUT/evaluation.txt`` and ``OUT/evaluation.json``; and the
-   mined boxes as pseudo-labels (`miner.labels`, ``miner labels``) in both formats: ``OUT/labels/coco/`` and
-   ``OUT/labels/yolo/``.
+3. **Evaluation**: ``miner eval``'s protocol (`miner.metrics.job`, the one evaluation of a job) against the
+   archive's ground-truth boxes, once with Wang et al.'s AFP bounds (the seed's Table 2) and once with every
+   box of the ranked list B (the seed's Table 3), written to ``OUT/evaluation.txt`` and
+   ``OUT/evaluation.json``; and the mined boxes as pseudo-labels (`miner.labels`, ``miner labels``) in both
+   formats: ``OUT/labels/coco/`` and ``OUT/labels/yolo/``.
 4. **Pictures**: ``OUT/overlays/<image>.png`` as ``miner show`` draws them (image, fused heatmap H_f per
    finding, ground truth red, mined boxes green; multi-lesion images first), and
    ``OUT/overlays/attention_mining.png``, the heatmaps of every mining step as in the seed's Fig. 2.
@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,67 +97,33 @@ class DemoResult:
                 + (f"; report: {self.report}" if self.report else ""))
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"OUT: {out} exists and is not a folder; give a new folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"OUT: {out} is not empty; give a new folder or pass --overwrite")
-        for name in DEMO_ITEMS:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def _mined_images(out: Path) -> set[str]:
+    """The ids of the images the job mined (``OUT/images``)."""
+    import pyarrow.dataset as ds
 
+    from miner.io import IMAGES_SCHEMA
 
-def multi_lesion_counts(boxes: Any) -> dict[str, int]:
-    """Per finding, the images with two or more ground-truth boxes of it (boxes: `GroundTruthBox` list)."""
-    per = Counter((b.image_id, b.finding) for b in boxes)
-    counts = Counter(finding for (_, finding), n in per.items() if n >= 2)
-    return dict(sorted(counts.items()))
-
-
-def ground_truth(boxes: Any, *, images: Any = None) -> Any:
-    """A `miner.metrics.BoxTable` of `GroundTruthBox` rows, limited to `images` (a set of ids) if given."""
-    from miner.metrics import BoxTable
-
-    rows = [b for b in boxes if images is None or b.image_id in images]
-    return BoxTable.from_columns([b.image_id for b in rows], [b.finding for b in rows], [b.x for b in rows],
-                                 [b.y for b in rows], [b.w for b in rows], [b.h for b in rows])
-
-
-def no_bounds() -> Any:
-    """AFP bounds that select every box of B (the seed's Table 3: "using all of the bboxs in B")."""
-    from miner.metrics import AfpBounds
-
-    return AfpBounds({"iou": {}, "iobb": {}}, "none: every box of B")
+    return set(ds.dataset(out / "images", format="parquet", schema=IMAGES_SCHEMA)
+               .to_table(columns=["image_id"]).column("image_id").to_pylist())
 
 
 def evaluate(out: Path, archive: Any, *, classes: tuple[str, ...]) -> dict[str, Any]:
-    """``miner eval``'s tables for the boxes in `out` against `archive`'s ground truth; writes
-    ``OUT/evaluation.txt`` and ``OUT/evaluation.json`` and returns the JSON report.
+    """``miner eval``'s tables for the boxes in `out` against `archive`'s ground truth (`miner.metrics.job`:
+    Wang et al.'s AFP bounds, and every box of B); writes ``OUT/evaluation.txt`` and ``OUT/evaluation.json`` and
+    returns the JSON report.
 
     Only images that went through the model count (the broken files have no boxes to evaluate).
     """
-    import pyarrow.dataset as ds
-
-    from miner.config import EvalConfig
-    from miner.io import IMAGES_SCHEMA
-    from miner.metrics import default_bounds, format_table, localization_table, read_boxes
+    from miner.io import json_safe
+    from miner.metrics import format_table, read_boxes
+    from miner.metrics.job import evaluate_job, job_ground_truth, multi_lesion_counts
     from miner.metrics.localization import results_json
 
-    processed = set(ds.dataset(out / "images", format="parquet", schema=IMAGES_SCHEMA)
-                    .to_table(columns=["image_id"]).column("image_id").to_pylist())
-    gt = ground_truth(archive.boxes, images=processed)
+    processed = _mined_images(out)
+    gt, findings = job_ground_truth(archive.boxes, mined=processed, classes=classes)
     pred = read_boxes(out)
-    findings = [f for f in dict.fromkeys(gt.finding.tolist()) if f in classes]
-    findings = [f for f in classes if f in findings]
-    cfg = EvalConfig()
-    bounded = localization_table(pred, gt, config=cfg, bounds=default_bounds(), findings=findings)
-    everything = localization_table(pred, gt, config=replace(cfg, iobb_thresholds=()), bounds=no_bounds(),
-                                    findings=findings)
+    result = evaluate_job(pred, gt, images=sorted(processed), findings=findings, coco=False)
+    cfg = result.config
     multi = multi_lesion_counts([b for b in archive.boxes if b.image_id in processed])
     text = [
         f"{len(pred)} mined boxes vs {len(gt)} ground-truth boxes on {len(set(gt.image_id))} images "
@@ -166,32 +131,21 @@ def evaluate(out: Path, archive: Any, *, classes: tuple[str, ...]) -> dict[str, 
         + ", ".join(f"{k} {v}" for k, v in multi.items()),
         "",
         "Acc-AFP, B taken until AFP reaches Wang et al.'s bound (the seed's Table 2; * = no bound: every box):",
-        format_table(bounded),
+        format_table(result.bounded),
         "",
         "Acc-AFP with every box of B (the seed's Table 3 uses Acc this way):",
-        format_table(everything),
+        format_table(result.every_box),
     ]
     (out / "evaluation.txt").write_text("\n".join(text) + "\n")
     report = {
         "boxes": str(out / "boxes"), "images_mined": len(processed), "gt_boxes": len(gt),
-        "multi_lesion_images": multi, "bounds": default_bounds().source,
+        "multi_lesion_images": multi, "bounds": result.bounds_source,
         "config": {"iou_thresholds": list(cfg.iou_thresholds), "iobb_thresholds": list(cfg.iobb_thresholds),
                    "within_rank": cfg.within_rank, "max_rank": cfg.max_rank},
-        "cells": results_json(bounded), "cells_all_boxes": results_json(everything),
+        "cells": results_json(result.bounded), "cells_all_boxes": results_json(result.every_box),
     }
-    (out / "evaluation.json").write_text(json.dumps(finite(report), indent=1))
+    (out / "evaluation.json").write_text(json.dumps(json_safe(report), indent=1))
     return report
-
-
-def finite(value: Any) -> Any:
-    """NaN/inf -> None, recursively (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 def pick_overlays(archive: Any, processed: set[str], count: int) -> list[str]:
@@ -210,19 +164,14 @@ def draw_overlays(out: Path, archive: Any, model: Path, *, count: int, mining: A
 
     `mining`, `boxes`: as the job's pipeline took them (`miner.pipeline.Pipeline`: None or overrides of the
     model's own settings), so the figure mines as the job did."""
-    import pyarrow.dataset as ds
-
     from miner.backends import open_backend
     from miner.figure import mining_cases, steps_figure, write_png
-    from miner.io import IMAGES_SCHEMA
     from miner.metrics import read_boxes
     from miner.show import Panel, render
 
     if count < 1:
         return []
-    processed = set(ds.dataset(out / "images", format="parquet", schema=IMAGES_SCHEMA)
-                    .to_table(columns=["image_id"]).column("image_id").to_pylist())
-    chosen = pick_overlays(archive, processed, count)
+    chosen = pick_overlays(archive, _mined_images(out), count)
     if not chosen:
         return []
     backend = open_backend(model)
@@ -289,9 +238,11 @@ def run_demo(
     """
     from miner.backends import open_backend
     from miner.config import JobConfig
-    from miner.data import make_phantoms, read_archive
-    from miner.data.bad_files import inject_bad_files
+    from miner.data import read_archive
     from miner.job import run_job
+    from miner.outdir import prepare_out
+    from miner.phantoms import make_phantoms
+    from miner.phantoms.bad_files import inject_bad_files
 
     cfg = config or DemoConfig()
     log = log or (lambda text: print(text, flush=True))
@@ -309,7 +260,9 @@ def run_demo(
     if not findings:
         raise UsageError(f"--model: {model_path} knows none of the findings the phantoms draw "
                          f"({', '.join(_phantom_findings())})")
-    _prepare(out, overwrite)  # OUT is touched only once the model is known to be usable
+    # OUT is touched only once the model is known to be usable; --overwrite removes what an earlier demo wrote
+    prepare_out(out, overwrite=overwrite, where=f"OUT: {out}", not_folder="give a new folder", remove=DEMO_ITEMS,
+                create=True)
 
     t0 = time.perf_counter()
     log(f"[1/5] phantom archive: {cfg.images} images of {size}x{size}, seed {cfg.seed} -> {out / 'archive'}")
@@ -371,6 +324,6 @@ def run_demo(
 
 
 def _phantom_findings() -> tuple[str, ...]:
-    from miner.data.lesions import PHANTOM_FINDINGS
+    from miner.phantoms.lesions import PHANTOM_FINDINGS
 
     return tuple(PHANTOM_FINDINGS)

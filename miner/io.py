@@ -42,7 +42,7 @@ one line naming the file, what is wrong and what to do (exit code 2). Text from 
 or a page shows goes through `visible` (control and bidirectional characters escaped).
 
 The folders other verbs write whole (``miner report``'s, ``miner labels``'s) list their files, and a later run
-replaces only those (`install_folder`): a file of the user's in such a folder is never removed.
+replaces only those (`miner.outdir.install_folder`): a file of the user's in such a folder is never removed.
 
 Hidden ``.tmp`` names are skipped by pyarrow/pandas (``.`` prefix) and by ``*.parquet`` globs (DuckDB), so the
 folders can be read while a job runs. Every shard writes all three files, empty ones included, so a reader
@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -680,95 +681,13 @@ def read_dataset(out: str | Path, dataset: str) -> pa.Table:
     return read_folder(folder, dataset)
 
 
-# -- folders a verb writes whole (miner report, miner labels): it replaces only the files it wrote -------------
-
-def safe_relative(name: Any) -> bool:
-    """Whether `name` is a relative POSIX path that stays inside its folder (no ``..``, no absolute path)."""
-    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or "\0" in name:
-        return False
-    return all(part not in ("", ".", "..") for part in name.split("/"))
-
-
-def folder_files(root: Path) -> list[str]:
-    """Every file and symbolic link under `root` (links not followed), as sorted relative POSIX paths."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        here = Path(dirpath)
-        for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
-            found.append((here / name).relative_to(root).as_posix())
-    return sorted(found)
-
-
-def _inside(target: Path, name: str) -> bool:
-    """Whether ``target/name`` is reached without passing a symbolic link or a non-folder between `target` and
-    the file itself (so removing or replacing it cannot touch anything outside `target`)."""
-    here = target
-    for part in name.split("/")[:-1]:
-        here = here / part
-        if os.path.islink(here) or (os.path.lexists(here) and not here.is_dir()):
-            return False
-    return True
-
-
-def check_not_in_data(out: Path, target: Path, option: str = "--to") -> None:
-    """Refuse a folder to write (`target`) inside OUT's data (``boxes/``, ``errors/``, ``images/``, ``_shards/``):
-    a folder there would break the output contract for every reader."""
-    out, target = Path(out).resolve(), Path(target).resolve()
-    for name in (*DATASETS, SHARDS_DIR):
-        if target == out / name or out / name in target.parents:
-            where = "" if target == out / name else "inside "
-            raise UsageError(f"{option}: {shown(target)} is {where}{shown(out / name)}, which holds the job's data; "
-                             "give another folder")
-
-
-def install_folder(built: Path, target: Path, *, owned: set[str] | None, listing: str,
-                   listing_bytes: Callable[[Sequence[str]], bytes], verb: str) -> list[str]:
-    """Move what a verb built in the hidden folder `built` into its folder `target`, replacing only its own files.
-
-    - `owned` None (`target` does not exist, or is an empty folder): `built` is renamed to `target` (atomic).
-    - Else `owned` holds the files of `target` the verb wrote before (its listing's): every other file there is
-      the user's and is kept. A built file whose place holds a file the verb did not write, or lies below a
-      symbolic link or a file, refuses the whole install before anything moves. Then the listing is rewritten
-      to cover old and new files (a crash in between leaves it complete), the new files are moved in, the old
-      files that are not written again are removed (and folders left empty by that), and the listing is
-      replaced by the new one (`built/listing`, written by the caller with `listing_bytes`) last.
-
-    Returns the relative paths of the files installed. Raises `UsageError` for a collision, `WriteError` when
-    `target` cannot be written; `built` is removed either way.
-    """
-    try:
-        written = folder_files(built)
-        if owned is None:
-            with writing(target, target):
-                os.chmod(built, 0o755)  # mkdtemp makes it private
-                os.replace(built, target)
-            return written
-        for name in written:
-            path = target / name
-            foreign = os.path.lexists(path) and (name not in owned or (path.is_dir() and not path.is_symlink()))
-            if foreign or not _inside(target, name):
-                raise UsageError(f"{shown(path)} was not written by miner {verb}; move it away or give another "
-                                 "folder (miner never replaces a file it did not write)")
-        with writing(target, target / listing):
-            atomic_write_bytes(target / listing, listing_bytes(sorted(owned | set(written))))
-        for name in written:
-            if name == listing:
-                continue
-            with writing(target, target / name):
-                (target / name).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(built / name, target / name)
-        emptied = set()
-        for name in sorted(owned - set(written) - {listing}):
-            path = target / name
-            if _inside(target, name) and os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
-                with writing(target, path):
-                    path.unlink()
-                emptied.update(p for p in path.parents if target in p.parents)
-        for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty: a user's file in it keeps it
-        with writing(target, target / listing):
-            os.replace(built / listing, target / listing)
-        return written
-    finally:
-        shutil.rmtree(built, ignore_errors=True)
+def json_safe(value: Any) -> Any:
+    """`value` for strict JSON: every NaN or infinite float becomes None, recursively through dicts, lists and
+    tuples (tuples become lists); other values are kept."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

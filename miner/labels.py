@@ -40,8 +40,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +48,16 @@ import numpy as np
 
 from miner.config import LabelsConfig
 from miner.errors import UsageError
-from miner.io import check_not_in_data, folder_files, install_folder, writing
+from miner.io import shown
+from miner.outdir import (
+    built_beside,
+    check_not_in_data,
+    folder_files,
+    install_folder,
+    listed_files,
+    prepare_out,
+    read_listing,
+)
 
 FORMATS: tuple[str, ...] = ("coco", "yolo")
 FILTERED: tuple[str, ...] = ("skip", "negative")
@@ -99,26 +106,12 @@ def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0]
 
 
-def _prepare(to: Path, overwrite: bool) -> set[str] | None:
-    """The files of an earlier export in `to` that `overwrite` may replace (its `LISTING`); None when `to` is new
-    or empty. An export replaces only the files it wrote itself: any other file in `to` is kept."""
-    from miner.io import safe_relative, shown
-
-    if os.path.lexists(to) and not to.is_dir():
-        raise UsageError(f"--to: {shown(to)} exists and is not a folder; give a new folder")
-    if not to.is_dir() or not any(to.iterdir()):
-        return None
-    if not overwrite:
-        raise UsageError(f"--to: {shown(to)} is not empty; give a new folder or pass --overwrite (it replaces only "
-                         "the files of an earlier export)")
-    listing = to / LISTING
-    if listing.is_file() and not listing.is_symlink():
-        try:
-            files = json.loads(listing.read_bytes().decode("utf-8")).get("files")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError):
-            files = None
-        if isinstance(files, list) and all(safe_relative(f) for f in files):
-            return set(files) | {LISTING}
+def _earlier_export(to: Path) -> set[str]:
+    """The files of an earlier export in the non-empty folder `to` that ``overwrite`` may replace (its `LISTING`).
+    An export replaces only the files it wrote itself: any other file in `to` is kept."""
+    files = listed_files(read_listing(to / LISTING))
+    if files is not None:
+        return files | {LISTING}
     if (to / "annotations.json").is_file() or (to / "data.yaml").is_file():
         raise UsageError(f"--to: {shown(to)} holds an export without its list of files ({LISTING}: written by an "
                          "earlier version, or edited); --overwrite replaces only files an export lists: remove it "
@@ -151,7 +144,8 @@ def export_labels(
         allow_outside_archive: export images whose files resolve outside the archive's root too (else as the job
             read the archive: `miner.config.ArchiveConfig.allow_outside_archive`).
     """
-    from miner.data.confine import outside_records, unconfined
+    from miner.data.archives.archive import unconfined
+    from miner.data.confine import outside_records
     from miner.findings import canonical
     from miner.metrics.localization import read_boxes
     from miner.output import read_output
@@ -224,24 +218,19 @@ def export_labels(
 
     to = Path(to).expanduser().resolve()
     check_not_in_data(output.root, to)
-    owned = _prepare(to, overwrite)
-    with writing(to, to.parent):  # written beside DIR, moved in when complete (miner.io.install_folder)
-        to.parent.mkdir(parents=True, exist_ok=True)
-        built = Path(tempfile.mkdtemp(prefix=f".{to.name}.", dir=to.parent))
-    try:
-        with writing(to, built):
-            if format == "coco":
-                _write_coco(built, output, arch, records, chosen_images, by_image, boxes, exported, cfg)
-            else:
-                _write_yolo(built, output, records, chosen_images, by_image, boxes, exported, final=to)
-            _write_csv(built / "errors.csv", ["image_id", "path", "kind", "error"],
-                       [[e["image_id"], e["path"], e["kind"], e["error"]] for e in output.errors])
-            _write_csv(built / "skipped.csv", ["image_id", "reason"], [list(s) for s in skipped])
-            written = [*folder_files(built), LISTING]
-            (built / LISTING).write_bytes(_listing_bytes(format, written))
-    except BaseException:
-        shutil.rmtree(built, ignore_errors=True)
-        raise
+    owned = prepare_out(to, overwrite=overwrite, where=f"--to: {shown(to)}", not_folder="give a new folder",
+                        not_empty="is not empty; give a new folder or pass --overwrite (it replaces only the "
+                                  "files of an earlier export)", owned_by=_earlier_export)
+    with built_beside(to) as built:  # written beside DIR, moved in when complete (miner.outdir.install_folder)
+        if format == "coco":
+            _write_coco(built, output, arch, records, chosen_images, by_image, boxes, exported, cfg)
+        else:
+            _write_yolo(built, output, records, chosen_images, by_image, boxes, exported, final=to)
+        _write_csv(built / "errors.csv", ["image_id", "path", "kind", "error"],
+                   [[e["image_id"], e["path"], e["kind"], e["error"]] for e in output.errors])
+        _write_csv(built / "skipped.csv", ["image_id", "reason"], [list(s) for s in skipped])
+        written = [*folder_files(built), LISTING]
+        (built / LISTING).write_bytes(_listing_bytes(format, written))
     install_folder(built, to, owned=owned, listing=LISTING, verb="labels",
                    listing_bytes=lambda files: _listing_bytes(format, files))
     files = [to / name for name in written]

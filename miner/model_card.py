@@ -41,11 +41,11 @@ def localisation(checkpoint: Path, workdir: Path, *, images: int = EVAL_IMAGES, 
     (``T=t, every box``)."""
     from miner.bench.paper import mine_boxes
     from miner.config import EvalConfig
-    from miner.data import make_phantoms, read_archive
-    from miner.demo import ground_truth, multi_lesion_counts
-    from miner.metrics import default_bounds, localization_table
-    from miner.metrics.localization import BoxTable
+    from miner.data import read_archive
+    from miner.metrics import BoxTable, default_bounds, ground_truth_table, localization_table, no_bounds
+    from miner.metrics.job import multi_lesion_counts
     from miner.models import read_checkpoint
+    from miner.phantoms import make_phantoms
     from miner.pipeline import decode_batch
 
     meta = read_checkpoint(checkpoint)
@@ -56,20 +56,15 @@ def localisation(checkpoint: Path, workdir: Path, *, images: int = EVAL_IMAGES, 
     archive = read_archive(root)
     records = [(r.image_id, r.path, tuple(r.labels)) for r in archive.records if r.labels]
     batches = [decode_batch(records[i:i + 32], input_size=size) for i in range(0, len(records), 32)]
-    gt = ground_truth(archive.boxes)
+    gt = ground_truth_table(archive.boxes)
     findings = [f for f in meta["classes"] if f in set(gt.finding.tolist())]
     cfg = EvalConfig(iou_thresholds=(0.1, 0.3), iobb_thresholds=())
-    from miner.demo import no_bounds
-
     result: dict[str, Any] = {"archive": {"images": images, "size": size, "seed": seed,
                                           "real_background": real_background,
                                           "multi_lesion_images": multi_lesion_counts(archive.boxes)},
                               "bounds": default_bounds().source}
     for t in steps:
-        table = mine_boxes(checkpoint, batches, steps=t)
-        cols = {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
-        pred = BoxTable.from_columns(cols["image_id"], cols["finding"], cols["x"], cols["y"], cols["w"], cols["h"],
-                                     rank=cols["rank"], score=cols["score"])
+        pred = BoxTable.from_arrow(mine_boxes(checkpoint, batches, steps=t))
         for key, bounds in ((f"T={t}", default_bounds()), (f"T={t}, every box", no_bounds())):
             cells = localization_table(pred, gt, config=cfg, findings=findings, bounds=bounds)
             result[key] = {f"iou={r.threshold:g}": {} for r in cells}
@@ -84,6 +79,7 @@ def write_card(checkpoint: str | Path, out: str | Path, *, command: str, seconds
     import torch
 
     from miner.backends import open_backend
+    from miner.io import json_safe
     from miner.models import read_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -131,14 +127,8 @@ def write_card(checkpoint: str | Path, out: str | Path, *, command: str, seconds
         "localisation_real_background": localisation(checkpoint, Path(eval_dir), seed=EVAL_SEED + 1,
                                                      real_background=True),
     }
-    Path(out).write_text(json.dumps(_finite(card), indent=1) + "\n")
+    Path(out).write_text(json.dumps(json_safe(card), indent=1) + "\n")
     return card
-
-
-def _finite(value: Any) -> Any:
-    from miner.demo import finite
-
-    return finite(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

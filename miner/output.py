@@ -15,7 +15,7 @@ import numpy as np
 from miner.errors import UsageError
 
 if TYPE_CHECKING:
-    from miner.data.archive import Archive
+    from miner.data.archives import Archive
 
 
 @dataclass

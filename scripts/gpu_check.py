@@ -251,7 +251,7 @@ def check_tensorrt(args: argparse.Namespace) -> str:
 
 def check_job(args: argparse.Namespace) -> str:
     device = _device(args)
-    from miner.data import make_phantoms
+    from miner.phantoms import make_phantoms
 
     images, size = (24, 128) if args.quick else (1024, 512)
     workdir = Path(args.workdir)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from miner.backends.base import Backend, BackendMeta
+from miner.backends.base import Backend
 from miner.errors import UsageError
 from miner.calibrate import BoxedSet, calibrate_input_size, calibrate_levels, calibrate_maps, write_calibrated
+from miner.models.meta import ModelMeta
 from miner.pipeline import DecodedBatch
 
 CLASSES = ("Mass", "Nodule")
@@ -32,9 +33,9 @@ class ConeBackend(Backend):
     def __init__(self, maps: torch.Tensor) -> None:
         self.device = torch.device("cpu")
         self.table = maps
-        self.meta = BackendMeta(classes=CLASSES, input_size=(SIZE, SIZE), in_chans=1, method="cam", layer="x",
-                                mean=(0.5,), std=(0.5,), head_is_linear=True, map_size=(16, 16), shortcut_exact=True,
-                                inference={"recipe": "peaks", "mining": {"steps": 1}, "boxes": {"upsample": 1}})
+        self.meta = ModelMeta(classes=CLASSES, input_size=(SIZE, SIZE), in_chans=1, method="cam", layer="x",
+                              mean=(0.5,), std=(0.5,), head_is_linear=True, map_size=(16, 16), shortcut_exact=True,
+                              inference={"recipe": "peaks", "mining": {"steps": 1}, "boxes": {"upsample": 1}})
 
     def _run(self, images, masks):
         index = images[:, 0, 0, 0].round().long()  # the test writes the image's index into pixel (0, 0)
@@ -236,8 +237,8 @@ def test_each_finding_gets_the_coarse_weight_that_finds_its_boxes(tmp_path):
 
 def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
     from miner.cli import main
-    from miner.data import make_phantoms
     from miner.models import create_model, read_checkpoint, save_checkpoint
+    from miner.phantoms import make_phantoms
 
     archive = make_phantoms(tmp_path / "val", images=24, size=64, seed=11).root
     src = tmp_path / "m.pt"

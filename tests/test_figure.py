@@ -15,8 +15,8 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from miner.backends.torch_backend import TorchBackend
-    from miner.data import make_phantoms
     from miner.models import create_model
+    from miner.phantoms import make_phantoms
 
     root = tmp_path_factory.mktemp("figure")
     archive = make_phantoms(root / "archive", images=12, size=96, seed=5, workers=1)

@@ -10,13 +10,14 @@ from miner.backends import open_backend
 from miner.boxes import boxes_from_maps
 from miner.cam import class_maps
 from miner.config import BoxConfig, MiningConfig
-from miner.data import load_image, make_phantoms, to_model_input
-from miner.data.bad_files import inject_bad_files
+from miner.data import load_image, to_model_input
 from miner.findings import CHESTXRAY14
 from miner.io import BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA
 from miner.mining import attention_mining
 from miner.models import create_model
 from miner.models.checkpoint import load_checkpoint, save_checkpoint
+from miner.phantoms import make_phantoms
+from miner.phantoms.bad_files import inject_bad_files
 from miner.pipeline import DecodedBatch, Pipeline, decode_batch
 
 SIZE = 96

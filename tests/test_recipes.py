@@ -106,7 +106,7 @@ def test_pipeline_uses_the_models_settings_unless_told(trained):
 
 
 def test_the_onnx_graph_carries_the_record_and_mines_alike(trained, tmp_path):
-    from miner.export.metadata import read_onnx_metadata
+    from miner.models.meta import read_onnx_metadata
     from miner.export.onnx import export_checkpoint
 
     from miner.models.checkpoint import write_record

@@ -20,11 +20,11 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def mined(tmp_path_factory):
     """A phantom archive with masks, a resnet18 (width 1/8) checkpoint, and OUT/boxes mined from it."""
-    from miner.data.phantoms import make_phantoms
     from miner.io import BOXES_SCHEMA
     from miner.mining import mine
     from miner.models import create_model, save_checkpoint
     from miner.data import load_image, to_model_input
+    from miner.phantoms import make_phantoms
 
     root = tmp_path_factory.mktemp("show")
     archive = make_phantoms(root / "archive", images=10, size=128, seed=3, masks=True)

@@ -7,17 +7,19 @@
 
 File types: ``.pt``/``.pth``/``.ckpt`` checkpoints -> ``torch``; ``.onnx`` -> ``onnxruntime``;
 ``.engine``/``.plan`` -> ``tensorrt``. Importing this package imports torch but neither onnxruntime nor
-tensorrt (each backend module imports its runtime when opened).
+tensorrt (each backend module imports its runtime when opened). Every backend reports what its model computes
+as one record, `miner.models.meta.ModelMeta` (``backend.meta``), the record graphs and engines carry.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from miner.backends.base import BACKENDS, Backend, BackendMeta
+from miner.backends.base import BACKENDS, Backend
 from miner.errors import ModelError, UsageError
+from miner.models.meta import ModelMeta, read_engine_metadata
 
-__all__ = ["BACKENDS", "Backend", "BackendMeta", "backend_for_path", "check_model", "open_backend"]
+__all__ = ["BACKENDS", "Backend", "backend_for_path", "check_model", "open_backend"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 ONNX_SUFFIXES = (".onnx",)
@@ -123,7 +125,7 @@ def open_backend(
     return TensorRTBackend(path, device=device)
 
 
-def check_model(model_path: str | Path, *, backend: str = "auto", **options: Any) -> BackendMeta:
+def check_model(model_path: str | Path, *, backend: str = "auto", **options: Any) -> ModelMeta:
     """Check a model file before a job starts: what `miner mine`'s driver runs before Ray and before OUT.
 
     A checkpoint or ONNX graph is opened on this machine's CPU (its record, its declared inputs and outputs
@@ -133,7 +135,7 @@ def check_model(model_path: str | Path, *, backend: str = "auto", **options: Any
     ``layer``, ``plain_maps``); options that do not fit the file (a method for a graph) fail here too.
 
     Returns:
-        the model's `BackendMeta`.
+        the model's `ModelMeta`.
 
     Raises:
         ModelError, UsageError: one line naming the file (or option), what is wrong and what to do.
@@ -141,19 +143,9 @@ def check_model(model_path: str | Path, *, backend: str = "auto", **options: Any
     path = Path(model_path)
     kind = backend_for_path(path)
     if kind == "tensorrt" and backend in ("auto", "tensorrt"):
-        from miner.export.metadata import GraphMeta, engine_metadata_path
-
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
-        side = engine_metadata_path(path)
-        if not side.is_file():
-            raise ModelError(f"{path}: metadata {side.name} is missing (build engines with `miner export trt`)")
-        try:
-            text = side.read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ModelError(f"{side}: cannot read the engine's metadata ({err}); build the engine again "
-                             "(miner export trt)") from None
-        return BackendMeta.from_graph_meta(GraphMeta.from_json(text, source=str(side)))
+        return read_engine_metadata(path)
     options = {k: v for k, v in options.items() if v is not None}
     options.update(device="cpu", provider="cpu" if kind == "onnxruntime" else None, spinning=False, compile=False)
     opened = open_backend(path, backend=backend, **options)

@@ -9,7 +9,7 @@ open time to one map method and layer, and answers on its own device:
     mining = attention_mining(maps, recompute=recompute)   # miner.mining
 
 A model file is untrusted: when it is opened, its declared inputs and outputs must agree with its record
-(`miner.export.metadata.check_io`), every batch's outputs must have the shapes the record promises
+(`miner.models.meta.check_io`), every batch's outputs must have the shapes the record promises
 (`Backend.run`), and `Backend.probe` runs it once on a fixed test batch, which must give finite numbers. Each
 failure is one `ModelError` naming the file and what to do (export it again).
 
@@ -22,88 +22,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from miner.errors import ModelError, UsageError
+from miner.models.meta import ModelMeta, check_outputs
 
 #: backend names accepted by `open_backend`
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-
-
-@dataclass(frozen=True)
-class BackendMeta:
-    """What a backend's model computes (from the checkpoint, the ONNX metadata or the engine's side file).
-
-    Attributes:
-        classes: class names in output order (C of them).
-        input_size: (H, W) the model takes; `run` expects images of exactly this size.
-        in_chans: image channels the model takes (grey batches are replicated for 3-channel models).
-        method: the map method (``cam``, ``gradcam``, ...); layer: the module the maps are taken at.
-        mean, std: normalisation applied inside the model (inputs are in [0, 1]).
-        head_is_linear: GAP + linear head (mining masks the first map; no recompute needed).
-        map_size: (h, w) of the maps.
-        masks_input: the graph takes class-wise erasure masks (`recompute` available).
-        shortcut_exact: masking the first maps equals recomputing them on erased features, so mining needs
-            no recompute. Without it or `masks_input`, mining beyond one step would be an approximation:
-            `check_mining` refuses it.
-        cell_origin: where a map cell sits on the input (`miner.boxes.cell_shift`).
-        inference: the model's recipe record (`miner.recipes.recorded`): the mining and box settings it was
-            trained and calibrated with ({} for models made before recipes: the seed's settings).
-    """
-
-    classes: tuple[str, ...]
-    input_size: tuple[int, int]
-    in_chans: int
-    method: str
-    layer: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    head_is_linear: bool
-    map_size: tuple[int, int]
-    masks_input: bool = False
-    shortcut_exact: bool = False
-    arch: str = ""
-    model_hash: str = ""
-    cell_origin: str = "centre"
-    inference: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def check_mining(self, steps: int) -> None:
-        """Refuse attention mining beyond one step where neither the shortcut nor a recompute is exact."""
-        if steps > 1 and not (self.shortcut_exact or self.masks_input):
-            raise UsageError(
-                f"{self.method} maps at {self.layer} change under feature erasure and this model cannot recompute "
-                f"them (no masks input): mine with --steps 1, or export maps at the model's feature layer"
-            )
-
-    @classmethod
-    def from_graph_meta(cls, meta: Any) -> BackendMeta:
-        """From a `miner.export.metadata.GraphMeta`."""
-        return cls(
-            classes=tuple(meta.classes),
-            input_size=tuple(meta.input_size),
-            in_chans=int(meta.in_chans),
-            method=meta.method,
-            layer=meta.layer,
-            mean=tuple(meta.mean),
-            std=tuple(meta.std),
-            head_is_linear=bool(meta.head_is_linear),
-            map_size=tuple(meta.map_size),
-            masks_input=bool(meta.masks_input),
-            shortcut_exact=bool(meta.shortcut_exact),
-            arch=meta.arch,
-            model_hash=meta.model_hash,
-            cell_origin=str(getattr(meta, "cell_origin", "centre")),
-            inference=dict(getattr(meta, "inference", {}) or {}),
-        )
 
 
 def non_finite(outputs: Tensor) -> Tensor:
@@ -125,7 +52,7 @@ class Backend(abc.ABC):
     remedy: str = "export it again with `miner export onnx CHECKPOINT`"
     nan_remedy: str = "export it again (miner export onnx) from a checkpoint whose outputs are finite"
     device: torch.device
-    meta: BackendMeta
+    meta: ModelMeta
 
     def run(self, images: Tensor, *, masks: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Logits and the maps of every class for one batch.
@@ -143,8 +70,6 @@ class Backend(abc.ABC):
         Raises:
             ModelError: the outputs' shapes break the model's record (a graph whose dynamic axes lie).
         """
-        from miner.export.metadata import check_outputs
-
         images = self._check_images(images)
         if masks is not None:
             if not self.meta.masks_input:

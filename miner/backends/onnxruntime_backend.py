@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from miner.backends.base import Backend, BackendMeta
+from miner.backends.base import Backend
 from miner.errors import BackendUnavailable, ModelError, UsageError
+from miner.models.meta import read_onnx_metadata
 
 TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -99,14 +100,12 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         import onnxruntime as ort
 
-        from miner.export.metadata import read_onnx_metadata
-
         if provider not in PROVIDERS:
             raise UsageError(f"unknown onnxruntime provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
         self.path = Path(path)
         self.source = str(self.path)
         # the record, and the graph's declared inputs and outputs checked against it (one line if they disagree)
-        self.meta = BackendMeta.from_graph_meta(read_onnx_metadata(self.path))
+        self.meta = read_onnx_metadata(self.path)
         ort.set_default_logger_severity(4)
         dev = torch.device(device) if device is not None else None
         if dev is not None and dev.type == "cpu" and provider in ("tensorrt", "cuda"):

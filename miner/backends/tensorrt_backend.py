@@ -2,25 +2,44 @@
 
 Inputs and outputs are torch tensors on the GPU whose addresses are handed to the execution context
 (TensorRT 10's name-based I/O: `set_input_shape`, `set_tensor_address`, `execute_async_v3` on torch's
-current stream), so a batch never leaves the device. The engine's `GraphMeta` is read from the JSON side
-file written next to it (``<engine>.json``).
+current stream), so a batch never leaves the device. The engine's `miner.models.meta.ModelMeta` is read from the
+JSON side file written next to it (``<engine>.json``). `import_tensorrt` and `require_gpu` guard both running
+engines here and building them (`miner.export.trt`).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from miner.backends.base import Backend, BackendMeta
-from miner.errors import ModelError, UsageError
+from miner.backends.base import Backend
+from miner.errors import BackendUnavailable, ModelError, UsageError
+from miner.models.meta import REMEDY, TensorSpec, check_io, read_engine_metadata
+
+
+def import_tensorrt() -> ModuleType:
+    """The `tensorrt` module, or `BackendUnavailable` with one line saying how to get it."""
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+    except ImportError:
+        raise BackendUnavailable(
+            "TensorRT is not installed here (pip install tensorrt on a machine with an NVIDIA GPU and CUDA; "
+            "the deploy/ image has it); use the onnxruntime backend instead"
+        ) from None
+    return tensorrt
+
+
+def require_gpu() -> None:
+    """`BackendUnavailable` unless torch sees a CUDA device (TensorRT builds and runs only on one)."""
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("TensorRT needs an NVIDIA GPU with CUDA, and none is visible here")
 
 
 def engine_io(engine: Any, trt: Any) -> tuple[list[Any], list[Any]]:
-    """The engine's inputs and outputs as `miner.export.metadata.TensorSpec` (-1 = a dynamic axis)."""
-    from miner.export.metadata import TensorSpec
-
+    """The engine's inputs and outputs as `miner.models.meta.TensorSpec` (-1 = a dynamic axis)."""
     dtypes = {getattr(trt, name, None): name for name in ("float32", "float16", "bfloat16", "int8", "int32",
                                                              "int64", "bool", "uint8")}
     inputs, outputs = [], []
@@ -48,14 +67,6 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path: str | Path, *, device: str | torch.device | None = None) -> None:
-        from miner.export.metadata import (
-            REMEDY,
-            GraphMeta,
-            check_io,
-            engine_metadata_path,
-        )
-        from miner.export.trt import import_tensorrt, require_gpu
-
         trt = import_tensorrt()
         require_gpu()
         self.path = Path(path)
@@ -65,10 +76,7 @@ class TensorRTBackend(Backend):
                            "where half precision overflows)")
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such TensorRT engine")
-        side = engine_metadata_path(self.path)
-        if not side.is_file():
-            raise ModelError(f"{self.path}: metadata {side.name} is missing (build engines with `miner export trt`)")
-        self.meta = BackendMeta.from_graph_meta(GraphMeta.from_json(side.read_text(), source=str(side)))
+        self.meta = read_engine_metadata(self.path)
         self.device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
         if self.device.type != "cuda":
             raise UsageError(f"the tensorrt backend runs on a CUDA device, not {self.device}")

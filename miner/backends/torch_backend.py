@@ -1,8 +1,9 @@
-"""Torch backend: eager PyTorch on a checkpoint, through `miner.cam` itself (the reference the graphs match).
+"""Torch backend: eager PyTorch on a checkpoint, through its map graph (`miner.cam.graph.MapGraph`: `miner.cam`
+itself, the reference the exported graphs match).
 
-With ``compile=True`` the map function is first traced into one ATen graph (`miner.export.grad_graph`,
-the same graph the ONNX export writes, gradients included) and that graph goes through `torch.compile`
-(dynamic batch); the first call of each new batch size compiles.
+With ``compile=True`` the map graph is first traced into one ATen graph (`miner.cam.graph.trace_graph`, the same
+graph the ONNX export writes, gradients included) and that graph goes through `torch.compile` (dynamic batch); the
+first call of each new batch size compiles.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from miner.backends.base import Backend, BackendMeta
+from miner.backends.base import Backend
+from miner.cam.graph import MapGraph, checkpoint_options, default_method, trace_graph
 from miner.errors import UsageError
+from miner.models.meta import file_hash, parse_size
 
 
 class TorchBackend(Backend):
@@ -24,7 +27,7 @@ class TorchBackend(Backend):
         model: a `miner.models` model.
         input_size: (H, W) of the images `run` takes.
         method, layer, target, scales: the map method, as `miner.cam.class_maps` (method default:
-            `miner.export.onnx.default_method`).
+            `miner.cam.graph.default_method`).
         device: ``cpu``, ``cuda``, ``cuda:N`` (default: cuda when available, else cpu).
         compile: trace the map function and run it through `torch.compile`.
         model_hash: recorded in `meta` (e.g. the checkpoint's sha256).
@@ -52,8 +55,6 @@ class TorchBackend(Backend):
         inference: dict | None = None,
         stage_weights: Any = None,
     ) -> None:
-        from miner.export.onnx import MapGraph, default_method
-
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -76,8 +77,7 @@ class TorchBackend(Backend):
         with torch.no_grad():
             probe = torch.zeros(2, int(getattr(model, "in_chans", 1)), h, w, device=self.device)
             map_size = tuple(int(v) for v in self.mapper(probe)[1].shape[-2:])
-        self.meta = BackendMeta.from_graph_meta(self.graph.describe((h, w), map_size, model_hash=model_hash,
-                                                                    inference=inference))
+        self.meta = self.graph.describe((h, w), map_size, model_hash=model_hash, inference=inference)
 
     @classmethod
     def from_checkpoint(
@@ -86,25 +86,13 @@ class TorchBackend(Backend):
     ) -> TorchBackend:
         """Open a checkpoint (`miner.models.save_checkpoint`); input size from its metadata by default. Maps take
         the checkpoint's recorded stage weights unless `plain_maps` (or ``stage_weights=`` says otherwise)."""
-        from miner.export.metadata import file_hash
-        from miner.export.onnx import parse_size
         from miner.models import load_checkpoint
 
-        device = options.get("device")
         model, meta = load_checkpoint(path, map_location="cpu")
         size = parse_size(input_size) or parse_size(meta.get("input_size"))
         if size is None:
             raise UsageError(f"{path} records no input_size: pass input_size=")
-        from miner.recipes import recorded
-
-        options["device"] = device
-        record = recorded(meta)
-        if plain_maps:
-            record.pop("stage_weights", None)
-        options.setdefault("stage_weights", record.get("stage_weights"))
-        options.setdefault("inference", record)
-        if options.get("method") is None and options.get("layer") is None and meta.get("method"):
-            options["method"] = meta["method"]  # the recipe's map method
+        checkpoint_options(meta, options, plain_maps=plain_maps)
         backend = cls(model, input_size=size, model_hash=file_hash(path), **options)
         backend.source = str(path)
         return backend
@@ -135,8 +123,6 @@ class TorchBackend(Backend):
 
     def _run_compiled(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor]:
         if self._compiled is None:
-            from miner.export.grad_graph import trace_graph
-
             # the traced graph keeps the masks input only where erasure matters
             self.graph.masks_input = self.meta.masks_input
             b = max(2, images.shape[0])

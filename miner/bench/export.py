@@ -13,7 +13,7 @@ and how far the int8 maps move from fp32: max abs and relative difference, Spear
 map, and the IoU of the rank-1 box of each image and class when `miner.boxes` is present. With ``--archive``
 (repeatable) the int8 graph is also checked as ``miner export onnx --int8`` checks it, per archive (calibrated
 on that archive's images): rank-1 box IoU vs fp32 over the held-out images' labelled findings, and Acc at
-T(IoU) 0.3 of both against the archive's boxes (`miner.export.quantize.box_agreement`). The figures of issue 26
+T(IoU) 0.3 of both against the archive's boxes (`miner.bench.int8.box_agreement`). The figures of issue 26
 (embedded model, unseen phantoms)::
 
     miner phantoms --images 400 --seed 99 runs/int8/plain
@@ -84,20 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from miner.backends.onnxruntime_backend import OnnxRuntimeBackend, available_threads
+    from miner.backends import open_backend
+    from miner.backends.onnxruntime_backend import available_threads
+    from miner.bench.int8 import TARGET_SPEEDUP, archive_split, box_agreement, rank_correlation
     from miner.cam import class_maps
     from miner.export.onnx import export_checkpoint, export_model
     from miner.export.parity import phantom_image
-    from miner.export.quantize import (
-        TARGET_SPEEDUP,
-        archive_split,
-        box_agreement,
-        calibration_images,
-        float_record,
-        layout_rewritten,
-        quantize_onnx,
-        rank_correlation,
-    )
+    from miner.export.quantize import calibration_images, float_record, layout_rewritten, quantize_onnx
     from miner.models import create_model, load_checkpoint
 
     threads = args.threads or available_threads()
@@ -147,12 +140,15 @@ def run(args: argparse.Namespace) -> int:
             return torch_backend.run(images)
 
     runners["torch backend"] = run_torch_backend
-    # spinning off: idle ORT threads would otherwise busy-wait into the next backend's timed run
-    fp32 = OnnxRuntimeBackend(result.path, provider="cpu", intra_op_threads=threads, spinning=False)
+    def ort(graph):
+        # spinning off: idle ORT threads would otherwise busy-wait into the next backend's timed run
+        return open_backend(graph, backend="onnxruntime", provider="cpu", intra_op_threads=threads, spinning=False)
+
+    fp32 = ort(result.path)
     runners["onnxruntime fp32"] = lambda: fp32.run(images)
     splits = {}
     if args.int8:
-        from miner.export.metadata import read_onnx_metadata
+        from miner.models.meta import read_onnx_metadata
 
         meta = read_onnx_metadata(result.path)
         for archive in args.archive:
@@ -171,11 +167,10 @@ def run(args: argparse.Namespace) -> int:
         kept = float_record(work / "model.int8.onnx")
         print(f"quantize int8 ({kind} QDQ, U8S8; {args.calibrate} calibration on {where}; kept float: "
               f"{', '.join(kept.get('parts', [])) or 'nothing'}): {time.perf_counter() - t0:.1f} s")
-        int8 = OnnxRuntimeBackend(work / "model.int8.onnx", provider="cpu", intra_op_threads=threads, spinning=False)
+        int8 = ort(work / "model.int8.onnx")
         runners["onnxruntime int8"] = lambda: int8.run(images)
         layout_rewritten(result.path, work / "model.layout.onnx")
-        fp32_layout = OnnxRuntimeBackend(work / "model.layout.onnx", provider="cpu", intra_op_threads=threads,
-                                         spinning=False)
+        fp32_layout = ort(work / "model.layout.onnx")
         runners["ort fp32, int8 layout"] = lambda: fp32_layout.run(images)
 
     outputs = {name: fn() for name, fn in runners.items()}  # warm-up (and the outputs compared below)
@@ -231,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
             quantize_onnx(result.path, graph, calibrate=args.calibrate,
                           images=[split.calibration[i : i + 1] for i in range(len(split.calibration))],
                           calibration=f"{len(split.calibration)} images of {archive}")
-        int8_archive = OnnxRuntimeBackend(graph, provider="cpu", intra_op_threads=threads, spinning=False)
+        int8_archive = ort(graph)
         agreement = box_agreement(fp32, int8_archive, split.held_out, split.gt)
         print(f"int8 vs fp32 on {archive} ({split.describe()}): {agreement.line()}; "
               f"{'meets' if agreement.ok() else 'MISSES'} the box target")

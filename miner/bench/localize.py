@@ -238,7 +238,7 @@ def _pointing(hits: dict[str, list[bool]], fused: Any, batch: Any, chosen: np.nd
 
 def eval_archive(out: Path, kind: str, *, images: int, size: int, seed: int) -> Path:
     """The phantom archive of one kind (generated once into `out`)."""
-    from miner.data import make_phantoms
+    from miner.phantoms import make_phantoms
 
     path = out / f"{kind}-{images}-{size}-{seed}"
     if not (path / "Data_Entry_2017.csv").is_file():
@@ -292,16 +292,9 @@ def run_localize(out: str | Path, specs: Sequence[RowSpec], *, images: int = 600
 
 
 def _json(r: RowResult) -> dict[str, Any]:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
+    from miner.io import json_safe
 
-    return clean(asdict(r))
+    return json_safe(asdict(r))
 
 
 def macro(values: dict[str, float]) -> float:

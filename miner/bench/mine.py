@@ -64,9 +64,9 @@ def _prepare(args: argparse.Namespace, cases: list[str]) -> tuple[Path, Path, Pa
     """(archive, checkpoint, onnx graph or None), made once under the cache folder."""
     import torch
 
-    from miner.data import make_phantoms
     from miner.findings import CHESTXRAY14
     from miner.models import create_model, save_checkpoint
+    from miner.phantoms import make_phantoms
 
     cache = Path(args.cache or Path.home() / ".cache" / "attention-miner" / "bench-mine").expanduser()
     cache.mkdir(parents=True, exist_ok=True)

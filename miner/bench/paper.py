@@ -2,7 +2,7 @@
 
 What it runs (all in `DIR`, default ``runs/paper``; a rerun reuses the archives and every finished stage):
 
-1. Two phantom archives (`miner.data.make_phantoms`): ``DIR/train`` (``train_images``, seed ``seed``) to train
+1. Two phantom archives (`miner.phantoms.make_phantoms`): ``DIR/train`` (``train_images``, seed ``seed``) to train
    on and ``DIR/eval`` (``eval_images``, seed ``eval_seed``) to mine, unseen by every model. The number of
    images with two or more lesions of a finding (the case attention mining exists for) is counted and printed.
 2. One base model (`miner.train`: stages base, msa-init, end2end of a ResNet-18-MSA) and three AM fine-tunings
@@ -170,8 +170,7 @@ def score(pred: Any, gt: Any, findings: Sequence[str], levels: Sequence[float]) 
     """The three evaluations of one box set: ``bounded`` (Wang et al.'s AFP), ``all`` (every box of B) and
     ``multi`` (every box of B, multi-lesion image-finding pairs only; gt["multi"] is that ground truth)."""
     from miner.config import EvalConfig
-    from miner.demo import no_bounds
-    from miner.metrics import default_bounds, localization_table
+    from miner.metrics import default_bounds, localization_table, no_bounds
 
     cfg = replace(EvalConfig(), iou_thresholds=tuple(levels), iobb_thresholds=())
     multi_findings = [f for f in findings if f in set(gt["multi"].finding.tolist())]
@@ -401,10 +400,11 @@ def run_paper(out: str | Path, cfg: PaperConfig | None = None, *, max_steps: int
     """Run the benchmark in `out` (module docstring); returns the tables and where everything is."""
     import pyarrow.parquet as pq
 
-    from miner.data import make_phantoms, read_archive
+    from miner.data import read_archive
     from miner.errors import UsageError
     from miner.figure import mining_cases, steps_figure, write_png
     from miner.metrics import read_boxes
+    from miner.phantoms import make_phantoms
     from miner.pipeline import decode_batch
     from miner.train import stage_path, train
 
@@ -463,10 +463,10 @@ def run_paper(out: str | Path, cfg: PaperConfig | None = None, *, max_steps: int
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     records = [(r.image_id, r.path, tuple(r.labels)) for r in eval_archive.records if r.labels]
     batches = [decode_batch(records[i:i + 32], input_size=cfg.size) for i in range(0, len(records), 32)]
-    from miner.demo import ground_truth
+    from miner.metrics import ground_truth_table
 
-    gt = {"all": ground_truth(eval_archive.boxes),
-          "multi": ground_truth([b for b in eval_archive.boxes if (b.image_id, b.finding) in pairs])}
+    gt = {"all": ground_truth_table(eval_archive.boxes),
+          "multi": ground_truth_table([b for b in eval_archive.boxes if (b.image_id, b.finding) in pairs])}
     (out / "boxes").mkdir(exist_ok=True)
     cells: dict[str, Any] = {}
     kp_boxes: dict[int, Any] = {}
@@ -547,11 +547,10 @@ def run_paper(out: str | Path, cfg: PaperConfig | None = None, *, max_steps: int
                 "attention mining on phantoms (KP model): H_t per step, component erased at step t in white, "
                 "fused H_f; ground truth red, mined boxes green")))
     _phase(timings, "tables_and_figure", t0, load0)
+    from miner.io import json_safe
     from miner.metrics.localization import results_json
 
-    from miner.demo import finite
-
-    (out / "results.json").write_text(json.dumps(finite({
+    (out / "results.json").write_text(json.dumps(json_safe({
         "recipe": wanted, "timings": timings, "multi_lesion_images": multi,
         "positive_images": {f: positives[f] for f in findings}, "answers": answers(cells, multi_findings, findings),
         "mechanism": {label.strip(): value for label, value in mech.items()},

@@ -4,8 +4,10 @@
     logits, maps = class_maps(model, images, method="gradcam", layer="layer3")
 
 `class_maps` returns raw maps (each method's own output); `maps_function` returns the same computation as a
-pure, traceable function of the images (for ONNX export); `ClassMapper.erased_maps` recomputes maps on
-class-wise erased features (attention mining with a non-linear head).
+pure, traceable function of the images; `ClassMapper.erased_maps` recomputes maps on class-wise erased features
+(attention mining with a non-linear head). `miner.cam.graph.MapGraph` is a model's logits and all its maps as one
+such function, with its record (`miner.models.meta.ModelMeta`) and its trace (`trace_graph`): what the torch
+backend runs and what `miner export onnx` exports.
 """
 from __future__ import annotations
 

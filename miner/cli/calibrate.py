@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from miner.backends.torch_backend import TorchBackend
     from miner.calibrate import calibrate_input_size, calibrate_maps, load_boxed_set, write_calibrated
     from miner.errors import UsageError
-    from miner.export.onnx import parse_size
     from miner.models.checkpoint import read_checkpoint
+    from miner.models.meta import parse_size
 
     try:
         levels = tuple(float(v) for v in args.levels.split(",") if v.strip())

@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _ground_truth(args, archive, cfg):
     """(BoxTable of ground-truth boxes, where they came from)."""
-    from miner.metrics import BoxTable
+    from miner.metrics import ground_truth_table
     from miner.metrics.localization import read_bbox_csv
     from miner.metrics.readers import fuse_readers, readers_of
 
@@ -102,8 +102,7 @@ def _ground_truth(args, archive, cfg):
         boxes = fuse_readers(boxes, rule=cfg.readers, fuse_iou=cfg.fuse_iou, min_readers=cfg.min_readers)
         source += f"; readers {cfg.readers}" + (f" at IoU {cfg.fuse_iou:g}, >= {cfg.min_readers} readers"
                                                 if cfg.readers == "fused" else "") + f" -> {len(boxes)} boxes"
-    return BoxTable.from_columns([b.image_id for b in boxes], [b.finding for b in boxes], [b.x for b in boxes],
-                                 [b.y for b in boxes], [b.w for b in boxes], [b.h for b in boxes]), source
+    return ground_truth_table(boxes), source
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     from miner.config import ArchiveConfig, EvalConfig
     from miner.errors import UsageError
     from miner.findings import canonical
-    from miner.metrics import default_bounds, format_table, load_bounds, localization_table
+    from miner.io import json_safe
+    from miner.metrics import format_table, load_bounds
+    from miner.metrics.job import evaluate_job
     from miner.metrics.localization import read_boxes, results_json
     from miner.output import is_output, read_output
 
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if output is not None and (args.archive or not args.gt):
         archive = output.archive(path=args.archive, uncertain=args.uncertain)
         if args.allow_outside_archive:
-            from miner.data.confine import unconfined
+            from miner.data.archives.archive import unconfined
 
             archive = unconfined(archive)
     elif args.archive:
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         universe = list(dict.fromkeys([*map(str, gt.image_id), *map(str, pred.image_id)]))
     inside = np.isin(gt.image_id.astype(str), np.asarray(universe, dtype=str))
-    gt = type(gt)(*(getattr(gt, f)[inside] for f in ("image_id", "finding", "x", "y", "w", "h", "rank", "score")))
+    gt = gt.take(inside)
     model_classes = tuple(output.classes) if output is not None else ()
     if args.findings:
         findings = [canonical(f) for f in args.findings.split(",") if f.strip()]
@@ -172,12 +173,13 @@ def run(args: argparse.Namespace) -> int:
         "min_readers": cfg.min_readers}}
     scored = False
     if len(gt) and findings:
-        bounds = load_bounds(args.afp_bounds) if args.afp_bounds else default_bounds()
-        results = localization_table(pred, gt, config=cfg, bounds=bounds, findings=findings)
+        # miner.metrics.job: the evaluation miner demo and miner report make too (here: only the bounded table)
+        scores = evaluate_job(pred, gt, images=universe, findings=findings, config=cfg, every_box=False, coco=False,
+                              bounds=load_bounds(args.afp_bounds) if args.afp_bounds else None)
         print(f"{len(pred)} mined boxes vs {len(gt)} ground-truth boxes on {len(set(gt.image_id))} images "
-              f"({gt_source}); cells Acc-AFP; bounds: {bounds.source} (* = no bound: every box of B)")
-        print(format_table(results))
-        report.update(bounds=bounds.source, cells=results_json(results))
+              f"({gt_source}); cells Acc-AFP; bounds: {scores.bounds_source} (* = no bound: every box of B)")
+        print(format_table(scores.bounded))
+        report.update(bounds=scores.bounds_source, cells=results_json(scores.bounded))
         report["coco"] = _coco(cfg, pred, gt, universe, findings, archive, output, args.coco_dir)
         scored = True
     elif len(gt):
@@ -197,40 +199,35 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--model needs --archive (the images to compute the heatmaps of)")
         report["wsol"] = _wsol(args, archive, gt, findings)
     if args.json:
-        Path(args.json).write_text(json.dumps(_finite(report), indent=1))
+        Path(args.json).write_text(json.dumps(json_safe(report), indent=1))
         print(f"wrote {args.json}")
     return 0
 
 
 def _coco(cfg, pred, gt, universe, findings, archive, output, coco_dir) -> dict:
-    """COCO metrics per finding (printed; returned for the JSON report)."""
+    """COCO metrics per finding (`miner.metrics.job.job_coco`; printed; returned for the JSON report)."""
     import json
     from pathlib import Path
 
-    from miner.metrics.coco import (coco_detections, coco_ground_truth, evaluate_coco, format_coco, mean_result,
-                                    results_json)
+    from miner.metrics.coco import format_coco
+    from miner.metrics.job import job_coco
+    from miner.outdir import prepare_out
 
-    convention = cfg.negatives
-    if convention == "auto":
-        convention = "all" if archive is not None and archive.exhaustive else "boxed"
-    info = {"description": "miner eval: ground truth of the mined images", "negatives": convention,
-            "max_rank": cfg.max_rank}
-    dataset = coco_ground_truth(gt, universe, findings, sizes=output.sizes if output is not None else None, info=info)
-    detections = coco_detections(pred, dataset, max_rank=cfg.max_rank)
-    results = evaluate_coco(dataset, detections, convention=convention, backend=cfg.coco_backend)
+    scored = job_coco(pred, gt, images=universe, findings=findings, config=cfg,
+                      sizes=output.sizes if output is not None else None,
+                      exhaustive=archive is not None and archive.exhaustive)
     how = ("every mined image counts (a box where the ground truth has none is a false positive)"
-           if convention == "all" else "only images with ground-truth boxes of the finding count")
+           if scored.convention == "all" else "only images with ground-truth boxes of the finding count")
     print()
     print(f"COCO detection metrics ({cfg.coco_backend}; IoU 0.50:0.95, area all; {how}):")
-    print(format_coco(results))
+    print(format_coco(scored.results))
     if coco_dir:
         folder = Path(coco_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "ground_truth.json").write_text(json.dumps(dataset))
-        (folder / "detections.json").write_text(json.dumps(detections))
+        prepare_out(folder, overwrite=True, where=f"--coco-dir: {folder}", not_folder="give a folder", create=True)
+        (folder / "ground_truth.json").write_text(json.dumps(scored.dataset))
+        (folder / "detections.json").write_text(json.dumps(scored.detections))
         print(f"wrote {folder / 'ground_truth.json'}, {folder / 'detections.json'}")
-    return {"negatives": convention, "backend": cfg.coco_backend, "findings": results_json(results),
-            "mean": results_json([mean_result(results)])[0]}
+    return scored.json()
 
 
 def _auc(output, archive, findings) -> list[dict]:
@@ -244,19 +241,6 @@ def _auc(output, archive, findings) -> list[dict]:
           "mined images; unknown labels left out):")
     print(format_auc(results))
     return results_json(results)
-
-
-def _finite(value):
-    """NaN/inf -> None, recursively (strict JSON)."""
-    import math
-
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _wsol(args, archive, gt, findings) -> dict:

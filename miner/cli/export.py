@@ -121,8 +121,8 @@ def _run_int8(args: argparse.Namespace, fp32: object) -> int:
     """`--int8`: the int8 graph beside OUT, its agreement with OUT, and a refusal when its boxes move."""
     import sys
 
+    from miner.bench.int8 import export_int8
     from miner.errors import ExportError
-    from miner.export.quantize import export_int8
 
     parts = [] if args.int8_float.strip().lower() == "none" else [
         p.strip() for p in args.int8_float.split(",") if p.strip()]

@@ -118,7 +118,7 @@ def format_report(report: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from miner.data import read_archive
-    from miner.data.survey import survey_archive
+    from miner.data.archives.survey import survey_archive
     from miner.errors import UsageError
 
     if args.sample is not None and args.sample < 1:

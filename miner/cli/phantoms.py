@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from miner.data.phantoms import make_phantoms
     from miner.errors import UsageError
+    from miner.phantoms import make_phantoms
 
     for name in ("no_finding", "test_fraction"):
         value = getattr(args, name)

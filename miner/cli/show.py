@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     from miner.config import ArchiveConfig
     from miner.data import load_image, read_archive
-    from miner.data.archive import printable
     from miner.data.confine import check_inside
+    from miner.data.textfile import printable
     from miner.errors import ArchiveError, ImageError, UsageError
     from miner.findings import canonical
     from miner.metrics.localization import read_bbox_csv, read_boxes

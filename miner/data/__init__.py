@@ -1,16 +1,18 @@
-"""Archives and images: reading the ChestX-ray14 release layout, manifests and DICOM; phantom archives.
+"""Archives and images: reading archives (`miner.data.archives`), decoding images, the archive-root rule.
 
 Public API (see docs in each module):
 
-- `read_archive(path, *, classes=None) -> Archive` (`miner.data.archive`)
+- `read_archive(path, *, classes=None, config=None) -> Archive` (`miner.data.archives`: one reader per format)
 - `Record`, `GroundTruthBox` (`miner.data.records`)
-- `load_image(path) -> (image [H, W] float32 in [0, 1], (H, W))`, `to_model_input(image, size)`
-  (`miner.data.image`)
-- `make_phantoms(out, *, images, size, seed, masks=False, ...) -> Archive` (`miner.data.phantoms`)
+- `load_image(path) -> (image [H, W] float32 in [0, 1], (H, W))`, `probe_image(path)`, `to_model_input(image, size)`
+  (`miner.data.image`; DICOM in `miner.data.dicom`, its decompression bounds in `miner.data.dicom_bounds`)
+
+Also here: `miner.data.textfile` (label text files read as untrusted input) and `miner.data.confine` (the
+archive-root rule). These modules never import `miner.data.archives`; phantom archives are `miner.phantoms`.
 """
 from __future__ import annotations
 
-from miner.data.archive import Archive, read_archive
+from miner.data.archives import Archive, read_archive
 from miner.data.image import load_image, probe_image, to_model_input
 from miner.data.records import GroundTruthBox, Record
 
@@ -19,16 +21,7 @@ __all__ = [
     "GroundTruthBox",
     "Record",
     "load_image",
-    "make_phantoms",
     "probe_image",
     "read_archive",
     "to_model_input",
 ]
-
-
-def __getattr__(name: str):
-    if name == "make_phantoms":  # keeps `import miner.data` free of the generator's imports
-        from miner.data.phantoms import make_phantoms
-
-        return make_phantoms
-    raise AttributeError(f"module 'miner.data' has no attribute {name!r}")

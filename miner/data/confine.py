@@ -8,14 +8,14 @@ component-wise: ``/data/arch2`` is not under ``/data/arch``). A file outside is 
 error row of kind ``outside_archive`` (`miner.errors.ImageError`), ``miner inspect`` counts and names it,
 ``miner show`` refuses it, ``miner report`` shows the reason instead of its picture.
 
-The root (`miner.data.archive.Archive.confined_to`, resolved once when the archive is read, so an archive root that
-is itself a symbolic link is fine):
+The root (`miner.data.archives.Archive.confined_to`, resolved once when the archive is read by
+`miner.data.archives.archive.confine`, so an archive root that is itself a symbolic link is fine):
 
 - a ChestX-ray14 release: its folder (the Data_Entry file's folder);
 - a manifest: the manifest file's folder (relative paths are relative to it too);
 - a plain image folder: that folder;
-- an archive kind of `miner.data.kinds`: the folder that holds its label file; for VinDr-CXR's PhysioNet layout
-  (``annotations/annotations_train.csv`` beside ``train/``) the folder that holds both.
+- an archive kind of `miner.data.archives.kinds`: the folder that holds its label file; for VinDr-CXR's PhysioNet
+  layout (``annotations/annotations_train.csv`` beside ``train/``) the folder that holds both.
 
 ``--allow-outside-archive`` (`miner.config.ArchiveConfig.allow_outside_archive`) lifts the rule for an archive that
 legitimately points elsewhere (a manifest of absolute paths into a mounted store): the records then carry no root
@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 from miner.errors import ImageError
 
 if TYPE_CHECKING:
-    from miner.data.archive import Archive
     from miner.data.records import Record
 
 #: the command-line flag that lifts the rule (the same name on every verb that reads images)
@@ -66,8 +65,9 @@ def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
 def check_inside(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
     """The real path to open, after checking it lies under `root` (None: no rule, the path as given).
 
-    `root` is taken as it is, not resolved again: it was resolved once when the archive was read (`confine`), so a
-    root swapped for a symbolic link since then does not widen what the archive reaches.
+    `root` is taken as it is, not resolved again: it was resolved once when the archive was read
+    (`miner.data.archives.archive.confine`), so a root swapped for a symbolic link since then does not widen what
+    the archive reaches.
 
     Raises:
         ImageError: kind ``outside_archive``, naming where the path leads and what to do.
@@ -160,22 +160,6 @@ def outside_records(records: Sequence[Record], root: str | os.PathLike | None) -
         if not resolver.under(real):
             out.append((record, real))
     return out
-
-
-def confine(archive: Archive, *, allow: bool = False) -> Archive:
-    """Set the root of `archive` and of each of its records (in place; returns it): `Archive.confined_to` (the
-    reader's choice, else `Archive.root`) resolved once, or None for every one with `allow`."""
-    root = None if allow else resolve_root(archive.confined_to or archive.root)
-    archive.confined_to = root
-    text = None if root is None else str(root)
-    for record in archive.records:
-        object.__setattr__(record, "root", text)  # Record is frozen; its root is set once, here
-    return archive
-
-
-def unconfined(archive: Archive) -> Archive:
-    """`archive` with the rule lifted (``--allow-outside-archive`` given to a verb that reads a recorded archive)."""
-    return confine(archive, allow=True)
 
 
 def common_root(folders: Iterable[str | os.PathLike]) -> Path:

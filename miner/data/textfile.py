@@ -88,6 +88,11 @@ def display_path(path: Path | str) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def printable(text: str) -> str:
+    """`text` on one line: control and format characters (newlines, U+202E, ...) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class LabelText:
     """The lines of a label text file (line ends kept, as ``open(path, newline="")`` gives them), checked.
 

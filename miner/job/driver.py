@@ -28,6 +28,7 @@ from miner.job.cluster import ClusterInfo, WorkerResources, connect, plan_worker
 from miner.job.plan import Shard, archive_fingerprint, check_identity, model_files, model_hash, plan_shards
 from miner.job.progress import Progress
 from miner.job.summary import BatchEvent, JobSummary
+from miner.outdir import check_out_folder
 from miner.runtime import raise_if_signalled, signals_deferred
 
 MANIFEST_FORMAT = 1
@@ -180,7 +181,7 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
     # nothing is written to OUT, and Ray does not start, before every option, the archive and the model pass:
     # a refused command leaves OUT as it was, and the corrected one is not taken for another job
     out = Path(out).expanduser().resolve()
-    check_out_folder(out)
+    check_out_folder(out)  # miner.outdir: a file, or a file in the way, is refused
     store = ShardStore(out)
     runs_ray = _needs_work(store, shards, identity, overwrite=overwrite)  # refuses another job's OUT, read-only
     _check_local_cpus(address, num_cpus=num_cpus, config=config)
@@ -291,19 +292,6 @@ def _say_what_is_kept(store: ShardStore, *, shards: int) -> Iterator[None]:
 
 def _kept(done: int, shards: int) -> str:
     return f"{done} of {shards} shards are complete in it and kept"
-
-
-def check_out_folder(out: Path) -> None:
-    """Refuse an OUT that is a regular file, or lies below one, before anything is written (`UsageError`, exit 2;
-    writing would fail with a misleading I/O error)."""
-    for candidate in (out, *out.parents):
-        if os.path.lexists(candidate):
-            if candidate.is_dir():
-                return
-            if candidate == out:
-                raise UsageError(f"{out} is a file, not a folder; give --out a folder (new, or a job's output to "
-                                 "resume)")
-            raise UsageError(f"{out}: cannot make this folder, {candidate} is a file; give --out another path")
 
 
 def _check_pipeline(meta: Any, *, config: JobConfig, pipeline_options: Mapping[str, Any]) -> None:

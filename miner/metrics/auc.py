@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from miner.data.archive import Archive
+    from miner.data.archives import Archive
 
 
 @dataclass

@@ -70,6 +70,11 @@ def default_bounds() -> AfpBounds:
     return AfpBounds(WANG_AFP, "built-in: Wang et al. 2017 AFP via Cai et al. 2018 Table 2")
 
 
+def no_bounds() -> AfpBounds:
+    """AFP bounds that select every box of B (the seed's Table 3: "using all of the bboxs in B")."""
+    return AfpBounds({"iou": {}, "iobb": {}}, "none: every box of B")
+
+
 #: the largest bounds file read (a real one is a few kilobytes)
 MAX_BOUNDS_BYTES = 1 << 20
 

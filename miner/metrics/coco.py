@@ -191,14 +191,19 @@ def mean_result(results: Sequence[CocoResult]) -> CocoResult:
                       ar100=mean("ar100"))
 
 
+def metric_cells(result: CocoResult) -> list[str]:
+    """AP, AP50, AP75, AR@1, AR@10 and AR@100 of one result as text (3 decimals; ``-`` = no value)."""
+    r = result
+    return ["-" if math.isnan(v) else f"{v:.3f}" for v in (r.ap, r.ap50, r.ap75, r.ar1, r.ar10, r.ar100)]
+
+
 def format_coco(results: Sequence[CocoResult]) -> str:
     """One row per finding and a mean row: images, GT boxes, mined boxes, AP, AP50, AP75, AR@1, AR@10, AR@100."""
     head = ["finding", "images", "GT", "mined", "AP", "AP50", "AP75", "AR@1", "AR@10", "AR@100"]
     rows = []
     for r in [*results, mean_result(results)] if results else []:
-        cells = [f"{v:.3f}" if not math.isnan(v) else "-" for v in (r.ap, r.ap50, r.ap75, r.ar1, r.ar10, r.ar100)]
         images = "" if r.finding == "mean" else str(r.images)
-        rows.append([r.finding, images, str(r.gt_boxes), str(r.detections), *cells])
+        rows.append([r.finding, images, str(r.gt_boxes), str(r.detections), *metric_cells(r)])
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     return "\n".join(fmt.format(*row) for row in [head, *rows])

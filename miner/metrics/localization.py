@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,11 @@ from miner.errors import UsageError
 from miner.findings import BOXED_FINDINGS, canonical
 from miner.metrics.bounds import AfpBounds, default_bounds
 from miner.metrics.overlap import OVERLAPS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from miner.data.records import GroundTruthBox
 
 
 @dataclass
@@ -67,6 +73,30 @@ class BoxTable:
         return cls(image_id, finding, *(np.asarray(v, dtype=np.float64) for v in (x, y, w, h)),
                    np.asarray(rank, dtype=np.int64), score)
 
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> BoxTable:
+        """The rows of a pyarrow table of `miner.io.BOXES_SCHEMA` (a job's ``OUT/boxes``)."""
+        cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        return cls.from_columns(cols["image_id"], cols["finding"], cols["x"], cols["y"], cols["w"], cols["h"],
+                                rank=cols["rank"], score=cols["score"])
+
+    def take(self, keep: np.ndarray) -> BoxTable:
+        """The rows where `keep` (np.ndarray[N] bool, or indices) selects them."""
+        return BoxTable(*(getattr(self, name)[keep] for name in _COLUMNS))
+
+
+_COLUMNS = ("image_id", "finding", "x", "y", "w", "h", "rank", "score")
+
+
+def ground_truth_table(boxes: Sequence[GroundTruthBox], *, images: Collection[str] | None = None) -> BoxTable:
+    """A `BoxTable` of ground-truth boxes (`miner.data.records.GroundTruthBox` rows, in their order), limited to
+    `images` (image ids) if given; ranks follow the order within each (image, finding), scores are unknown (NaN)."""
+    if images is not None:
+        wanted = set(images)
+        boxes = [b for b in boxes if b.image_id in wanted]
+    return BoxTable.from_columns([b.image_id for b in boxes], [b.finding for b in boxes], [b.x for b in boxes],
+                                 [b.y for b in boxes], [b.w for b in boxes], [b.h for b in boxes])
+
 
 def _ranks_in_order(image_id: np.ndarray, finding: np.ndarray) -> np.ndarray:
     """Rank = position among the earlier rows of the same (image, finding), 1-based (file order)."""
@@ -83,14 +113,12 @@ def read_bbox_csv(path: str | Path) -> BoxTable:
 
     Ranks follow the file order within each (image, finding); scores are unknown (NaN).
     """
-    from miner.data.nih import read_bbox_list
+    from miner.data.archives.nih import read_bbox_list
 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path} does not exist")
-    boxes = read_bbox_list(path)
-    return BoxTable.from_columns([b.image_id for b in boxes], [b.finding for b in boxes], [b.x for b in boxes],
-                                 [b.y for b in boxes], [b.w for b in boxes], [b.h for b in boxes])
+    return ground_truth_table(read_bbox_list(path))
 
 
 def read_boxes(path: str | Path) -> BoxTable:
@@ -105,10 +133,7 @@ def read_boxes(path: str | Path) -> BoxTable:
     if path.is_dir() and (path / "boxes").is_dir():
         path = path / "boxes"
     # every part checked against the output contract (miner.io.read_part): one line naming a damaged one
-    table = read_folder(path, "boxes") if path.is_dir() else read_part(path, "boxes")
-    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    return BoxTable.from_columns(cols["image_id"], cols["finding"], cols["x"], cols["y"], cols["w"], cols["h"],
-                                 rank=cols["rank"], score=cols["score"])
+    return BoxTable.from_arrow(read_folder(path, "boxes") if path.is_dir() else read_part(path, "boxes"))
 
 
 @dataclass
@@ -223,14 +248,15 @@ _SHORT = {"Atelectasis": "AT", "Cardiomegaly": "CM", "Effusion": "Effusion", "In
           "Mass": "Mass", "Nodule": "Nodule", "Pneumonia": "PNA", "Pneumothorax": "PTx"}
 
 
-def format_table(results: Sequence[LocalizationResult]) -> str:
-    """Cai et al.'s Table 2 layout: one row per level, one "Acc-AFP" cell per finding (``*`` = no bound)."""
+def table_rows(results: Sequence[LocalizationResult]) -> list[list[str]]:
+    """Cai et al.'s Table 2 layout as rows of text cells: a header row (``T``, the findings in the order of
+    `results`), then one row per level (``T(IoU)=0.3``) with an "Acc-AFP" cell per finding (``*`` = no AFP bound,
+    ``-`` = no cell)."""
     findings = list(dict.fromkeys(r.finding for r in results))
-    rows = list(dict.fromkeys((r.metric, r.threshold) for r in results))
+    levels = list(dict.fromkeys((r.metric, r.threshold) for r in results))
     cell = {(r.metric, r.threshold, r.finding): r for r in results}
-    head = ["T", *(_SHORT.get(f, f) for f in findings)]
-    lines = []
-    for metric, level in rows:
+    rows = [["T", *findings]]
+    for metric, level in levels:
         label = f"T({'IoU' if metric == 'iou' else 'IoBB'})={level:g}"
         cells = []
         for f in findings:
@@ -239,7 +265,14 @@ def format_table(results: Sequence[LocalizationResult]) -> str:
                 cells.append("-")
             else:
                 cells.append(f"{r.acc:.2f}-{r.afp:.2f}" + ("*" if r.bound is None else ""))
-        lines.append([label, *cells])
+        rows.append([label, *cells])
+    return rows
+
+
+def format_table(results: Sequence[LocalizationResult]) -> str:
+    """`table_rows` as aligned text, the findings' names shortened as in Cai et al.'s Table 2."""
+    head, *lines = table_rows(results)
+    head = [head[0], *(_SHORT.get(f, f) for f in head[1:])]
     widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     text = [fmt.format(*head), *(fmt.format(*row) for row in lines)]

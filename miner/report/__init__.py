@@ -17,10 +17,10 @@ Layout of the report folder (default ``OUT/report``; opens from the file system,
                                   report: all that a later report into the folder replaces or removes (a file
                                   of the user's there is kept; one where the report writes is refused)
 
-Modules: `miner.report.job` (reading OUT: finished shards only, the job's state), `miner.report.evaluation`
-(miner eval's tables), `miner.report.gallery` (which boxes, their pictures through `miner.show`),
-`miner.report.plots` (matplotlib), `miner.report.page` (escaped HTML from Jinja2 templates),
-`miner.report.build` (`write_report`).
+Modules: `miner.report.job` (reading OUT: finished shards only, the job's state), `miner.report.gallery`
+(which boxes, their pictures through `miner.show`), `miner.report.plots` (matplotlib), `miner.report.page`
+(escaped HTML from Jinja2 templates), `miner.report.build` (`write_report`). miner eval's tables come from
+`miner.metrics.job`, the one evaluation of a job that ``miner eval`` and ``miner demo`` use too.
 """
 from __future__ import annotations
 

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,10 +15,19 @@ import numpy as np
 
 from miner.config import ReportConfig
 from miner.errors import UsageError
-from miner.io import check_not_in_data, folder_files, install_folder, shown, writing
+from miner.io import shown
+from miner.metrics.job import JobEvaluation
+from miner.outdir import (
+    built_beside,
+    check_not_in_data,
+    folder_files,
+    install_folder,
+    listed_files,
+    prepare_out,
+    read_listing,
+)
 from miner.report import describe
 from miner.report.describe import fmt
-from miner.report.evaluation import Evaluation
 from miner.report.gallery import Box, Entry, MapSource
 from miner.report.job import JobSnapshot, load_snapshot
 
@@ -85,31 +91,19 @@ _LEGACY_REPORT = ("index.html", SUMMARY_NAME, "findings/*.html", "img/plots/*.pn
                   "img/pictures/*/*.jpg")
 
 
-def _prepare_target(target: Path) -> set[str] | None:
-    """The files of an earlier report in `target` (its summary's list; None when `target` is new or empty).
+def _earlier_report(target: Path) -> set[str]:
+    """The files of an earlier report in the non-empty folder `target` (its summary's list).
 
     A folder that holds anything but is not a report (no summary, or a summary that is not one) is refused: a
-    report replaces only the files it wrote itself (`miner.io.install_folder`)."""
-    from miner.io import safe_relative
-
-    if os.path.lexists(target) and not target.is_dir():
-        raise UsageError(f"--to: {shown(target)} exists and is not a folder; give a folder for the report")
-    if not target.is_dir() or not any(target.iterdir()):
-        return None
+    report replaces only the files it wrote itself (`miner.outdir.install_folder`)."""
     refused = (f"--to: {shown(target)} is not empty and holds no earlier report; give a new or empty folder (a "
                "report replaces only the files it wrote)")
-    summary_path = target / SUMMARY_NAME
-    if summary_path.is_symlink() or not summary_path.is_file():
+    summary = read_listing(target / SUMMARY_NAME)
+    if summary is None:
         raise UsageError(refused)
-    try:
-        summary = json.loads(summary_path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise UsageError(refused) from None
-    if not isinstance(summary, dict):
-        raise UsageError(refused)
-    files = summary.get("files")
-    if isinstance(files, list) and all(safe_relative(f) for f in files):
-        owned = set(files) | {SUMMARY_NAME}
+    files = listed_files(summary)
+    if files is not None:
+        owned = files | {SUMMARY_NAME}
     elif "files" not in summary and "out" in summary and "findings" in summary:  # a report of an earlier version
         owned = {p.relative_to(target).as_posix() for pattern in _LEGACY_REPORT for p in target.glob(pattern)
                  if p.is_file() and not p.is_symlink()} | {SUMMARY_NAME}
@@ -156,8 +150,8 @@ def _archive(output: JobSnapshot, archive: str | Path | None, *,
     except ArchiveError as err:
         if archive is not None:
             raise UsageError(f"--archive: {err}") from None
-        return None, [f"Pictures and ground truth are left out: the job's archive {recorded} cannot be read here "
-                      f"({err}); give --archive ARCHIVE."]
+        return None, [(f"Pictures and ground truth are left out: the job's archive {recorded} cannot be read "
+                       f"here ({err}); give --archive ARCHIVE.")]
     expected = output.manifest.get("identity", {}).get("archive")
     if expected and archive_fingerprint(arch.records, arch.root) != expected:
         raise UsageError(f"{'--archive' if archive is not None else 'the manifest archive'}: {path} is not the "
@@ -211,7 +205,7 @@ class _Job:
     config: ReportConfig
     archive: Any  # miner.data.Archive or None
     gt: dict[tuple[str, str], list[Box]]  # (image id, finding) -> ground-truth boxes, mined images only
-    evaluation: Evaluation | None
+    evaluation: JobEvaluation | None
     asked: dict[str, int | None]  # finding -> images the job mined it for
     maps: MapSource | None
     hues: dict[str, str]  # finding -> #rrggbb of its CLEAR hue (with a model)
@@ -389,7 +383,7 @@ def write_report(
         model: a checkpoint, ONNX graph or engine: thumbnails and pictures show the fused heatmap H_f and the
             CLEAR picture (recomputed with the job's mining options). None: boxes on the plain images.
         to: the report's folder (default ``OUT/report``): new, empty, or an earlier report's, whose files (the
-            list in its ``report.json``) are replaced; any other file there is kept (`miner.io.install_folder`).
+            list in its ``report.json``) are replaced; any other file there is kept (`miner.outdir.install_folder`).
             The report is written beside it first and moved in when complete.
         config: bounds and sizes (`miner.config.ReportConfig`).
         log: where progress lines go (default: nowhere).
@@ -399,7 +393,8 @@ def write_report(
     from miner import __version__
     from miner.clear import finding_hues, hue_hex
     from miner.job.plan import model_hash
-    from miner.report.evaluation import evaluate_job, predictions
+    from miner.metrics import BoxTable
+    from miner.metrics.job import evaluate_job, job_ground_truth
     from miner.report.page import render_page, slug
 
     started = time.perf_counter()
@@ -414,7 +409,8 @@ def write_report(
     output = load_snapshot(out)
     target = (Path(to).expanduser() if to is not None else output.out / "report").resolve()
     check_not_in_data(output.out, target)
-    owned = _prepare_target(target)
+    owned = prepare_out(target, overwrite=True, where=f"--to: {shown(target)}",  # new, empty or a report
+                        not_folder="give a folder for the report", owned_by=_earlier_report)
     if model is not None and not Path(model).is_file():
         raise UsageError(f"--model: {model} does not exist")
     arch, notices = _archive(output, archive, allow_outside_archive=allow_outside_archive)
@@ -435,55 +431,52 @@ def write_report(
         if b.image_id in mined:
             gt.setdefault((b.image_id, b.finding), []).append((b.x, b.y, b.w, b.h))
     evaluation = None
-    if gt:
-        evaluation = evaluate_job(predictions(output.boxes), arch.boxes, mined=sorted(mined), classes=output.classes,
-                                  sizes={i: (int(h), int(w)) for i, (w, h) in rows.mined_wh.items()},
-                                  exhaustive=bool(getattr(arch, "exhaustive", False)))
+    if gt:  # miner eval's tables (miner.metrics.job): the mined images' ground truth, the model's findings
+        truth, findings = job_ground_truth(arch.boxes, mined=sorted(mined), classes=output.classes)
+        if findings:
+            evaluation = evaluate_job(BoxTable.from_arrow(output.boxes), truth, images=sorted(mined),
+                                      findings=findings,
+                                      sizes={i: (int(h), int(w)) for i, (w, h) in rows.mined_wh.items()},
+                                      exhaustive=bool(getattr(arch, "exhaustive", False)))
     hues = finding_hues(len(output.classes)) if output.classes else []
     job = _Job(output=output, rows=rows, config=cfg, archive=arch, gt=gt, evaluation=evaluation,
                asked=_asked(output, arch, mined), maps=maps,
                hues={f: hue_hex(hues[c]) for c, f in enumerate(output.classes)} if maps is not None else {})
 
-    with writing(target, target.parent):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # moved in place at the end
-    try:
-        with writing(target, tmp):  # a full disk or a read-only folder: one line, exit 74
-            names = [f for f in output.classes if (rows.finding == f).any()]
-            names += sorted(set(rows.finding.tolist()) - set(names))
-            slugs: dict[str, str] = {}
-            for name in names:
-                s = slug(name)
-                slugs[name] = s if s not in slugs.values() else f"{s}-{len(slugs)}"
-            views = [_finding(job, name, slugs[name], tmp) for name in names]
-            entries = [e for v in views for e in (*v.top, *v.sample)]
-            say(f"plots of {len(views)} findings written; drawing {len(entries)} gallery pictures")
-            _draw(job, entries, tmp)
-            common = {"version": __version__, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "out": str(output.out), "bounds": cfg, "name": output.out.name, "state": output.state,
-                      "notices": notices, "hues": list(job.hues.items()), "with_model": maps is not None}
-            index = _index(job, views, tmp, archive=archive, model=model)
-            (tmp / "index.html").write_text(render_page("index.html", **common, **index), encoding="utf-8")
-            (tmp / "findings").mkdir(exist_ok=True)
-            for i, view in enumerate(views):
-                (tmp / view.page).write_text(render_page(
-                    "finding.html", **common, f=view, prev=views[i - 1] if i > 0 else None,
-                    next=views[i + 1] if i + 1 < len(views) else None), encoding="utf-8")
-            thumbs = sum(1 for e in entries if not e.error)
-            summary = {"out": str(output.out), "status": output.state.status,
-                       "manifest_updated": output.manifest.get("updated"), "shards_done": output.state.shards_done,
-                       "shards_planned": output.state.shards_planned, "findings": [v.name for v in views],
-                       "gallery": {v.name: {"top": len(v.top), "sample": len(v.sample)} for v in views},
-                       "thumbnails": thumbs, "error_rows": int(output.errors.num_rows),
-                       "error_rows_listed": len(index["error_rows"]),
-                       "evaluated": evaluation.findings if evaluation else [],
-                       "model": str(model) if model else None,
-                       "config": asdict(cfg), "seconds": round(time.perf_counter() - started, 3)}
-            written = [*folder_files(tmp), SUMMARY_NAME]  # what this report writes: all it may replace next time
-            (tmp / SUMMARY_NAME).write_bytes(_summary_bytes(summary, written))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # built beside the target, moved in place at the end; a full disk or a read-only folder: one line, exit 74
+    with built_beside(target) as tmp:
+        names = [f for f in output.classes if (rows.finding == f).any()]
+        names += sorted(set(rows.finding.tolist()) - set(names))
+        slugs: dict[str, str] = {}
+        for name in names:
+            s = slug(name)
+            slugs[name] = s if s not in slugs.values() else f"{s}-{len(slugs)}"
+        views = [_finding(job, name, slugs[name], tmp) for name in names]
+        entries = [e for v in views for e in (*v.top, *v.sample)]
+        say(f"plots of {len(views)} findings written; drawing {len(entries)} gallery pictures")
+        _draw(job, entries, tmp)
+        common = {"version": __version__, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "out": str(output.out), "bounds": cfg, "name": output.out.name, "state": output.state,
+                  "notices": notices, "hues": list(job.hues.items()), "with_model": maps is not None}
+        index = _index(job, views, tmp, archive=archive, model=model)
+        (tmp / "index.html").write_text(render_page("index.html", **common, **index), encoding="utf-8")
+        (tmp / "findings").mkdir(exist_ok=True)
+        for i, view in enumerate(views):
+            (tmp / view.page).write_text(render_page(
+                "finding.html", **common, f=view, prev=views[i - 1] if i > 0 else None,
+                next=views[i + 1] if i + 1 < len(views) else None), encoding="utf-8")
+        thumbs = sum(1 for e in entries if not e.error)
+        summary = {"out": str(output.out), "status": output.state.status,
+                   "manifest_updated": output.manifest.get("updated"), "shards_done": output.state.shards_done,
+                   "shards_planned": output.state.shards_planned, "findings": [v.name for v in views],
+                   "gallery": {v.name: {"top": len(v.top), "sample": len(v.sample)} for v in views},
+                   "thumbnails": thumbs, "error_rows": int(output.errors.num_rows),
+                   "error_rows_listed": len(index["error_rows"]),
+                   "evaluated": evaluation.findings if evaluation else [],
+                   "model": str(model) if model else None,
+                   "config": asdict(cfg), "seconds": round(time.perf_counter() - started, 3)}
+        written = [*folder_files(tmp), SUMMARY_NAME]  # what this report writes: all it may replace next time
+        (tmp / SUMMARY_NAME).write_bytes(_summary_bytes(summary, written))
     install_folder(tmp, target, owned=owned, listing=SUMMARY_NAME, verb="report",
                    listing_bytes=lambda files: _summary_bytes(summary, files))
     files, size = len(written), sum((target / name).lstat().st_size for name in written)

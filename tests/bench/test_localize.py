@@ -52,7 +52,7 @@ def _pipeline_boxes(model, archive, **options):
 
 
 def test_acc_and_box_size_equal_miner_metrics_on_the_pipelines_boxes(model, result):
-    from miner.demo import ground_truth, no_bounds
+    from miner.metrics import ground_truth_table as ground_truth, no_bounds
     from miner.config import EvalConfig
     from miner.metrics import default_bounds, iou, localization_table
 
@@ -82,7 +82,7 @@ def test_acc_and_box_size_equal_miner_metrics_on_the_pipelines_boxes(model, resu
 
 
 def test_multi_lesion_rows_and_the_printed_tables(model, result):
-    from miner.demo import ground_truth, no_bounds
+    from miner.metrics import ground_truth_table as ground_truth, no_bounds
     from miner.config import EvalConfig
     from miner.metrics import localization_table
 

@@ -87,7 +87,7 @@ def test_cells_equal_miner_metrics_on_the_saved_boxes(tiny):
     """Every cell of results.json is `localization_table` of the boxes file it names (recomputed here)."""
     from miner.config import EvalConfig
     from miner.data import read_archive
-    from miner.demo import ground_truth, no_bounds
+    from miner.metrics import ground_truth_table as ground_truth, no_bounds
     from miner.metrics import default_bounds, localization_table, read_boxes
 
     out, _ = tiny

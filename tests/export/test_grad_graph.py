@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from miner.cam import inference_state
-from miner.export.grad_graph import export_graph, trace_graph
+from miner.cam.graph import trace_graph
+from miner.export.onnx import export_graph
 from miner.export.parity import ort_session
 
 

@@ -7,9 +7,10 @@ import torch
 
 from miner.cam import class_maps
 from miner.errors import ModelError, UsageError
-from miner.export.metadata import GraphMeta, file_hash, read_onnx_metadata, state_dict_hash
-from miner.export.onnx import MapGraph, check_graph, default_method, export_model, parse_size
+from miner.cam.graph import MapGraph, default_method
+from miner.export.onnx import check_graph, export_model
 from miner.export.parity import DEFAULT_ATOL, ort_session, run_session
+from miner.models.meta import ModelMeta, file_hash, parse_size, read_onnx_metadata, state_dict_hash
 from tests.export.graphs import CASES, CLASSES, checkpoint_for, exported, model_for
 
 PARITY_CASES = list(CASES)
@@ -200,15 +201,15 @@ def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
 
 
 def test_graph_meta_round_trips_through_json_and_props():
-    meta = GraphMeta(
+    meta = ModelMeta(
         classes=("A", "B"), method="gradcam", layer="layer4", input_size=(64, 48), in_chans=3,
         mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), head_is_linear=False, map_size=(2, 2), masks_input=True,
         arch="resnet18", model_hash="sha256:00", miner_version="0.1.0", extra={"quantization": "int8-static"},
     )
-    assert GraphMeta.from_props(meta.to_props()) == meta
-    assert GraphMeta.from_json(meta.to_json()) == meta
+    assert ModelMeta.from_props(meta.to_props()) == meta
+    assert ModelMeta.from_json(meta.to_json()) == meta
     with pytest.raises(ModelError, match="no miner metadata"):
-        GraphMeta.from_props({}, source="foreign.onnx")
+        ModelMeta.from_props({}, source="foreign.onnx")
 
 
 def test_float64_reference_decides_when_float32_rounding_exceeds_atol(graphs_dir):

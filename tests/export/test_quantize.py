@@ -9,22 +9,18 @@ import onnx
 import pytest
 import torch
 
+from miner.bench.int8 import archive_split, box_agreement, export_int8, int8_path, rank_correlation
 from miner.errors import UsageError
-from miner.export.metadata import read_onnx_metadata
 from miner.export.parity import ort_session, run_session
 from miner.export.quantize import (
-    archive_split,
-    box_agreement,
     calibration_images,
-    export_int8,
     float_record,
     graph_parts,
-    int8_path,
     layout_rewritten,
     map_product,
     quantize_onnx,
-    rank_correlation,
 )
+from miner.models.meta import read_onnx_metadata
 from tests.export.graphs import exported
 
 #: the eight phantom findings, so that every phantom lesion is a class of the tiny model
@@ -195,7 +191,7 @@ def test_rank_correlation_against_hand_cases():
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     """48 phantoms of 128 px (seed 99: never trained on), one file of them corrupt."""
-    from miner.data import make_phantoms
+    from miner.phantoms import make_phantoms
 
     root = tmp_path_factory.mktemp("int8-phantoms") / "archive"
     make_phantoms(root, images=48, size=128, seed=99)
@@ -281,14 +277,14 @@ def test_int8_boxes_agree_with_fp32_on_a_tiny_model(tiny, phantoms, tmp_path):
 
 
 def test_cli_int8_writes_both_graphs_with_metadata(tiny, phantoms, tmp_path, capsys, monkeypatch):
+    from miner.bench import int8 as int8_check
     from miner.cli import main
-    from miner.export import quantize
 
     checkpoint, _ = tiny
     root, _ = phantoms
     # the random tiny model's noise-like maps sit near the 0.9 of a trained model (0.85-1.0 over seeds): this test is
     # about what is written, the refusal has its own test
-    monkeypatch.setattr(quantize, "TARGET_IOU", 0.75)
+    monkeypatch.setattr(int8_check, "TARGET_IOU", 0.75)
     out = tmp_path / "model.onnx"
     code = main(["export", "onnx", str(checkpoint), str(out), "--int8", "--calibration", str(root),
                  "--calibration-images", "8", "--int8-check-images", "24"])
@@ -309,12 +305,12 @@ def test_cli_int8_writes_both_graphs_with_metadata(tiny, phantoms, tmp_path, cap
 
 
 def test_cli_int8_refuses_a_graph_that_moves_the_boxes(tiny, phantoms, tmp_path, capsys, monkeypatch):
+    from miner.bench import int8 as int8_check
     from miner.cli import main
-    from miner.export import quantize
 
     checkpoint, _ = tiny
     root, _ = phantoms
-    monkeypatch.setattr(quantize, "TARGET_IOU", 1.01)  # no graph can meet it
+    monkeypatch.setattr(int8_check, "TARGET_IOU", 1.01)  # no graph can meet it
     args = ["export", "onnx", str(checkpoint), str(tmp_path / "m.onnx"), "--int8", "--calibration", str(root),
             "--calibration-images", "4", "--int8-check-images", "8"]
     assert main(args) == 1

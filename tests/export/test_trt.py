@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 
+from miner.backends.tensorrt_backend import import_tensorrt
 from miner.errors import BackendUnavailable, ModelError, UsageError
-from miner.export.metadata import engine_metadata_path
-from miner.export.trt import EngineSettings, build_engine, define_network, has_qdq, import_tensorrt
+from miner.export.trt import EngineSettings, build_engine, define_network, has_qdq
+from miner.models.meta import engine_metadata_path
 from tests.export.fake_tensorrt import make_fake_tensorrt
 from tests.export.graphs import CASES, exported, model_for
 

@@ -25,7 +25,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clean_archive(tmp_path_factory) -> Path:
     """12 phantom images of 96 px in the ChestX-ray14 layout (read-only for the tests: copy before changing)."""
-    from miner.data import make_phantoms
+    from miner.phantoms import make_phantoms
 
     root = tmp_path_factory.mktemp("hostile_archive")
     make_phantoms(root, images=12, size=96, seed=3)

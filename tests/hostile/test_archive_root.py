@@ -64,7 +64,7 @@ def build_kind(kind: str, folder: Path, png: Path, outside: Path) -> str:
     """An archive of `kind` in `folder` whose entry with the returned image id is a link to `outside`."""
     folder.mkdir(parents=True)
     if kind == "release":
-        from miner.data.nih import DATA_ENTRY_HEADER
+        from miner.data.archives.nih import DATA_ENTRY_HEADER
 
         (folder / "Data_Entry_2017.csv").write_text(DATA_ENTRY_HEADER + "\n" + ROW.format("in.png") + "\n"
                                                    + ROW.format("link.png") + "\n")
@@ -327,8 +327,9 @@ def test_vindr_physionet_layout_root_holds_annotations_and_images(clean_archive,
 
 def test_a_mask_linked_out_of_the_archive_is_refused(tmp_path):
     """Masks are archive files too (``masks/<stem>_<Finding>.png``, read by miner eval for PxAP)."""
-    from miner.data import make_phantoms, read_archive
+    from miner.data import read_archive
     from miner.errors import ArchiveError
+    from miner.phantoms import make_phantoms
 
     arch = make_phantoms(tmp_path / "arch", images=4, size=32, seed=1, masks=True)
     mask = sorted((tmp_path / "arch" / "masks").glob("*.png"))[0]

@@ -180,7 +180,7 @@ def test_kinds_with_a_row_per_box_join_rows_without_a_warning(kind, tmp_path):
 
 def test_the_warning_stays_on_one_line_and_names_the_first_few(tmp_path):
     from miner.data import read_archive
-    from miner.data.archive import SHOWN_DUPLICATES
+    from miner.data.archives.read import SHOWN_DUPLICATES
 
     ids = [f"img{k}\u202e.png" for k in range(SHOWN_DUPLICATES + 3)]
     _csv(tmp_path / "m.csv", [["image_id", "path"], *([i, f"{k}.png"] for k, i in enumerate(ids)),

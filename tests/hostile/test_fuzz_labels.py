@@ -23,8 +23,8 @@ pytest.importorskip("hypothesis")
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from miner.data import kinds, nih  # noqa: E402
-from miner.data.archive import read_archive, read_classes_file  # noqa: E402
+from miner.data.archives import kinds, nih, read_archive  # noqa: E402
+from miner.data.archives.classes import read_classes_file  # noqa: E402
 from miner.data.textfile import csv_rows  # noqa: E402
 from miner.errors import ArchiveError, MinerError, UsageError  # noqa: E402
 from miner.findings import ARCHIVE_FINDINGS  # noqa: E402

@@ -177,7 +177,7 @@ escaping = st.tuples(st.integers(0, 4), value_parts).map(lambda t: "/".join(["..
 def test_a_data_entry_file_reaches_only_files_under_its_folder(world, names):
     """Random Image Index values (``../..``, links, absolute paths) of a ChestX-ray14 release."""
     from miner.data import read_archive
-    from miner.data.nih import DATA_ENTRY_HEADER
+    from miner.data.archives.nih import DATA_ENTRY_HEADER
 
     names = [n for n in names if n.strip() and n.strip() == n] or ["a.png"]
     with tempfile.TemporaryDirectory(dir=world / "root_real" / "sub") as tmp:

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from miner.data import kinds, nih
-from miner.data.archive import read_archive
+from miner.data.archives import kinds, nih, read_archive
 from miner.data.textfile import CHUNK, MAX_LINE_CHARS, LabelText, csv_rows
 from miner.errors import ArchiveError
 from tests.hostile.harness import assert_refused, assert_untouched, run_miner

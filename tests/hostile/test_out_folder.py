@@ -106,7 +106,7 @@ def test_out_that_is_a_file(archive, tiny_model, tmp_path, watched, where):
 def test_run_job_refuses_a_file_as_out(tmp_path):
     """The library call (miner demo and Python users) refuses it too, before anything runs."""
     from miner.errors import UsageError
-    from miner.job.driver import check_out_folder
+    from miner.outdir import check_out_folder
 
     afile = tmp_path / "afile"
     afile.write_text("x")

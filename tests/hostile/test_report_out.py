@@ -105,10 +105,10 @@ def test_a_users_file_where_the_report_writes_refuses_before_anything_moves(mine
 
 
 def test_install_refuses_a_collision_that_only_the_built_files_show(tmp_path):
-    """The exact guard (`miner.io.install_folder`): a built file whose place holds a file the verb did not write
+    """The exact guard (`miner.outdir.install_folder`): a built file whose place holds a file the verb did not write
     stops the install before anything moves, and the built folder is removed."""
     from miner.errors import UsageError
-    from miner.io import install_folder
+    from miner.outdir import install_folder
 
     target, built = tmp_path / "dir", tmp_path / ".dir.tmp"
     for folder, files in ((target, {"list.json": "[]", "old.txt": "old", "theirs.txt": "user"}),

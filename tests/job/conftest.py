@@ -27,8 +27,8 @@ def short_tmp():
 @pytest.fixture(scope="session")
 def job_archive(tmp_path_factory):
     """200 phantom images plus one bad file of each kind: (root, {kind: image_id})."""
-    from miner.data import make_phantoms
-    from miner.data.bad_files import inject_bad_files
+    from miner.phantoms import make_phantoms
+    from miner.phantoms.bad_files import inject_bad_files
 
     root = tmp_path_factory.mktemp("archive200")
     make_phantoms(root, images=IMAGES, size=128, seed=7)

@@ -18,7 +18,7 @@ from scipy.stats import mannwhitneyu
 
 from miner.cli import main
 from miner.findings import ARCHIVE_FINDINGS
-from tests.data import kinds_data as K
+from tests.data.archives import kinds_data as K
 
 pytestmark = pytest.mark.ray
 

@@ -55,9 +55,9 @@ def markup(ray_session, tmp_path_factory):
     import cv2
 
     from miner.config import JobConfig
-    from miner.data import make_phantoms
     from miner.demo import default_model_path
     from miner.job import run_job
+    from miner.phantoms import make_phantoms
 
     base = tmp_path_factory.mktemp("markup")
     source = make_phantoms(base / "phantoms", images=len(MARKUP_NAMES), size=192, seed=11)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from miner.data import make_phantoms
 from miner.models import create_model
+from miner.phantoms import make_phantoms
 from miner.train.auc import roc_auc_per_class
 from miner.train.dataset import ArchiveDataset
 from miner.train.step import TrainForward, training_losses
