@@ -61,7 +61,8 @@ class ExportResult:
         m = self.meta
         mb = self.size_bytes / 1e6
         line = (
-            f"{self.path} ({mb:.1f} MB, {self.seconds:.1f} s): {m.arch or 'model'} {m.input_size[0]}x{m.input_size[1]}, "
+            f"{self.path} ({mb:.1f} MB, {self.seconds:.1f} s): {m.arch or 'model'} "
+            f"{m.input_size[0]}x{m.input_size[1]}, "
             f"{m.num_classes} classes, {m.method} maps at {m.layer} {m.map_size[0]}x{m.map_size[1]}"
             + (", masks input" if m.masks_input else "")
         )

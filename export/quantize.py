@@ -498,7 +498,10 @@ def _s2d_conv(weight: np.ndarray, shape: list[int | None] | None,
     where the rewrite does not apply (not stride 2, dilated, grouped, more than 3 channels, odd or unknown sizes)."""
     if weight.ndim != 4 or attrs.get("group", 1) != 1 or list(attrs.get("strides", [1, 1])) != [2, 2]:
         return None
-    if any(d != 1 for d in attrs.get("dilations", [1, 1])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+    if any(d != 1 for d in attrs.get("dilations", [1, 1])) or attrs.get("auto_pad", b"NOTSET") not in (
+        b"NOTSET",
+        "NOTSET",
+    ):
         return None
     if not shape or len(shape) != 4 or shape[2] is None or shape[3] is None or shape[2] % 2 or shape[3] % 2:
         return None

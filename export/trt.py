@@ -53,7 +53,8 @@ class EngineSettings:
     def validate(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise UsageError(
-                f"--min-batch {self.min_batch} <= --opt-batch {self.opt_batch} <= --max-batch {self.max_batch} must hold"
+                f"--min-batch {self.min_batch} <= --opt-batch {self.opt_batch} <= --max-batch {self.max_batch} "
+                "must hold"
             )
         if not self.workspace_gb > 0:
             raise UsageError(f"--workspace must be positive (GiB), got {self.workspace_gb}")
@@ -91,7 +92,9 @@ def _dims(shape: Any) -> list[int]:
     return [int(d) for d in shape]
 
 
-def define_network(trt: ModuleType, onnx_path: str | Path, settings: EngineSettings, *, logger: Any = None) -> NetworkPlan:
+def define_network(
+    trt: ModuleType, onnx_path: str | Path, settings: EngineSettings, *, logger: Any = None
+) -> NetworkPlan:
     """Parse `onnx_path` into a TensorRT network and configure the build (no engine is built).
 
     Every network input gets min/opt/max shapes with the batch dimension set from `settings` and the
@@ -120,7 +123,9 @@ def define_network(trt: ModuleType, onnx_path: str | Path, settings: EngineSetti
     logger = logger if logger is not None else trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
-    strongly_typed = bool(settings.int8 and not settings.fp16 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
+    strongly_typed = bool(
+        settings.int8 and not settings.fp16 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    )
     if strongly_typed:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     major = int(str(getattr(trt, "__version__", "10")).split(".")[0])

@@ -26,8 +26,8 @@ stays inside its own run's sum.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import cv2
 import numpy as np

@@ -363,7 +363,8 @@ def box_columns(
     classes: Sequence[str],
     probs: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Rows of `boxes_from_maps` as columns of the Parquet output contract (docs/design.md) (pyarrow-ready numpy arrays).
+    """Rows of `boxes_from_maps` as columns of the Parquet output contract (docs/design.md) (pyarrow-ready numpy
+    arrays).
 
     Columns: image_id, finding (str, object arrays), class_index int16, rank int8, x, y, w, h, score, prob,
     threshold float32 (prob NaN where `probs` is None).

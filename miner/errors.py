@@ -50,8 +50,8 @@ class ImageError(MinerError):
     `kind` is one of ``missing``, ``empty``, ``truncated``, ``corrupt``, ``unsupported``, ``too_large`` (its
     header announces more pixels than the decoder may allocate, or its compressed data inflates past what the
     header promises; see `miner.data.image.load_image`), ``outside_archive`` (the path, symlinks followed,
-    leaves the archive's root; see docs/untrusted-input.md, "The archive root"), ``non_finite`` (the model's logits or maps of
-    the image are NaN or infinite: no boxes).
+    leaves the archive's root; see docs/untrusted-input.md, "The archive root"), ``non_finite`` (the model's
+    logits or maps of the image are NaN or infinite: no boxes).
     """
 
     KINDS = ("missing", "empty", "truncated", "corrupt", "unsupported", "too_large", "outside_archive",

@@ -26,6 +26,7 @@ gives up to three from one map.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F

@@ -69,7 +69,10 @@ def check_env(args: argparse.Namespace) -> str:
     try:
         import onnxruntime as ort
 
-        parts.append(f"onnxruntime {ort.__version__} [{', '.join(p.replace('ExecutionProvider', '') for p in ort.get_available_providers())}]")
+        parts.append(
+            f"onnxruntime {ort.__version__} "
+            f"[{', '.join(p.replace('ExecutionProvider', '') for p in ort.get_available_providers())}]"
+        )
     except ImportError:
         parts.append("onnxruntime missing")
     for module in ("tensorrt", "triton"):
@@ -116,7 +119,9 @@ def check_kernels(args: argparse.Namespace) -> str:
     labels, counts = label_components(dev > 0.5)
     stats = component_stats(labels, dev, num_labels=k)
     if not torch.equal(erase.cpu(), cpu_erase):
-        raise AssertionError(f"erase on {device} differs from the CPU path on {(erase.cpu() != cpu_erase).sum()} pixels")
+        raise AssertionError(
+            f"erase on {device} differs from the CPU path on {(erase.cpu() != cpu_erase).sum()} pixels"
+        )
     if not (torch.equal(labels.cpu(), cpu_labels) and torch.equal(counts.cpu(), cpu_counts)):
         raise AssertionError(f"labels on {device} differ from the CPU path")
     if not (torch.equal(stats.bbox.cpu(), cpu_stats.bbox) and torch.equal(stats.area.cpu(), cpu_stats.area)):
@@ -150,7 +155,6 @@ def _images(input_size: tuple[int, int], batch: int):
 def _compare(reference, other, input_size: tuple[int, int]) -> str:
     """Logits and maps of two backends on the same images, and how far the rank-1 box moves."""
     import numpy as np
-    import torch
 
     (ref_logits, ref_maps), (logits, maps) = reference, other
     ref_maps, maps = ref_maps.float().cpu(), maps.float().cpu()

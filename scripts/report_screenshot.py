@@ -1,4 +1,5 @@
-"""The screenshot of docs/reports.md of a `miner report` page: headless Chromium, then a 256-colour PNG (small enough to commit).
+"""The screenshot of docs/reports.md of a `miner report` page: headless Chromium, then a 256-colour PNG \
+(small enough to commit).
 
     .venv/bin/miner demo out/demo
     .venv/bin/python scripts/report_screenshot.py out/demo/report/findings/pneumothorax.html docs/report.png

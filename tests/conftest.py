@@ -26,7 +26,8 @@ def _package_dir(name: str):
 
 @pytest.fixture(scope="session")
 def nih_data_entry():
-    """Path of the real NIH ChestX-ray14 label file (Data_Entry_2017_v2020.csv.gz, 112,120 rows) from torchxrayvision."""
+    """Path of the real NIH ChestX-ray14 label file (Data_Entry_2017_v2020.csv.gz, 112,120 rows) from
+    torchxrayvision."""
     return _package_dir("torchxrayvision") / "data" / "Data_Entry_2017_v2020.csv.gz"
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from miner.backends.base import Backend
-from miner.errors import UsageError
 from miner.calibrate import BoxedSet, calibrate_input_size, calibrate_levels, calibrate_maps, write_calibrated
+from miner.errors import UsageError
 from miner.models.meta import ModelMeta
 from miner.pipeline import DecodedBatch
 
@@ -79,7 +79,7 @@ def test_a_box_shape_is_fitted_where_the_map_sits_off_the_lesion():
     right by 0.2 of its width (2.4 px) it overlaps 10.4 px (IoU 124.8/163.2 = 0.76); by 0.1, 9.2 px (0.62).
     So the shape is (1, 1, 0.2, 0) at level 0.85 (1.0 at every level that reaches it: the recipe's level wins),
     and Nodule, whose boxes fit, keeps none."""
-    from miner.calibrate import fit_shape, shape_candidates, mine_set
+    from miner.calibrate import fit_shape, mine_set, shape_candidates
     from miner.pipeline import Pipeline
 
     data, backend = boxed_set()
@@ -114,9 +114,9 @@ def test_a_box_shape_is_fitted_where_the_map_sits_off_the_lesion():
 
 
 def test_the_calibrated_checkpoint_records_the_levels_and_mines_with_them(tmp_path):
+    from miner.backends import open_backend
     from miner.models import create_model, read_checkpoint, save_checkpoint
     from miner.pipeline import Pipeline
-    from miner.backends import open_backend
 
     data, backend = boxed_set()
     result = calibrate_levels(backend, data, levels=(0.6, 0.85), iou=0.7, min_boxes=1)
@@ -153,10 +153,12 @@ def test_the_input_size_with_the_best_macro_acc_is_chosen_and_recorded(tmp_path)
     assert any(line.split()[:1] == ["96"] and "chosen" in line for line in search.lines())
     # equal macro Acc: the size the model was trained at, then the smaller; with a tolerance, the smallest
     opts = dict(levels=(0.6, 0.85), iou=0.7, min_boxes=1, shapes=False, coarse_weights=(1.0,))
-    assert calibrate_input_size(lambda size, weights: good, lambda size: data, (64, 96, 128), trained=96, **opts).size == 96
-    assert calibrate_input_size(lambda size, weights: good, lambda size: data, (64, 128), trained=96, **opts).size == 64
-    assert calibrate_input_size(lambda size, weights: good, lambda size: data, (96, 64, 128), trained=96, tolerance=0.01,
+    assert calibrate_input_size(lambda size, weights: good, lambda size: data, (64, 96, 128), trained=96,
+                                **opts).size == 96
+    assert calibrate_input_size(lambda size, weights: good, lambda size: data, (64, 128), trained=96,
                                 **opts).size == 64
+    assert calibrate_input_size(lambda size, weights: good, lambda size: data, (96, 64, 128), trained=96,
+                                tolerance=0.01, **opts).size == 64
     # a larger size within the tolerance of the best loses to a smaller one: macro 5/6 at 64 (one image off) vs 1
     half = ConeBackend(torch.cat([good.table[:5], torch.roll(good.table[5:], shifts=3, dims=-1)]))
     picks = {tol: calibrate_input_size(lambda size, weights: good if size == 96 else half, lambda size: data, (64, 96),
@@ -215,7 +217,8 @@ def test_each_finding_gets_the_coarse_weight_that_finds_its_boxes(tmp_path):
     assert result.levels == {"Mass": 0.85, "Nodule": 0.6} and result.macro == 1.0
     assert any("map with layer4 x0.5" in line for line in result.lines())
     # the candidate 1 is always there; a gain below min_gain keeps the plain maps
-    assert calibrate_maps(backend_with, data, coarse_weights=(0.5,), **opts).stage_weights == {"Nodule": {"layer4": 0.5}}
+    assert calibrate_maps(backend_with, data, coarse_weights=(0.5,), **opts).stage_weights == {
+        "Nodule": {"layer4": 0.5}}
     assert calibrate_maps(backend_with, data, coarse_weights=(1.0, 0.5), min_gain=1.01, **opts).stage_weights == {}
     plain = calibrate_maps(backend_with, data, coarse_weights=(1.0,), **opts)
     assert plain.stage_weights == {} and plain.weight_table == {} and plain.levels == calibrate_levels(
@@ -268,7 +271,8 @@ def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
     assert set(record["calibration"]["input_sizes"]) == {"64", "96"}
     assert f"at input size {record['input_size']}" in text
     from miner.backends import open_backend
-    assert open_backend(tmp_path / "sized.pt", backend="torch", device="cpu").meta.input_size == (record["input_size"],) * 2
+    assert open_backend(tmp_path / "sized.pt", backend="torch", device="cpu").meta.input_size == (
+        (record["input_size"],) * 2)
     for bad in ("64,x", "8"):
         assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks",
                      "--input-sizes", bad]) == 2

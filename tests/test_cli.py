@@ -29,7 +29,8 @@ def test_no_verb_is_a_usage_error():
 
 
 def test_import_miner_is_light():
-    code = "import sys, miner, miner.cli; print(sorted(m for m in ('torch','ray','triton','tensorrt') if m in sys.modules))"
+    code = ("import sys, miner, miner.cli; "
+            "print(sorted(m for m in ('torch','ray','triton','tensorrt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

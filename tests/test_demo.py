@@ -13,9 +13,8 @@ import torch
 
 from miner.cli import main
 from miner.demo import ASSET_MODEL, assets_dir, default_model_card, default_model_path, pick_overlays
-from miner.metrics.job import multi_lesion_counts
 from miner.io import BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA
-
+from miner.metrics.job import multi_lesion_counts
 
 # --------------------------------------------------------------------------------------------- embedded model
 
@@ -60,8 +59,8 @@ def test_embedded_model_localises_unseen_phantom_lesions(tmp_path):
     of B, T = 3)."""
     from miner.bench.paper import mine_boxes
     from miner.config import EvalConfig
-    from miner.metrics import ground_truth_table as ground_truth, no_bounds
-    from miner.metrics import localization_table
+    from miner.metrics import ground_truth_table as ground_truth
+    from miner.metrics import localization_table, no_bounds
     from miner.metrics.localization import BoxTable
     from miner.phantoms import make_phantoms
     from miner.pipeline import decode_batch
@@ -126,8 +125,8 @@ def _check_demo(out, images, capsys_text):
     """The files of a demo run, and the evaluation equal to `miner eval`'s on the same boxes."""
     from miner.config import EvalConfig
     from miner.data import read_archive
-    from miner.metrics import ground_truth_table as ground_truth
     from miner.metrics import default_bounds, localization_table, read_boxes
+    from miner.metrics import ground_truth_table as ground_truth
 
     boxes = ds.dataset(out / "boxes", format="parquet").to_table()
     errors = ds.dataset(out / "errors", format="parquet").to_table()

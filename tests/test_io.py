@@ -13,8 +13,17 @@ import pytest
 
 import miner.io
 from miner.errors import UsageError, WriteError
-from miner.io import (BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA, ShardStore, atomic_write_parquet, read_dataset,
-                      read_manifest, table_from_rows, write_manifest)
+from miner.io import (
+    BOXES_SCHEMA,
+    ERRORS_SCHEMA,
+    IMAGES_SCHEMA,
+    ShardStore,
+    atomic_write_parquet,
+    read_dataset,
+    read_manifest,
+    table_from_rows,
+    write_manifest,
+)
 
 
 def _box(image_id: str, rank: int = 1) -> dict:

@@ -106,10 +106,9 @@ def test_pipeline_uses_the_models_settings_unless_told(trained):
 
 
 def test_the_onnx_graph_carries_the_record_and_mines_alike(trained, tmp_path):
-    from miner.models.meta import read_onnx_metadata
     from miner.export.onnx import export_checkpoint
-
     from miner.models.checkpoint import write_record
+    from miner.models.meta import read_onnx_metadata
 
     # a calibrated record: per-finding box shapes, and an input size chosen on validation above the training size
     record = read_checkpoint(trained[DEFAULT_RECIPE])

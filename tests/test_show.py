@@ -20,10 +20,10 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def mined(tmp_path_factory):
     """A phantom archive with masks, a resnet18 (width 1/8) checkpoint, and OUT/boxes mined from it."""
+    from miner.data import load_image, to_model_input
     from miner.io import BOXES_SCHEMA
     from miner.mining import mine
     from miner.models import create_model, save_checkpoint
-    from miner.data import load_image, to_model_input
     from miner.phantoms import make_phantoms
 
     root = tmp_path_factory.mktemp("show")
@@ -140,8 +140,8 @@ def test_eval_cli_errors(tmp_path, capsys):
 def test_show_cli_clear_panel(mined, capsys):
     """--clear adds the CLEAR picture of every class of the model: its pixels are the classes' hues (S = 1),
     scaled by the response, and the legend lists every class."""
-    from miner.clear import clear_picture, finding_hues, hsv_to_bgr
     from miner.cam import class_maps
+    from miner.clear import clear_picture, finding_hues, hsv_to_bgr
     from miner.data import load_image, to_model_input
     from miner.models import load_checkpoint
 

@@ -72,12 +72,14 @@ def test_per_finding_shapes_rescale_and_move_boxes_within_the_image():
     assert {b["class_index"]: xywh(b) for b in big}[0] == pytest.approx((0.0, 3.5, 28.5, 5.0))
     # clipped at the far edges too; the identity (1, 1, 0, 0) leaves boxes exactly as they are
     from miner.step_boxes import shape_boxes
-    far = shape_boxes(torch.tensor([[8.0, 8.0, 12.0, 12.0]]), torch.tensor([2.0, 2.0, 0.3, 0.3]), torch.tensor([12, 12]))
+    far = shape_boxes(torch.tensor([[8.0, 8.0, 12.0, 12.0]]), torch.tensor([2.0, 2.0, 0.3, 0.3]),
+                      torch.tensor([12, 12]))
     assert far[0].tolist() == pytest.approx([7.2, 7.2, 12.0, 12.0])  # centre 10 + 1.2, half side 4
     box = torch.tensor([[1.5, 2.0, 7.0, 9.25]])
     assert torch.equal(shape_boxes(box, torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([12, 12])), box)
     # the seed's levels rule applies shapes too
-    levels = BoxConfig(rule="levels", upsample=1, thresholds=(0.5,), max_boxes=1, finding_shapes={"Mass": [0.6, 0.6, 0, 0]})
+    levels = BoxConfig(rule="levels", upsample=1, thresholds=(0.5,), max_boxes=1,
+                       finding_shapes={"Mass": [0.6, 0.6, 0, 0]})
     plain = BoxConfig(rule="levels", upsample=1, thresholds=(0.5,), max_boxes=1)
     a = xywh(boxes(two_peaks(), steps=1, config=plain, class_names=("Mass",))[0][0])
     b = xywh(boxes(two_peaks(), steps=1, config=levels, class_names=("Mass",))[0][0])

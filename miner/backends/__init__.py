@@ -103,7 +103,8 @@ def open_backend(
                 "tensorrt": "an engine (miner export trt)"}[backend]
         raise UsageError(f"{path}: backend {backend!r} needs {hint}, not a {path.suffix} file")
     if kind != "torch" and (method or layer or input_size):
-        raise UsageError(f"{path}: method/layer/input size are fixed in the {kind} model; export it again to change them")
+        raise UsageError(f"{path}: method/layer/input size are fixed in the {kind} model; "
+                         "export it again to change them")
     if kind != "torch" and plain_maps:
         raise UsageError(f"{path}: the maps' stage weights are built into the {kind} model; export the checkpoint "
                          "again with --plain-maps")

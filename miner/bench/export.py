@@ -38,8 +38,6 @@ _REEXEC_FLAG = "MINER_BENCH_EXPORT_REEXEC"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from miner.cli._options import integer
-
     parser.add_argument("--arch", default="resnet50_msa", help="model (default resnet50_msa)")
     parser.add_argument("--checkpoint", default=None,
                         help="trained checkpoint to use instead of random weights (BN statistics adapted)")
@@ -56,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive", action="append", default=[], metavar="ARCHIVE",
                         help="check the int8 graph's boxes against fp32 on this archive (repeatable; calibrated on "
                              "its own images, as `miner export onnx --int8 --calibration` does)")
-    parser.add_argument("--calibration-images", type=integer(1, 100_000), default=64,
+    parser.add_argument("--calibration-images", type=int, default=64,
                         help="--archive: calibration images per archive (default 64)")
-    parser.add_argument("--check-images", type=integer(1, 100_000), default=256,
+    parser.add_argument("--check-images", type=int, default=256,
                         help="--archive: held-out images mined with both graphs per archive (default 256)")
     parser.add_argument("--workdir", default=None, help="where the graphs go (default: a temporary folder)")
     parser.add_argument("--omp-wait", choices=("passive", "default"), default="passive",
@@ -249,7 +247,8 @@ def _adapt_batchnorm(model, images) -> None:
 
 
 def _rank1_box_iou(ref_maps, maps, size):
-    """(mean, min, count, fraction >= 0.5) IoU of the rank-1 boxes of each image and class, after mining (T=3) and `miner.boxes`.
+    """(mean, min, count, fraction >= 0.5) IoU of the rank-1 boxes of each image and class, after mining (T=3)
+    and `miner.boxes`.
 
     None where `miner.mining` / `miner.boxes` are absent. A class boxed in one map set but not the other
     counts IoU 0.

@@ -13,7 +13,8 @@ Workloads (smooth heatmaps normalised to [0, 1]: Gaussian-blurred noise, as clas
 
 Each figure is the best of ``--repeats`` rounds (as ``timeit`` recommends: on a machine shared with other jobs the
 minimum is the least disturbed measurement; the median is printed too); the contenders alternate within every round
-so machine noise hits all of them. Outputs are compared (same components: areas and boxes as multisets, per map) before anything is printed.
+so machine noise hits all of them. Outputs are compared (same components: areas and boxes as multisets, per map)
+before anything is printed.
 With a CUDA device the Triton path is timed too (synchronised).
 """
 from __future__ import annotations

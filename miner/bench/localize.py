@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=600, help="images per archive (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256, help="phantom side (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="plain phantoms' seed (default: %(default)s)")
-    parser.add_argument("--real-seed", type=int, default=2, help="real-background phantoms' seed (default: %(default)s)")
+    parser.add_argument("--real-seed", type=int, default=2,
+                        help="real-background phantoms' seed (default: %(default)s)")
     parser.add_argument("--archives", default="plain,real", help="which archives: plain, real or both (default)")
     parser.add_argument("--batch-size", type=int, default=32)
 

@@ -164,11 +164,11 @@ def run(args: argparse.Namespace) -> int:
         results["backend"].append(t)
         t, tc_maps = timed(torchcam_all, 1, "torchcam")
         results["torchcam"].append(t)
-        results["post"].append(timed(lambda: post(maps_cam), 5, "post")[0])
+        results["post"].append(timed(lambda m=maps_cam: post(m), 5, "post")[0])
         # one pytorch-grad-cam call per round (every call costs the same: a full forward + backward); its
         # 14-call time is 14 x the median call, measured under the same conditions as the rest of the round
         c = len(results["forward"]) - 1
-        t, _ = timed(lambda: pgc_one(c % n_cls), 1, "pgc_call")
+        t, _ = timed(lambda c=c: pgc_one(c % n_cls), 1, "pgc_call")
         results.setdefault("pgc_call", []).append(t)
     med = {k: statistics.median(v) for k, v in results.items()}
     cpu = {k: statistics.median(v) for k, v in cpu_used.items()}

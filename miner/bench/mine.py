@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=float, default=1.0, help="model width multiplier (default %(default)s)")
     parser.add_argument("--recipe", default=None,
                         help="build the model with this recipe's map options and mine with its settings (miner.recipes;"
-                             " e.g. cai2018 vs peaks at the same arch and size); default: the arch as it is, the seed's "
-                             "mining and boxes")
+                             " e.g. cai2018 vs peaks at the same arch and size); default: the arch as it is, "
+                             "the seed's mining and boxes")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default %(default)s)")
     parser.add_argument("--shard-size", type=int, default=100, help="images per shard (default %(default)s)")
     parser.add_argument("--classes", default="labels", choices=("labels", "predicted", "all"),
@@ -167,9 +167,7 @@ def _run_loop(manifest: Path, checkpoint: Path, args: argparse.Namespace) -> dic
 def _run_job(manifest: Path, model: Path, args: argparse.Namespace, *, workers: int, backend: str, malloc: str,
              workdir: Path, name: str) -> dict[str, Any]:
     from miner.config import JobConfig
-    from miner.job import run_job
-
-    from miner.job import steady_window
+    from miner.job import run_job, steady_window
 
     config = JobConfig(shard_size=args.shard_size, batch_size=args.batch_size, backend=backend,
                        classes=args.classes, workers=workers, cpus_per_worker=1, malloc=malloc)

@@ -291,7 +291,7 @@ def mechanism(cases: Sequence[Any]) -> dict[str, float]:
         h, w = case.step_maps.shape[-2:]
         cells = [_cells_of(box, case.image.shape[:2], (h, w)) for box in case.gt]
 
-        def on_lesion(index: int, lesions: list) -> bool:
+        def on_lesion(index: int, lesions: list, w: int = w) -> bool:
             r, c = divmod(int(index), w)
             return any(rs.start <= r < rs.stop and cs.start <= c < cs.stop for rs, cs in lesions)
 

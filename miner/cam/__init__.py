@@ -13,8 +13,15 @@ from __future__ import annotations
 
 from miner.cam import activation, gradient, pyramid, segmentation  # noqa: F401  (register the methods)
 from miner.cam.base import CamMethod, get_method, list_methods, register
-from miner.cam.engine import (ClassMapper, StageWeights, class_maps, inference_state, maps_function,
-                               resolve_classes, stage_scale)
+from miner.cam.engine import (
+                               ClassMapper,
+                               StageWeights,
+                               class_maps,
+                               inference_state,
+                               maps_function,
+                               resolve_classes,
+                               stage_scale,
+)
 from miner.cam.normalize import normalize_maps
 
 __all__ = [

@@ -18,6 +18,7 @@ RANGES = {
     "--width": real(0.0, 16.0, lo_open=True),
     "--epochs": EPOCHS, "--msa-init-epochs": EPOCHS, "--end2end-epochs": EPOCHS, "--am-epochs": EPOCHS,
     "--max-steps": integer(1, 1_000_000_000),
+    "--calibration-images": integer(1, 100_000), "--check-images": integer(1, 100_000),
 }
 #: where one benchmark's option means something else (kernels: --size is the side of a class map, not an image)
 BENCH_RANGES = {"kernels": {"--size": integer(2, 4096)}}

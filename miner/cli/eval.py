@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     pred = read_boxes(args.boxes)
     # the images that count: those that went through the model (OUT), else the archive's, else any named
     if output is not None:
-        universe = list(dict.fromkeys(output.image_ids))  # an image is counted once (docs/untrusted-input.md: duplicate rows)
+        # an image is counted once (docs/untrusted-input.md: duplicate rows)
+        universe = list(dict.fromkeys(output.image_ids))
     elif archive is not None:
         universe = [r.image_id for r in archive.records]
     else:

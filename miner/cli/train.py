@@ -4,8 +4,19 @@ from __future__ import annotations
 import argparse
 import os
 
-from miner.cli._options import (BATCH, EPOCHS, FRACTION, OPEN_FRACTION, SEED, SIDE, STEPS, THREADS, integer, out_file,
-                                real)
+from miner.cli._options import (
+    BATCH,
+    EPOCHS,
+    FRACTION,
+    OPEN_FRACTION,
+    SEED,
+    SIDE,
+    STEPS,
+    THREADS,
+    integer,
+    out_file,
+    real,
+)
 from miner.config import TrainConfig
 
 HELP = "train a classifier on a labelled archive (MSA, attention mining, knowledge preservation)"

@@ -85,7 +85,9 @@ def derive_box_stats(boxes: Iterable[GroundTruthBox], *, image_size: float = 102
     return out
 
 
-def sample_box(stats: BoxStats, rng: np.random.Generator, *, side: str | None = None) -> tuple[float, float, float, float, str]:
+def sample_box(
+    stats: BoxStats, rng: np.random.Generator, *, side: str | None = None
+) -> tuple[float, float, float, float, str]:
     """One box drawn from a finding's statistics: (cx, cy, w, h) as fractions of the side, and the side.
 
     side: ``"left"``/``"right"`` (image halves) to force one, else drawn with ``p_left``.

@@ -26,7 +26,13 @@ import numpy as np
 from miner.config import PhantomConfig
 from miner.data.archives import Archive, read_archive
 from miner.data.archives.nih import (
-    BBOX_LIST_NAME, TEST_LIST_NAME, TRAIN_LIST_NAME, EntryRow, write_bbox_list, write_data_entry, write_split_list,
+    BBOX_LIST_NAME,
+    TEST_LIST_NAME,
+    TRAIN_LIST_NAME,
+    EntryRow,
+    write_bbox_list,
+    write_data_entry,
+    write_split_list,
 )
 from miner.data.records import GroundTruthBox
 from miner.errors import UsageError
@@ -139,7 +145,9 @@ def render_image(plan: PlannedImage, config: PhantomConfig, *, background=None) 
     return (image * 255.0 + 0.5).astype(np.uint8), found
 
 
-def _draw_and_write(plan: PlannedImage, config: PhantomConfig, out: Path) -> tuple[tuple[str, ...], list[GroundTruthBox]]:
+def _draw_and_write(
+    plan: PlannedImage, config: PhantomConfig, out: Path
+) -> tuple[tuple[str, ...], list[GroundTruthBox]]:
     """Render one image, write it (and its masks); return its labels and boxes. Runs in worker processes."""
     background = None
     if config.real_background:

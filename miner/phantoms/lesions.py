@@ -8,7 +8,8 @@
 | Infiltration | patchy, mottled opacities scattered over a region | 0.10-0.32 |
 | Atelectasis | elongated plate-like band, tilted | 0.10-0.30 long |
 | Effusion | basal opacity filling the lung base, meniscus rising laterally | 0.10-0.32 high |
-| Pneumothorax | lucent rim at apex and chest wall without lung texture, thin visceral pleural line | from the box statistics |
+| Pneumothorax | lucent rim at apex and chest wall without lung texture, thin visceral pleural line | \
+from the box statistics |
 | Cardiomegaly | enlarged heart shadow (width >= 0.42 vs 0.30-0.35 normal) | from the box statistics |
 
 Centres and sizes are drawn from the real NIH box statistics (`miner.phantoms.box_stats.NIH_BOX_STATS`),
@@ -275,7 +276,7 @@ def draw_effusion(c: Canvas) -> Lesion | None:
     ys, xs = win
     u, v = c.chest.u[ys, xs], c.chest.v[ys, xs]
     height = float(np.clip(sample_box(NIH_BOX_STATS["Effusion"], c.rng)[3], 0.10, 0.32))
-    (cu, cv), (a, b) = anatomy.LUNG_CENTRES[side], anatomy.LUNG_HALF[side]
+    (_, cv), (a, b) = anatomy.LUNG_CENTRES[side], anatomy.LUNG_HALF[side]
     base = cv + b - 0.02  # the costophrenic angle's level (canonical)
     lateral = np.clip((np.abs(u - 0.5) - 0.08) / (2 * a - 0.05), 0, 1)
     top = base - height * (0.5 + 0.5 * lateral**2)  # meniscus: higher laterally

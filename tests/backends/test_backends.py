@@ -155,7 +155,8 @@ def test_provider_check_uses_what_the_session_reports(files, monkeypatch):
     monkeypatch.setattr(Session, "__init__", lambda self, path, sess_options=None, providers=None:
                         (calls.append([p if isinstance(p, str) else p[0] for p in providers]),
                          real.__init__(self, path, sess_options=sess_options, providers=["CPUExecutionProvider"]))[1])
-    with pytest.raises(BackendUnavailable, match="TensorrtExecutionProvider was asked for but CUDAExecutionProvider runs"):
+    with pytest.raises(BackendUnavailable,
+                       match="TensorrtExecutionProvider was asked for but CUDAExecutionProvider runs"):
         OnnxRuntimeBackend(graph, provider="tensorrt")
     assert calls[-1] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     b = OnnxRuntimeBackend(graph, provider="auto")
@@ -245,7 +246,8 @@ def test_mining_refused_where_neither_shortcut_nor_recompute_is_exact(files):
         assert not b.meta.shortcut_exact and b.meta.masks_input
         Pipeline(b, mining={"steps": 3})  # exact recompute: accepted
     inner = open_backend(files["resnet18-cam"][0], method="gradcam", layer="layer3")
-    assert not inner.meta.shortcut_exact and not inner.meta.masks_input and inner.recompute(torch.rand(1, 1, 64, 64)) is None
+    assert (not inner.meta.shortcut_exact and not inner.meta.masks_input
+            and inner.recompute(torch.rand(1, 1, 64, 64)) is None)
     Pipeline(inner, mining={"steps": 1})
     with pytest.raises(UsageError, match="--steps 1"):
         Pipeline(inner, mining={"steps": 3})

@@ -52,9 +52,9 @@ def _pipeline_boxes(model, archive, **options):
 
 
 def test_acc_and_box_size_equal_miner_metrics_on_the_pipelines_boxes(model, result):
-    from miner.metrics import ground_truth_table as ground_truth, no_bounds
     from miner.config import EvalConfig
-    from miner.metrics import default_bounds, iou, localization_table
+    from miner.metrics import default_bounds, iou, localization_table, no_bounds
+    from miner.metrics import ground_truth_table as ground_truth
 
     out, res = result
     rows = {r.label: r for r in res.rows}
@@ -82,9 +82,9 @@ def test_acc_and_box_size_equal_miner_metrics_on_the_pipelines_boxes(model, resu
 
 
 def test_multi_lesion_rows_and_the_printed_tables(model, result):
-    from miner.metrics import ground_truth_table as ground_truth, no_bounds
     from miner.config import EvalConfig
-    from miner.metrics import localization_table
+    from miner.metrics import ground_truth_table as ground_truth
+    from miner.metrics import localization_table, no_bounds
 
     out, res = result
     own = next(r for r in res.rows if r.label == "own")

@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from miner.bench.paper import (
-    SHORT, VARIANTS, _cells_of, figure_items, mechanism, multi_lesion_pairs, run_paper, table2, table3,
+    SHORT,
+    VARIANTS,
+    _cells_of,
+    figure_items,
+    mechanism,
+    multi_lesion_pairs,
+    run_paper,
+    table2,
+    table3,
 )
 from miner.config import PaperConfig
 from miner.data.records import GroundTruthBox
@@ -87,8 +95,8 @@ def test_cells_equal_miner_metrics_on_the_saved_boxes(tiny):
     """Every cell of results.json is `localization_table` of the boxes file it names (recomputed here)."""
     from miner.config import EvalConfig
     from miner.data import read_archive
-    from miner.metrics import ground_truth_table as ground_truth, no_bounds
-    from miner.metrics import default_bounds, localization_table, read_boxes
+    from miner.metrics import default_bounds, localization_table, no_bounds, read_boxes
+    from miner.metrics import ground_truth_table as ground_truth
 
     out, _ = tiny
     report = json.loads((out / "results.json").read_text())

@@ -137,7 +137,7 @@ def test_non_dicom_named_dcm_is_corrupt(tmp_path):
     assert info.value.kind == "corrupt"
 
 
-# ---------------------------------------------------------------------------------------------- honest headers, lying data
+# ---------------------------------------------------------------------------------------- honest headers, lying data
 # (miner.data.dicom_bounds: every decompression bounded by what the header promises)
 
 
@@ -311,7 +311,8 @@ def test_an_rle_frame_that_decodes_past_its_header_is_too_large(tmp_path):
 
 
 @pytest.mark.parametrize("frame,detail", [
-    (_rle_frame(b"\x81\x00" * 32, b"\x81\x00" * 32), "has 2 segments where SamplesPerPixel 1 x BitsAllocated 8 / 8 = 1"),
+    (_rle_frame(b"\x81\x00" * 32, b"\x81\x00" * 32),
+     "has 2 segments where SamplesPerPixel 1 x BitsAllocated 8 / 8 = 1"),
     (struct.pack("<16I", 1, 4000, *[0] * 14) + b"\x81\x00" * 32, "segment offsets [4000] that do not lie in order"),
     (struct.pack("<16I", 1, 8, *[0] * 14) + b"\x81\x00" * 32, "segment offsets [8]"),
     (b"\x01\x00\x00\x00", "has 4 bytes, less than the 64-byte RLE header"),

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from miner.cam import class_maps
-from miner.errors import ModelError, UsageError
 from miner.cam.graph import MapGraph, default_method
+from miner.errors import ModelError, UsageError
 from miner.export.onnx import check_graph, export_model
 from miner.export.parity import DEFAULT_ATOL, ort_session, run_session
 from miner.models.meta import ModelMeta, file_hash, parse_size, read_onnx_metadata, state_dict_hash

@@ -86,7 +86,8 @@ def build_kind(kind: str, folder: Path, png: Path, outside: Path) -> str:
         return "link"
     if kind == "rsna":
         _write_csv(folder / "stage_2_train_labels.csv", [["patientId", "x", "y", "width", "height", "Target"],
-                                                        ["in", "", "", "", "", "0"], ["link", "1", "2", "30", "40", "1"]])
+                                                        ["in", "", "", "", "", "0"],
+                                                        ["link", "1", "2", "30", "40", "1"]])
         _place(folder, "stage_2_train_images/in.png", "stage_2_train_images/link.png", png, outside)
         return "link"
     if kind == "siim":

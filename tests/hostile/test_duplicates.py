@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import warnings
 from collections import Counter
 from pathlib import Path

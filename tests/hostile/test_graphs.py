@@ -239,9 +239,8 @@ def test_a_checkpoint_with_nan_weights_fails_its_probe(tiny_model, tmp_path):
 
 def test_an_engine_record_that_contradicts_itself_fails_before_tensorrt(clean_graph, tmp_path):
     """An engine's side file is checked on the driver (no GPU needed there)."""
-    from miner.models.meta import read_onnx_metadata
-
     from miner.backends import check_model
+    from miner.models.meta import read_onnx_metadata
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not read here")
@@ -260,9 +259,8 @@ def test_engine_io_reads_an_engine_as_declared():
     """The TensorRT backend's view of an engine (a stand-in with TensorRT 10's name-based I/O API)."""
     import types
 
-    from miner.models.meta import check_io
-
     from miner.backends.tensorrt_backend import engine_io
+    from miner.models.meta import check_io
 
     trt = types.SimpleNamespace(float32="F32", float16="F16", TensorIOMode=types.SimpleNamespace(INPUT="in"))
     tensors = {"images": ((-1, 1, 64, 64), "F32", "in"), "logits": ((-1, C), "F32", "out"),

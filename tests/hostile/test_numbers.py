@@ -9,8 +9,18 @@ import argparse
 import pytest
 
 from miner.cli import build_parser
-from miner.cli._options import (FRACTION, OPEN_FRACTION, STEPS, Number, Parser, integer, numbers, numeric_actions,
-                                one_line, real)
+from miner.cli._options import (
+    FRACTION,
+    OPEN_FRACTION,
+    STEPS,
+    Number,
+    Parser,
+    integer,
+    numbers,
+    numeric_actions,
+    one_line,
+    real,
+)
 from tests.hostile.harness import assert_refused, assert_untouched, run_miner
 
 

@@ -28,8 +28,8 @@ MARK = "MINER_HOSTILE_MARK"
 
 def _ours(mark: str) -> list[str]:
     """Live processes (not zombies) whose environment carries `mark`: the child and all it started."""
-    import ray  # noqa: F401  (Ray vendors psutil)
     import psutil
+    import ray  # noqa: F401  (Ray vendors psutil)
 
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):

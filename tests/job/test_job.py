@@ -111,7 +111,6 @@ def test_bad_files_become_error_rows(reference, job_archive, capsys):
 def test_output_opens_in_pyarrow_pandas_and_duckdb(reference):
     import duckdb
     import pandas as pd
-
     import pyarrow.parquet as pq
 
     out, _ = reference
@@ -124,7 +123,8 @@ def test_output_opens_in_pyarrow_pandas_and_duckdb(reference):
     assert len(frame) == table.num_rows
     assert str(frame["class_index"].dtype) == "int16" and str(frame["x"].dtype) == "float32"
     count, images, findings = duckdb.sql(
-        f"select count(*), count(distinct image_id), count(distinct finding) from '{out}/boxes/*.parquet'").fetchall()[0]
+        f"select count(*), count(distinct image_id), count(distinct finding) from '{out}/boxes/*.parquet'"
+    ).fetchall()[0]
     assert count == table.num_rows and images == len(set(frame["image_id"])) and findings == 14
     kinds = duckdb.sql(f"select kind, count(*) from '{out}/errors/*.parquet' group by kind order by kind").fetchall()
     assert kinds == [("corrupt", 1), ("empty", 1), ("missing", 1), ("truncated", 1), ("unsupported", 1)]

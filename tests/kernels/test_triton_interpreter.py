@@ -18,8 +18,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from miner.kernels import _cpu  # noqa: E402
-from miner.kernels import triton_ccl  # noqa: E402
+from miner.kernels import (
+    _cpu,  # noqa: E402
+    triton_ccl,  # noqa: E402
+)
 from tests.kernels import cases  # noqa: E402
 
 LABEL = cases.label_batches()

@@ -38,7 +38,8 @@ def test_no_bounds_has_no_bound_anywhere():
 
 
 def test_job_ground_truth_limits_to_mined_images_and_the_models_findings_in_its_order():
-    gt, findings = job_ground_truth(BOXES, mined=["a.png", "b.png", "d.png"], classes=("Nodule", "Mass", "Cardiomegaly"))
+    gt, findings = job_ground_truth(BOXES, mined=["a.png", "b.png", "d.png"],
+                                    classes=("Nodule", "Mass", "Cardiomegaly"))
     assert sorted(set(gt.image_id.tolist())) == ["a.png", "b.png", "d.png"] and len(gt) == 4
     assert findings == ["Nodule", "Mass"]  # Effusion: not the model's; Cardiomegaly: no box; Mass: c.png not mined
 

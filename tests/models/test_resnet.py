@@ -71,7 +71,8 @@ def test_feature_layer_is_a_named_module_whose_output_is_x():
     for name in ("resnet18", "resnet18_msa"):
         model = create_model(name, width=0.125).eval()
         seen = {}
-        handle = model.get_submodule(model.feature_layer).register_forward_hook(lambda m, i, o: seen.update(o=o))
+        handle = model.get_submodule(model.feature_layer).register_forward_hook(
+            lambda m, i, o, seen=seen: seen.update(o=o))
         x = torch.rand(2, 1, 64, 64)
         with torch.no_grad():
             feats = model.forward_features(x)

@@ -88,7 +88,7 @@ def check_links(report: Path) -> int:
     count = 0
     for html in report.rglob("*.html"):
         page = Page(html)
-        for tag, attrs, _ in page.elements:
+        for _tag, attrs, _ in page.elements:
             for key in ("src", "href"):
                 if key in attrs:
                     link = attrs[key]
@@ -333,7 +333,8 @@ def test_report_cli_refuses_bad_input(demo, markup, tmp_path, capsys):
         (["report", str(out), "--model", str(tmp_path / "none.pt")], "--model:"),
         (["report", str(out), "--archive", str(markup[0]), "--to", str(tmp_path / "r")],
          "is not the archive this job mined"),
-        (["report", str(out), "--top", "-1", "--to", str(tmp_path / "r")], "argument --top: must be an integer in [0, 1000]"),
+        (["report", str(out), "--top", "-1", "--to", str(tmp_path / "r")],
+         "argument --top: must be an integer in [0, 1000]"),
     ]
     for argv, text in cases:
         assert main(argv) == 2, argv

@@ -3,9 +3,9 @@ from __future__ import annotations
 import torch
 
 from miner.data import Record, read_archive
+from miner.models import create_model
 from miner.train.dataset import ArchiveDataset, augment, collate, labels_of, split_validation
 from miner.train.step import TrainForward, training_losses
-from miner.models import create_model
 
 from .toy import CLASSES, write_toy_archive
 

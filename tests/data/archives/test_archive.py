@@ -91,7 +91,8 @@ def test_release_layout_2017_header_splits_and_subset(tmp_path):
 
 def test_images_in_unpacked_tarball_folders(tmp_path):
     _write(tmp_path / "Data_Entry_2017.csv", DATA_ENTRY_HEADER + "\n"
-           "00000001_000.png,No Finding,0,1,58,M,PA,1,1,0.1,0.1,\n00000002_000.png,No Finding,0,2,58,M,PA,1,1,0.1,0.1,\n")
+           "00000001_000.png,No Finding,0,1,58,M,PA,1,1,0.1,0.1,\n"
+           "00000002_000.png,No Finding,0,2,58,M,PA,1,1,0.1,0.1,\n")
     for folder, name in (("images_001", "00000001_000.png"), ("images_002", "00000002_000.png")):
         (tmp_path / folder / "images").mkdir(parents=True)
         (tmp_path / folder / "images" / name).write_bytes(b"x")
