@@ -302,7 +302,8 @@ class Calibration:
             out.append(f"{'finding':<14}{'boxes':>6}" + "".join(f"{w:>7g}" for w in weights) + "   chosen")
             for f, accs in self.weight_table.items():
                 chosen = self.stage_weights.get(f, {}).get(self.stage, 1.0)
-                out.append(f"{f:<14}{self.boxes.get(f, 0):>6}" + "".join(f"{accs.get(w, math.nan):>7.2f}" for w in weights)
+                out.append(f"{f:<14}{self.boxes.get(f, 0):>6}"
+                           + "".join(f"{accs.get(w, math.nan):>7.2f}" for w in weights)
                            + (f"   {chosen:g}" if f in self.levels else "   1 (default: too few boxes)"))
         return out
 
@@ -474,34 +475,32 @@ def calibrate_input_size(backend_at: Callable[[int, dict[str, dict[str, float]]]
 
 def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calibration, *,
                      source: Mapping[str, Any], sizes: SizeSearch | None = None) -> Path:
-    """A copy of `checkpoint` whose recipe record holds the calibration's recipe, mining settings and box settings
-    with the calibrated ``finding_levels`` (and where they came from, ``calibration``). With `sizes` (a
-    `SizeSearch` whose chosen calibration is `calibration`), the record's ``input_size`` becomes the chosen size,
-    the size it was trained at is kept as ``trained_input_size``, and ``calibration.input_sizes`` holds each
-    candidate's macro Acc."""
-    from dataclasses import asdict
-
+    """A copy of `checkpoint` whose settings record (`miner.settings`) holds the calibration's recipe, mining
+    settings and box settings with the calibrated ``finding_levels`` (and where they came from, ``calibration``).
+    With `sizes` (a `SizeSearch` whose chosen calibration is `calibration`), the record's ``input_size`` becomes the
+    chosen size, the size it was trained at is kept as ``trained_input_size``, and ``calibration.input_sizes`` holds
+    each candidate's macro Acc."""
     from miner.models.checkpoint import read_checkpoint, write_record
+    from miner.settings import InferenceSettings
 
     record = read_checkpoint(checkpoint)
+    settings = InferenceSettings.from_checkpoint(record, source=str(checkpoint))
     if sizes is not None:
         if sizes.calibration is not calibration:
             raise ValueError("write_calibrated: `calibration` is not the size search's chosen one")
-        record.setdefault("trained_input_size", record.get("input_size"))
-        record["input_size"] = int(sizes.size)
-    record["recipe"] = calibration.recipe
-    record["method"] = calibration.method
-    record.pop("stage_weights", None)  # the maps the levels were fitted on: these stage weights, or none
-    if calibration.stage_weights:
-        record["stage_weights"] = {f: dict(w) for f, w in calibration.stage_weights.items()}
-    record["mining"] = asdict(calibration.mining)
-    record["boxes"] = asdict(calibration.box_config)
+        trained = settings.trained_input_size if settings.trained_input_size is not None else settings.input_size
+        settings = replace(settings, input_size=int(sizes.size), trained_input_size=trained)
+    # the maps the levels were fitted on: these stage weights, or none
+    settings = replace(settings, recipe=calibration.recipe, method=calibration.method, mining=calibration.mining,
+                       boxes=calibration.box_config, stage_weights=dict(calibration.stage_weights) or None)
+    record = settings.into_checkpoint(record)
     record["calibration"] = {**dict(source), "iou": calibration.iou, "levels": dict(calibration.levels),
                              "shapes": {f: list(v) for f, v in calibration.shapes.items()},
                              "plain_acc": {f: {f"{lv:g}": a for lv, a in accs.items()}
                                            for f, accs in calibration.plain.items()},
                              "boxes": dict(calibration.boxes),
-                             "acc": {f: {f"{lv:g}": a for lv, a in accs.items()} for f, accs in calibration.table.items()}}
+                             "acc": {f: {f"{lv:g}": a for lv, a in accs.items()}
+                                     for f, accs in calibration.table.items()}}
     if calibration.weight_table:
         record["calibration"]["stage_weight_acc"] = {
             "stage": calibration.stage,

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+
 def to_plain(value: Any) -> Any:
     """Tuples -> lists and mapping keys -> str, recursively: settings as checkpoints and graphs store them
     (JSON-like values)."""
@@ -146,8 +147,12 @@ class PhantomConfig:
 # --- training (miner.train, `miner train`; owner: models & training) -----------------------------------
 
 
-#: the recipe `miner train` uses and records unless told otherwise (`miner.recipes`; ``cai2018`` is the seed's)
+#: the recipe `miner train` uses and records unless told otherwise (`miner.recipes`; `SEED_RECIPE` is the seed's;
+#: its inference settings: `RECIPE_SETTINGS`)
 DEFAULT_RECIPE = "peaks"
+#: Cai et al. 2018 as reproduced: `MiningConfig()` and `BoxConfig()` are its settings, and a model whose settings
+#: record names no recipe (made before recipes) is mined with them (`miner.settings`)
+SEED_RECIPE = "cai2018"
 
 
 @dataclass
@@ -278,6 +283,18 @@ class BoxConfig:
     dedup_iobb: float = 0.8
     connectivity: int = 8
     align_cells: bool = False
+
+
+#: Each recipe's inference settings: the map method, attention mining and the box rule (`miner.settings.
+#: InferenceSettings.for_recipe`; `miner.recipes.RECIPES` adds the model options each applies at training). With
+#: `MiningConfig` and `BoxConfig` above, whose own defaults are the seed's recipe, and `DEFAULT_RECIPE`, these are
+#: every default of how a model is mined: the seed's (``cai2018``) and the product's (``peaks``, docs/results/
+#: box-quality.md: erase only each peak's core, one box per step at 0.85 of its peak, cells at their centres).
+RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
+    SEED_RECIPE: {"method": "cam", "mining": MiningConfig(), "boxes": BoxConfig()},
+    "peaks": {"method": "layercam", "mining": MiningConfig(steps=3, threshold=0.8),
+              "boxes": BoxConfig(rule="steps", step_level=0.85, dedup_iou=0.5, dedup_iobb=0.8, align_cells=True)},
+}
 
 
 @dataclass

@@ -22,13 +22,13 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from miner.config import MAX_PIXELS
+from miner.config import MAX_PIXELS, BoxConfig, MiningConfig
 from miner.io import BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA, empty_table, table_from_rows
 
 #: findings that get boxes for an image (see `Pipeline`)
@@ -138,7 +138,7 @@ class Pipeline:
 
     Args:
         backend: a `miner.backends.Backend` (its `meta` gives classes, input size, head type, and the model's
-            recipe record: the mining and box settings it was trained and calibrated with, `miner.recipes`).
+            settings record: the mining and box settings it was trained and calibrated with, `miner.settings`).
         mining: `miner.config.MiningConfig` (used as it is), or a dict of fields that override the base settings,
             or None (the base settings).
         boxes: `miner.config.BoxConfig`, a dict of overrides, or None, likewise.
@@ -147,6 +147,10 @@ class Pipeline:
             in the model's class list), ``predicted`` (probability >= `prob_threshold`) or ``all``.
         prob_threshold: see `classes`.
 
+    `settings` holds the effective settings (`miner.settings.InferenceSettings`: the model's record with the
+    options above, the maps' method and the input size as the backend runs them); `recipe`, `mining` and
+    `box_config` are its parts.
+
     Only images with at least one selected finding go through mining and boxes; every decoded image gets a
     row in ``images`` (its size, number of boxes and the probabilities of all classes).
     """
@@ -154,21 +158,20 @@ class Pipeline:
     def __init__(self, backend: Any, *, mining: Any = None, boxes: Any = None, classes: str = "labels",
                  prob_threshold: float = 0.5, recipe: str | None = None) -> None:
         from miner.boxes import cell_shift
-        from miner.config import BoxConfig, MiningConfig
         from miner.errors import UsageError
-        from miner.recipes import get_recipe, inference_settings, settings_with
+        from miner.settings import InferenceSettings
 
         if classes not in CLASS_MODES:
             raise UsageError(f"--classes must be one of {', '.join(CLASS_MODES)} (got {classes!r})")
         self.backend = backend
         meta = backend.meta
-        if recipe:
-            base = get_recipe(recipe)
-            self.recipe, base_mining, base_boxes = base.name, base.mining, base.boxes
-        else:
-            self.recipe, base_mining, base_boxes = inference_settings(getattr(meta, "inference", {}))
-        self.mining = mining if isinstance(mining, MiningConfig) else settings_with(base_mining, mining)
-        self.box_config = boxes if isinstance(boxes, BoxConfig) else settings_with(base_boxes, boxes)
+        recorded = InferenceSettings.from_record(getattr(meta, "inference", None),
+                                                 source=getattr(backend, "source", None))
+        size = meta.input_size
+        self.settings = replace(recorded.with_overrides(recipe=recipe, mining=mining, boxes=boxes),
+                                method=getattr(meta, "method", None) or recorded.method,
+                                input_size=(int(size), int(size)) if isinstance(size, int) else
+                                (int(size[0]), int(size[1])))
         self.shift = cell_shift(meta.input_size, meta.map_size, getattr(meta, "cell_origin", "centre"))
         if self.mining.steps < 1:
             raise UsageError(f"--steps must be at least 1 (got {self.mining.steps})")
@@ -177,6 +180,27 @@ class Pipeline:
         self.prob_threshold = prob_threshold
         self.class_names: tuple[str, ...] = tuple(backend.meta.classes)
         self._class_index = {name: i for i, name in enumerate(self.class_names)}
+
+    # -- the settings' parts (calibration and benchmarks try other levels and steps on one pipeline) ------------
+    @property
+    def recipe(self) -> str:
+        return self.settings.recipe
+
+    @property
+    def mining(self) -> MiningConfig:
+        return self.settings.mining
+
+    @mining.setter
+    def mining(self, value: MiningConfig) -> None:
+        self.settings = replace(self.settings, mining=value)
+
+    @property
+    def box_config(self) -> BoxConfig:
+        return self.settings.boxes
+
+    @box_config.setter
+    def box_config(self, value: BoxConfig) -> None:
+        self.settings = replace(self.settings, boxes=value)
 
     # -- one batch ---------------------------------------------------------------------------------------
     def run(self, batch: DecodedBatch) -> BatchOutput:

@@ -7,7 +7,7 @@ first call of each new batch size compiles.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from miner.backends.base import Backend
 from miner.cam.graph import MapGraph, checkpoint_options, default_method, trace_graph
 from miner.errors import UsageError
 from miner.models.meta import file_hash, parse_size
+from miner.settings import InferenceSettings
 
 
 class TorchBackend(Backend):
@@ -31,7 +32,8 @@ class TorchBackend(Backend):
         device: ``cpu``, ``cuda``, ``cuda:N`` (default: cuda when available, else cpu).
         compile: trace the map function and run it through `torch.compile`.
         model_hash: recorded in `meta` (e.g. the checkpoint's sha256).
-        inference: the model's recipe record (`miner.recipes.recorded`), reported in `meta`.
+        inference: the model's settings (`miner.settings.InferenceSettings` or its record; None: none recorded),
+            reported in `meta` (``meta.inference``, the record).
         stage_weights: per-finding stage weights of the maps (`miner.cam.ClassMapper`; a calibrated checkpoint
             records them, `miner.calibrate`).
     """
@@ -52,7 +54,7 @@ class TorchBackend(Backend):
         model_hash: str = "",
         target: Any = None,
         scales: Any = None,
-        inference: dict | None = None,
+        inference: InferenceSettings | Mapping[str, Any] | None = None,
         stage_weights: Any = None,
     ) -> None:
         if device is None:
@@ -89,10 +91,11 @@ class TorchBackend(Backend):
         from miner.models import load_checkpoint
 
         model, meta = load_checkpoint(path, map_location="cpu")
-        size = parse_size(input_size) or parse_size(meta.get("input_size"))
+        settings = InferenceSettings.from_checkpoint(meta, source=str(path))
+        size = parse_size(input_size) or parse_size(settings.input_size)
         if size is None:
             raise UsageError(f"{path} records no input_size: pass input_size=")
-        checkpoint_options(meta, options, plain_maps=plain_maps)
+        checkpoint_options(settings, options, plain_maps=plain_maps)
         backend = cls(model, input_size=size, model_hash=file_hash(path), **options)
         backend.source = str(path)
         return backend

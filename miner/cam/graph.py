@@ -21,6 +21,7 @@ Symbolic tracing keeps the batch size a symbol, so views such as ``[B * C, D, h,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from miner.cam.engine import class_maps, maps_function
 from miner.errors import UsageError
 from miner.models.meta import ModelMeta
+from miner.settings import InferenceSettings
 
 
 def default_method(model: nn.Module) -> str:
@@ -106,11 +108,13 @@ class MapGraph:
         return ["images", "masks"] if self.masks_input else ["images"]
 
     def describe(self, input_size: tuple[int, int], map_size: tuple[int, int], *, model_hash: str,
-                 inference: Mapping[str, Any] | None = None) -> ModelMeta:
+                 inference: InferenceSettings | Mapping[str, Any] | None = None) -> ModelMeta:
         """What this graph computes: the `ModelMeta` the torch backend reports and its ONNX file carries.
 
-        `inference` is the checkpoint's recipe record (`miner.recipes.recorded`), carried into the graph so that
-        mining an exported model uses the settings it was trained and calibrated with.
+        `inference` is the checkpoint's settings (`miner.settings.InferenceSettings`, or its record; None: a model
+        without one), carried into the graph so that mining an exported model uses the settings it was trained
+        and calibrated with. Its record there (`ModelMeta.inference`) holds the stage weights this graph's maps
+        really use and no input size (the graph's own is `input_size`).
         """
         import miner
 
@@ -132,33 +136,31 @@ class MapGraph:
             miner_version=miner.__version__,
             task=str(getattr(model, "task", "classification")),
             cell_origin=str(getattr(model, "cell_origin", "centre")),
-            inference=self._record(inference),
+            inference=self._settings(inference).to_record(),
         )
 
-    def _record(self, inference: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The recipe record with the stage weights this graph's maps really use (none: no entry)."""
-        record = {k: v for k, v in dict(inference or {}).items() if k != "stage_weights"}
-        if self.mapper.stage_weights:
-            record["stage_weights"] = {f: dict(w) for f, w in self.mapper.stage_weights.items()}
-        return record
+    def _settings(self, inference: InferenceSettings | Mapping[str, Any] | None) -> InferenceSettings:
+        """The settings a graph records: with the stage weights its maps really use, without input sizes."""
+        settings = inference if isinstance(inference, InferenceSettings) else InferenceSettings.from_record(inference)
+        return replace(settings.without_sizes(), stage_weights=dict(self.mapper.stage_weights) or None)
 
 
-def checkpoint_options(ckpt_meta: Mapping[str, Any], options: dict[str, Any], *,
-                       plain_maps: bool = False) -> dict[str, Any]:
+def checkpoint_options(ckpt_meta: Mapping[str, Any] | InferenceSettings, options: dict[str, Any], *,
+                       plain_maps: bool = False, source: str | None = None) -> dict[str, Any]:
     """A map graph's options (`MapGraph`, `miner.export.onnx.export_model`, the torch backend) completed from a
-    checkpoint's record: its recipe record as ``inference``, its calibrated ``stage_weights`` (not with
-    `plain_maps`) and its recipe's map method where neither a method nor a layer is given. Options already set
+    checkpoint's settings (its meta dict, read with `miner.settings.InferenceSettings.from_checkpoint`; `source`
+    names the file in its errors): the settings as ``inference``, their calibrated ``stage_weights`` (not with
+    `plain_maps`) and their recorded map method where neither a method nor a layer is given. Options already set
     win. Returns `options`, changed in place.
     """
-    from miner.recipes import recorded
-
-    record = recorded(ckpt_meta)
+    settings = ckpt_meta if isinstance(ckpt_meta, InferenceSettings) else \
+        InferenceSettings.from_checkpoint(ckpt_meta, source=source)
     if plain_maps:
-        record.pop("stage_weights", None)
-    options.setdefault("stage_weights", record.get("stage_weights"))
-    options.setdefault("inference", record)
-    if options.get("method") is None and options.get("layer") is None and ckpt_meta.get("method"):
-        options["method"] = ckpt_meta["method"]  # the recipe's map method
+        settings = replace(settings, stage_weights=None)
+    options.setdefault("stage_weights", settings.stage_weights)
+    options.setdefault("inference", settings)
+    if options.get("method") is None and options.get("layer") is None and settings.method:
+        options["method"] = settings.method  # the recipe's map method
     return options
 
 

@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
 def mining_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
     """The mining and box options given on the command line, as overrides of the model's (or --recipe's)
-    settings (`miner.pipeline.Pipeline`)."""
+    settings (`miner.settings.InferenceSettings.with_overrides`, as `miner.pipeline.Pipeline` applies them)."""
     from miner.boxes import resolve_thresholds
     from miner.errors import UsageError
 
@@ -164,9 +164,9 @@ def mining_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
     if args.max_boxes is not None:
         boxes["max_boxes"] = args.max_boxes
     if args.recipe is not None:
-        from miner.recipes import get_recipe
+        from miner.settings import InferenceSettings
 
-        get_recipe(args.recipe)  # an unknown name is a usage error before Ray starts
+        InferenceSettings.for_recipe(args.recipe)  # an unknown name is a usage error before Ray starts
     return mining, boxes
 
 

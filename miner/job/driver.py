@@ -23,13 +23,14 @@ import pyarrow as pa
 
 from miner.config import JobConfig
 from miner.errors import MinerError, ModelError, UsageError, WriteError
-from miner.io import (BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA, ShardStore, read_manifest, write_manifest)
+from miner.io import BOXES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA, ShardStore, read_manifest, write_manifest
 from miner.job.cluster import ClusterInfo, WorkerResources, connect, plan_workers, worker_env
 from miner.job.plan import Shard, archive_fingerprint, check_identity, model_files, model_hash, plan_shards
 from miner.job.progress import Progress
 from miner.job.summary import BatchEvent, JobSummary
 from miner.outdir import check_out_folder
 from miner.runtime import raise_if_signalled, signals_deferred
+from miner.settings import InferenceSettings
 
 MANIFEST_FORMAT = 1
 CLASS_MODES = ("labels", "predicted", "all")
@@ -112,7 +113,8 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
             address: str | None = None,
             num_cpus: int | None = None, overwrite: bool = False, progress: bool = True,
             log: Callable[[str], None] | None = None, archive_config: Any = None) -> JobSummary:
-    """Mine every image of `archive` with `model` into the Parquet dataset `out` (the output contract of docs/design.md).
+    """Mine every image of `archive` with `model` into the Parquet dataset `out` (the output contract of
+    docs/design.md).
 
     Args:
         archive: anything `miner.data.read_archive` reads; image files must be readable on every node.
@@ -169,7 +171,7 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
     from miner.backends import check_model
 
     meta = check_model(model_path, backend=config.backend, **backend_options)
-    _check_pipeline(meta, config=config, pipeline_options=pipeline_options)
+    settings = _check_pipeline(meta, config=config, pipeline_options=pipeline_options)
     model_sha = model_hash(model_path)
     shards = plan_shards(len(records), config.shard_size)
     identity = _identity(fingerprint=archive_fingerprint(records, arch.root), images=len(records),
@@ -211,6 +213,7 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
             "model": {**(previous or {}).get("model", {}), "path": str(model_path), "sha256": model_sha,
                       "files": [f.name for f in model_files(model_path)]},
             "config": {**asdict(config), "backend_options": backend_options, "pipeline": pipeline_options},
+            "settings": settings.to_record(),
             "shards": {"size": config.shard_size, "count": len(shards),
                        "bounds": [[s.start, s.stop] for s in shards]},
             "versions": versions(),
@@ -294,15 +297,16 @@ def _kept(done: int, shards: int) -> str:
     return f"{done} of {shards} shards are complete in it and kept"
 
 
-def _check_pipeline(meta: Any, *, config: JobConfig, pipeline_options: Mapping[str, Any]) -> None:
+def _check_pipeline(meta: Any, *, config: JobConfig, pipeline_options: Mapping[str, Any]) -> InferenceSettings:
     """The mining and box settings against the model's record, as each model actor will build them
-    (`miner.pipeline.Pipeline`: the recipe, --steps against what the model can recompute, ...)."""
+    (`miner.pipeline.Pipeline`: the recipe, --steps against what the model can recompute, ...). Returns the
+    effective settings (the manifest's ``settings``)."""
     from types import SimpleNamespace
 
     from miner.pipeline import Pipeline
 
-    Pipeline(SimpleNamespace(meta=meta), classes=config.classes, prob_threshold=config.prob_threshold,
-             **dict(pipeline_options))
+    return Pipeline(SimpleNamespace(meta=meta), classes=config.classes, prob_threshold=config.prob_threshold,
+                    **dict(pipeline_options)).settings
 
 
 def _needs_work(store: ShardStore, shards: list[Shard], identity: Mapping[str, Any], *, overwrite: bool) -> bool:

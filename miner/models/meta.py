@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from miner.errors import ModelError, UsageError
+from miner.settings import InferenceSettings
 
 PREFIX = "miner."
 #: bumped when the meaning of a key changes
@@ -45,8 +46,10 @@ class ModelMeta:
             recompute. Without it or `masks_input`, mining beyond one step would be an approximation:
             `check_mining` refuses it.
         cell_origin: where a map cell sits on the input (`miner.boxes.cell_shift`).
-        inference: the model's recipe record (`miner.recipes.recorded`): the mining and box settings it was
-            trained and calibrated with ({} for models made before recipes: the seed's settings).
+        inference: the model's settings record (`miner.settings.InferenceSettings.to_record`, without input
+            sizes: the graph's is `input_size`): the recipe, map method, stage weights, mining and box settings it
+            was trained and calibrated with ({} for models made before recipes: the seed's settings). Checked when
+            the record is read from a file (`validated`).
         extra: free-form string entries (quantization, TensorRT build settings).
 
     The field names, their order and the encodings of `to_props` and `to_json` are the stored format of every
@@ -71,7 +74,8 @@ class ModelMeta:
     task: str = "classification"
     #: ``corner``: a stride-s map cell i is centred on input pixel s * i (ResNets); ``centre``: at s * i + (s - 1) / 2
     cell_origin: str = "centre"
-    #: the model's recipe record (`miner.recipes`: recipe name, mining and box settings); {} = made before recipes
+    #: the model's settings record (`miner.settings`: recipe name, method, mining and box settings); {} = made before
+    #: recipes
     inference: dict = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -163,8 +167,11 @@ class ModelMeta:
         return meta.validated(source, remedy=REMEDY["engine"])
 
     def validated(self, source: str = "graph", *, remedy: str | None = None) -> ModelMeta:
-        """This record, after `check_meta` (a `ModelError` naming `source` where it contradicts itself)."""
+        """This record, after `check_meta` (a `ModelError` naming `source` where it contradicts itself) and with a
+        settings record that this miner reads (`miner.settings.InferenceSettings.from_record`: a `ModelError`
+        naming `source` for an unknown recipe or key)."""
         check_meta(self, source=source, remedy=remedy or REMEDY["onnx"])
+        InferenceSettings.from_record(self.inference, source=source)
         return self
 
 

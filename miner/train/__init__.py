@@ -11,6 +11,6 @@ augmentation), `distributed` (torchrun / DDP set-up), `auc` (ROC AUC in numpy).
 from __future__ import annotations
 
 from miner.train.auc import roc_auc, roc_auc_per_class
-from miner.train.trainer import STAGES, TrainResult, Trainer, plan_stages, stage_path, train
+from miner.train.trainer import STAGES, Trainer, TrainResult, plan_stages, stage_path, train
 
 __all__ = ["STAGES", "TrainResult", "Trainer", "plan_stages", "roc_auc", "roc_auc_per_class", "stage_path", "train"]

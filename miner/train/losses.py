@@ -3,7 +3,8 @@
 Reading of Eq. 4, L^k = 1/(N-n) * ||g(X_A(k)) - g(X_B(k))||_2 with g(X) in R^{(N-n) x D}:
 the 1/(N-n) factor only makes sense as an average over images (a Frobenius norm of the whole matrix divided
 by N-n would shrink as 1/sqrt(N-n) with the batch size), so by default (``norm="image"``) L^k is the mean over
-the N-n un-erased images of the per-image L2 distance ||g_A,i - g_B,i||_2 (docs/design.md, the KP equation: "mean L2 distance").
+the N-n un-erased images of the per-image L2 distance ||g_A,i - g_B,i||_2 (docs/design.md, the KP equation:
+"mean L2 distance").
 ``norm="batch"`` gives the literal matrix reading ||G_A - G_B||_F / (N-n) for comparison.
 """
 from __future__ import annotations

@@ -105,7 +105,9 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     if cfg.schedule == "cosine":
         total = max(1, total_steps)
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
     raise UsageError(f"--schedule must be cosine or constant, got {cfg.schedule!r}")
 
 
@@ -345,9 +347,11 @@ class Trainer:
         return model
 
     def _meta(self, stage: str, epoch: int, epochs: int) -> dict[str, Any]:
-        return {"input_size": self.cfg.input_size, "stage": stage, "epoch": epoch,
-                "stage_complete": epoch >= epochs, "config": dataclasses.asdict(self.cfg),
-                "history": self.history, **self.recipe.record()}
+        """A checkpoint's meta: where training stands, and the settings record (`miner.settings`) of the recipe
+        at the training size."""
+        settings = dataclasses.replace(self.recipe.settings, input_size=self.cfg.input_size)
+        return {"stage": stage, "epoch": epoch, "stage_complete": epoch >= epochs,
+                "config": dataclasses.asdict(self.cfg), "history": self.history, **settings.to_record()}
 
     def _train_epoch(self, stage, model, forward, opt, sched, scaler, kp, epoch, epochs, steps, generator):
         cfg, rt = self.cfg, self.rt
