@@ -90,16 +90,18 @@ def run(args: argparse.Namespace) -> int:
     from miner.export.parity import phantom_image
     from miner.export.quantize import calibration_images, float_record, layout_rewritten, quantize_onnx
     from miner.models import create_model, load_checkpoint
+    from miner.settings import InferenceSettings
 
     threads = args.threads or available_threads()
     torch.set_num_threads(threads)
-    ckpt_meta: dict = {}
+    settings = InferenceSettings()  # random weights: no record
     if args.checkpoint:
         model, ckpt_meta = load_checkpoint(args.checkpoint)
-    side = args.size or (max(ckpt_meta["input_size"]) if isinstance(ckpt_meta.get("input_size"), (list, tuple))
-                         else ckpt_meta.get("input_size")) or 512
+        settings = InferenceSettings.from_checkpoint(ckpt_meta, source=str(args.checkpoint))
+    recorded = settings.input_size
+    side = args.size or (max(recorded) if isinstance(recorded, (list, tuple)) else recorded) or 512
     size = (int(side), int(side))
-    args.method = args.method or ckpt_meta.get("method") or "cam"
+    args.method = args.method or settings.method or "cam"
     print(f"malloc: {'tuned' if malloc_tuned() else 'glibc default'}; "
           f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'default')}; threads: {threads}; "
           f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = export_model(model, work / "model.onnx", input_size=size, method=args.method, check=False)
     print(f"export fp32: {time.perf_counter() - t0:.1f} s, {result.size_bytes / 1e6:.1f} MB")
-    stage_weights = ckpt_meta.get("stage_weights") or None  # the checkpoint's maps, as the graph computes them
+    stage_weights = settings.stage_weights or None  # the checkpoint's maps, as the graph computes them
     runners = {"torch eager": lambda: class_maps(model, images, method=args.method, stage_weights=stage_weights)}
     # the product's torch backend: the same eager maps on an inference copy (BatchNorm folded, channels_last)
     from miner.backends.torch_backend import TorchBackend

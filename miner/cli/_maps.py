@@ -6,38 +6,38 @@ from pathlib import Path
 from typing import Any
 
 
-def open_checkpoint(path: str | Path, *, size: int | None = None) -> tuple[Any, dict, tuple[int, int]]:
-    """(model in eval mode, meta, input (H, W)) of a `miner.models` checkpoint; size overrides meta's."""
+def open_checkpoint(path: str | Path, *, size: int | None = None) -> tuple[Any, Any, tuple[int, int]]:
+    """(model in eval mode, its `miner.settings.InferenceSettings`, input (H, W)) of a `miner.models` checkpoint;
+    `size` overrides the recorded input size."""
     from miner.errors import UsageError
     from miner.models import load_checkpoint
+    from miner.settings import InferenceSettings
 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--model: {path} does not exist")
     model, meta = load_checkpoint(path)
-    value = size or meta.get("input_size")
+    settings = InferenceSettings.from_checkpoint(meta, source=str(path))
+    value = size or settings.input_size
     if value is None:
         raise UsageError(f"--model: {path} records no input_size: pass --size")
     hw = (int(value), int(value)) if isinstance(value, (int, float)) else (int(value[0]), int(value[-1]))
-    return model, meta, hw
+    return model, settings, hw
 
 
-def default_method(model: Any, meta: dict | None = None) -> str:
-    """The map method of the model's recipe record (`miner.recipes`), else ``cam`` for a linear head (the seed's
-    maps) and ``gradcam`` otherwise."""
-    if meta and meta.get("method"):
-        return str(meta["method"])
+def default_method(model: Any, settings: Any = None) -> str:
+    """The map method of the model's settings record (`miner.settings.InferenceSettings`), else ``cam`` for a
+    linear head (the seed's maps) and ``gradcam`` otherwise."""
+    if settings is not None and settings.method:
+        return str(settings.method)
     return "cam" if bool(getattr(model, "head_is_linear", False)) else "gradcam"
 
 
-def mining_config(meta: dict | None, steps: int | None = None) -> Any:
-    """The model's recorded mining settings (`miner.recipes.inference_settings`), T overridden by `steps`."""
+def mining_config(settings: Any, steps: int | None = None) -> Any:
+    """The model's recorded mining settings (`miner.settings.InferenceSettings.mining`), T overridden by `steps`."""
     from dataclasses import replace
 
-    from miner.recipes import inference_settings
-
-    _, mining, _ = inference_settings(meta)
-    return mining if steps is None else replace(mining, steps=steps)
+    return settings.mining if steps is None else replace(settings.mining, steps=steps)
 
 
 def fused_maps(

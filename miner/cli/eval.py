@@ -254,9 +254,9 @@ def _wsol(args, archive, gt, findings) -> dict:
     from miner.errors import ImageError
     from miner.metrics.wsol import max_box_acc_v2, pxap
 
-    model, meta, size = open_checkpoint(args.model, size=args.size)
-    method = args.method or default_method(model, meta)
-    config = mining_config(meta, args.steps)
+    model, settings, size = open_checkpoint(args.model, size=args.size)
+    method = args.method or default_method(model, settings)
+    config = mining_config(settings, args.steps)
     paths, outside = {}, 0
     for r in archive.records:  # the archive-root rule (miner.data.confine): the resolved path is the one opened
         try:
@@ -275,7 +275,7 @@ def _wsol(args, archive, gt, findings) -> dict:
         if not ids:
             continue
         _, fused, sizes = fused_maps(model, [paths[i] for i in ids], input_size=size, classes=[f], method=method,
-                                     config=config, stage_weights=meta.get("stage_weights"))
+                                     config=config, stage_weights=settings.stage_weights)
         boxes = [gt.xywh[rows[gt.image_id[rows] == i]] for i in ids]
         mba = max_box_acc_v2(fused[:, 0], boxes, sizes)
         entry = {"images": len(ids), "maxboxacc_v2": mba.value,

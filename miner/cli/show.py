@@ -91,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         from miner.cli._maps import default_method, fused_maps, mining_config, open_checkpoint
 
-        model, meta, size = open_checkpoint(args.model, size=args.size)
+        model, settings, size = open_checkpoint(args.model, size=args.size)
         known = [f for f in findings if f in model.classes]
-        method = args.method or default_method(model, meta)
-        config = mining_config(meta, args.steps)
+        method = args.method or default_method(model, settings)
+        config = mining_config(settings, args.steps)
         if known:
             _, fused, _ = fused_maps(model, [path], input_size=size, classes=known, method=method, config=config,
-                                     stage_weights=meta.get("stage_weights"))
+                                     stage_weights=settings.stage_weights)
             heat = {f: fused[0, i].numpy() for i, f in enumerate(known)}
         note = f"H_f, {method}, T={config.steps}"
         if args.clear:
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             from miner.data import to_model_input
 
             pixels = torch.from_numpy(to_model_input(image, size)[None])
-            _, maps = class_maps(model, pixels, method=method, stage_weights=meta.get("stage_weights"))
+            _, maps = class_maps(model, pixels, method=method, stage_weights=settings.stage_weights)
             clear_panel = Panel(finding="CLEAR", clear=maps[0].float().numpy(), clear_names=tuple(model.classes),
                                 note=f"{method}, {len(model.classes)} classes")
 

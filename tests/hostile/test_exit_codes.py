@@ -128,9 +128,9 @@ def unusable(tmp_path, archive):
     """Files that exist but cannot be used."""
     import torch
 
-    class Payload:  # a pickle that would call print(...) when loaded
-        def __reduce__(self):
-            return (print, ("this must never run",))
+    class Payload:  # a pickle that would call eval(...) when loaded (eval: a builtin no library rebinds, unlike
+        def __reduce__(self):  # print, which Ray's tqdm replaces once imported)
+            return (eval, ("print('this must never run')",))
 
     torch.save({"format": 1, "payload": Payload()}, tmp_path / "PICKLED.pt")
     (tmp_path / "JUNK.csv").write_bytes(b"\x00\x01junk")
@@ -149,7 +149,7 @@ def test_unusable_input(verb, tmp_path, watched, unusable):
     line = assert_refused(result, 2, contains=[f"miner {argv[0]}: error:"])
     assert "this must never run" not in result.stdout + result.stderr
     if "PICKLED.pt" in argv:
-        assert "PICKLED.pt: not a readable checkpoint (it holds pickled Python objects (print), which are never " \
+        assert "PICKLED.pt: not a readable checkpoint (it holds pickled Python objects (eval), which are never " \
                "loaded" in line, line
     assert_untouched(before, watched())
 
