@@ -124,7 +124,7 @@ def export_model(
         trace_batch: batch of the tracing example (>= 2).
         model_hash: recorded in the metadata (default: a hash of the state_dict).
         target, scales: segmentation pixel set / pyramid scales, as `miner.cam.class_maps`.
-        inference: the model's recipe record (`miner.recipes.recorded`) for the metadata.
+        inference: the model's settings record (`miner.settings.InferenceSettings.to_record`) for the metadata.
         stage_weights: per-finding stage weights of the maps (`miner.cam.ClassMapper`; a calibrated checkpoint's
             ``stage_weights``), built into the graph.
 
@@ -238,8 +238,8 @@ def export_checkpoint(
     """`export_model` for a checkpoint from `miner.models.save_checkpoint`.
 
     The input size defaults to the checkpoint's ``input_size``; the recorded model hash is the checkpoint
-    file's sha256; the checkpoint's recipe record (recipe, mining and box settings) goes into the metadata, and
-    its calibrated stage weights into the maps (not with `plain_maps`).
+    file's sha256; the checkpoint's settings record (`miner.settings.InferenceSettings`: recipe, mining and box
+    settings) goes into the metadata, and its calibrated stage weights into the maps (not with `plain_maps`).
     """
     from miner.models import load_checkpoint
 
