@@ -185,17 +185,23 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         info = ClusterInfo(address=ray.get_runtime_context().gcs_address, started_here=started, cpus=cpus,
                            gpus=gpus, nodes=nodes)
         yield info
+    except BaseException:
+        failed = True
+        raise
+    else:
+        failed = False
     finally:
         if started:
-            with signals_deferred(), _stderr_silenced(signal_received() is not None):
+            with signals_deferred(), _stderr_silenced(failed or signal_received() is not None):
                 ray.shutdown()
 
 
 @contextlib.contextmanager
 def _stderr_silenced(silence: bool) -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null while a stopped job's local cluster is torn down: Ray's C++ core
-    worker logs each task that the teardown cuts short (``task_manager.cc: Failed to push error to driver``)
-    straight to the descriptor, past Python; the job's own line saying how it stopped comes after."""
+    """Send file descriptor 2 to /dev/null while the local cluster of a job that failed or was stopped is torn
+    down: Ray's C++ core worker logs each task that the teardown cuts short (``task_manager.cc: Failed to push
+    error to driver``) straight to the descriptor, past Python; the job's own line saying why it ended comes
+    after."""
     if not silence:
         yield
         return
