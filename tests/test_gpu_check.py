@@ -25,6 +25,29 @@ def test_without_a_gpu_the_script_says_so_in_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []  # it installed and wrote nothing
 
 
+def test_rehearsal_without_the_job(tmp_path):
+    """The quick rehearsal CI runs: every check but the job (whose failure path the test below runs, and whose
+    success the slow rehearsal below checks), one line each, the GPU-only ones skipped with their reason."""
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "disabled"}
+    only = [a for name in ("env", "pytest-gpu", "kernels", "ort-cuda", "tensorrt") for a in ("--only", name)]
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--quick",
+                           "--workdir", str(tmp_path), *only], capture_output=True, text=True, timeout=400, env=env)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lines[-1] == "gpu_check: 3 passed, 0 failed, 2 skipped"
+    parsed = {m.group(1): (m.group(2), m.group(3)) for m in map(LINE.match, lines[:-1]) if m}
+    assert list(parsed) == ["env", "pytest-gpu", "kernels", "ort-cuda", "tensorrt"], lines
+    assert parsed["pytest-gpu"] == ("SKIP", "the gpu-marked tests need a CUDA device")
+    assert parsed["tensorrt"][0] == "SKIP" and "tensorrt is not installed" in parsed["tensorrt"][1]
+    status, text = parsed["ort-cuda"]
+    assert status == "PASS" and "CPUExecutionProvider" in text
+    d_logits, d_maps, iou = re.search(r"logits \|d\| (\S+), maps \|d\|/max (\S+), rank-1 box IoU median (\S+)",
+                                      text).groups()
+    assert float(d_logits) <= 1e-3 and float(d_maps) <= 1e-3 and float(iou) >= 0.9
+    assert parsed["kernels"][0] == "PASS" and "== CPU path" in parsed["kernels"][1]
+
+
+@pytest.mark.slow
 def test_rehearsal_on_cpu_runs_every_check_to_the_gpu(tmp_path):
     """The same checks with --device cpu: one line each, the GPU-only ones skipped with their reason, the ones
     that can run here measured (onnxruntime vs torch parity of the embedded model, kernels vs the CPU path, a

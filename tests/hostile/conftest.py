@@ -56,7 +56,7 @@ def watched(tmp_path):
 try:
     from hypothesis import HealthCheck, settings
 
-    settings.register_profile("hostile", max_examples=200, derandomize=True, deadline=None, print_blob=True,
+    settings.register_profile("hostile", max_examples=100, derandomize=True, deadline=None, print_blob=True,
                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     settings.load_profile("hostile")
 except ImportError:  # README's set-up installs it (the dev extra); without it the fuzz tests fail to import
