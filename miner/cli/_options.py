@@ -232,7 +232,7 @@ def out_folder(text: str) -> str:
     folder (it is created later). A regular file, or a file in its way, is refused here, before anything runs."""
     if not text or "\0" in text:
         raise argparse.ArgumentTypeError(f"{echo(text)} is not a path")
-    path = Path(text).expanduser().absolute()
+    path = _expanded(text).absolute()
     nearest = _nearest_existing(path)
     if nearest == path and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{one_line(text)} is a file, not a folder; give a folder (new, or one "
@@ -247,7 +247,7 @@ def out_file(text: str) -> str:
     """An argparse ``type``: a file to write: not a folder, in a folder that exists or can be made."""
     if not text or "\0" in text:
         raise argparse.ArgumentTypeError(f"{echo(text)} is not a path")
-    path = Path(text).expanduser()
+    path = _expanded(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{one_line(text)} is a folder; give a file name")
     parent = _nearest_existing(path.absolute().parent)
@@ -264,3 +264,12 @@ out_file.__name__ = "file"
 __all__ = ["BATCH", "COUNT", "CPUS", "EPOCHS", "FRACTION", "IMAGES", "Number", "OPEN_FRACTION", "PANEL", "Parser",
            "RANK", "SEED", "SIDE", "STEPS", "THREADS", "echo", "guard_numbers", "integer",
            "numbers", "numeric_actions", "one_line", "out_file", "out_folder", "real", "restrict", "show_ranges"]
+
+
+def _expanded(text: str) -> Path:
+    """`text` with a leading ``~`` / ``~user`` expanded; kept as written where that user has no home (``~0``:
+    Path.expanduser raises RuntimeError), as the shell does."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        return Path(text)
