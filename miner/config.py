@@ -353,6 +353,35 @@ class LabelsConfig:
     filtered: str = "skip"
 
 
+@dataclass
+class DetectorTrainConfig:
+    """One training of the detector (`miner detector train`, `miner.detector.train`); every field is part of what
+    a resumed training must match.
+
+    Attributes:
+        epochs: passes over the label set.
+        batch: images per SGD step.
+        lr: peak learning rate (linear warm-up over 50 steps, then a cosine decay to 0).
+        size: the detector's input side (images are resized to size x size).
+        seed: the order of the images, the flips and the new layers' initial weights.
+        flip: horizontal flips (p = 0.5).
+        fpn_channels: channels of every feature-pyramid level.
+        backbone: a classifier checkpoint whose ResNet stages start the trunk (its batch norms frozen),
+            ``embedded`` (the product's own model) or ``none`` (from scratch, batch norms trained).
+        split: the images trained on (``train``: data.yaml's train list; ``all``; or a split name).
+    """
+
+    epochs: int = 12
+    batch: int = 4
+    lr: float = 0.02
+    size: int = 256
+    seed: int = 0
+    flip: bool = True
+    fpn_channels: int = 64
+    backbone: str = "embedded"
+    split: str = "train"
+
+
 # --- export and backends (miner.export, miner.backends, `miner export`; owner: export) ----------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 # name -> module, in the order `miner bench --help` lists them
 BENCHES: dict[str, str] = {
+    "detector": "miner.bench.detector",
     "export": "miner.bench.export",
     "kernels": "miner.bench.kernels",
     "localize": "miner.bench.localize",

@@ -36,6 +36,7 @@ VERBS: dict[str, str] = {
     "calibrate": "miner.cli.calibrate",
     "eval": "miner.cli.eval",
     "labels": "miner.cli.labels",
+    "detector": "miner.cli.detector",
     "show": "miner.cli.show",
     "report": "miner.cli.report",
     "bench": "miner.cli.bench",

@@ -21,7 +21,8 @@ RANGES = {
     "--calibration-images": integer(1, 100_000), "--check-images": integer(1, 100_000),
 }
 #: where one benchmark's option means something else (kernels: --size is the side of a class map, not an image)
-BENCH_RANGES = {"kernels": {"--size": integer(2, 4096)}}
+BENCH_RANGES = {"kernels": {"--size": integer(2, 4096)},
+                "detector": {"--epochs": integer(1, 10_000), "--agree-iou": real(0.0, 1.0)}}
 
 HELP = "run a benchmark and print its figures side by side"
 
