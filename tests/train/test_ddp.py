@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +13,18 @@ from miner.models import create_model
 SCRIPT = Path(__file__).with_name("ddp_step.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
     one = tmp_path / "one.pt"
     subprocess.run([sys.executable, str(SCRIPT), str(one)], check=True, env=env, timeout=120)
     two = tmp_path / "two.pt"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
-                    "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(SCRIPT), str(two)],
-                   check=True, env=env, timeout=180, capture_output=True)
+    # --standalone: the rendezvous store binds a port the OS picks (localhost:0), so no other process (a Ray
+    # cluster left by an earlier test, another job) can take a port chosen beforehand (the failure of
+    # --master-port free_port() in two clean CI runs)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(SCRIPT), str(two)], env=env, timeout=180, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     a = torch.load(one, weights_only=True)
     b = torch.load(two, weights_only=True)
     torch.manual_seed(0)
