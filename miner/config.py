@@ -263,6 +263,10 @@ class BoxConfig:
             duplicate (the same region found at another level) and dropped.
         dedup_iobb: (``steps``) a box lying inside an earlier step's box by more than this share of its own
             area is a duplicate too.
+        drop_nested: (``steps``) 0 = off; else a box that holds an earlier step's kept box (their intersection
+            over the earlier box's area above this) is dropped too: the ring a later step finds around an erased
+            core boxes the same lesion again, larger, around the first box (``dedup_iobb`` only drops a box lying
+            inside an earlier one). Off in both recipes, so their boxes stay as they were.
         connectivity: 8 or 4, for the components.
         align_cells: place map cells on their receptive-field centres when mapping boxes to pixels. A ResNet's
             stride-s cell i is centred on input pixel s * i, not s * i + (s - 1) / 2 as plain bilinear upsampling
@@ -283,6 +287,7 @@ class BoxConfig:
     dedup_iobb: float = 0.8
     connectivity: int = 8
     align_cells: bool = False
+    drop_nested: float = 0.0
 
 
 #: Each recipe's inference settings: the map method, attention mining and the box rule (`miner.settings.

@@ -29,6 +29,11 @@ from miner.errors import ModelError, UsageError
 #: the keys of the record, in the order `InferenceSettings.to_record` writes them
 RECORD_KEYS = ("recipe", "method", "mining", "boxes", "stage_weights", "input_size", "trained_input_size")
 
+#: `BoxConfig` fields added after records were first written, with the value that leaves boxes as before: a
+#: record leaves one out where it has that value and so has its recipe (which `from_record` then reads back), so a
+#: model that does not use it keeps the record it had, and older miners, which refuse unknown keys, still read it
+LATER_BOX_FIELDS: dict[str, Any] = {"drop_nested": 0.0}
+
 #: what to do about a record this miner cannot read (the end of each of `from_record`'s errors)
 REMEDY = "mine it with the version of miner that wrote it"
 
@@ -47,7 +52,8 @@ class InferenceSettings:
       does not know are errors: one-line `ModelError` naming the file (`source`) where the caller knows it, exit
       code 2. A key whose value is None counts as absent.
     - `to_record` writes every setting that differs from the empty record: recipe, method (where recorded),
-      mining and boxes in full, stage weights where there are any, the input sizes where known. It reads back
+      mining and boxes in full (less a later box field at its neutral value, `LATER_BOX_FIELDS`), stage weights
+      where there are any, the input sizes where known. It reads back
       equal (`from_record(s.to_record()) == s`), and a record it wrote is rewritten identically.
 
     Attributes:
@@ -130,7 +136,8 @@ class InferenceSettings:
             if self.method is not None:
                 record["method"] = self.method
             record["mining"] = to_plain(asdict(self.mining))
-            record["boxes"] = to_plain(asdict(self.boxes))
+            base = RECIPE_SETTINGS.get(self.recipe, {}).get("boxes")
+            record["boxes"] = {k: v for k, v in to_plain(asdict(self.boxes)).items() if not _left_out(k, v, base)}
         if self.stage_weights:
             record["stage_weights"] = {f: dict(w) for f, w in self.stage_weights.items()}
         if self.input_size is not None:
@@ -172,6 +179,13 @@ class InferenceSettings:
     def without_sizes(self) -> InferenceSettings:
         """These settings for a graph or engine, whose input size is the graph's own."""
         return replace(self, input_size=None, trained_input_size=None)
+
+
+def _left_out(name: str, value: Any, base: BoxConfig | None) -> bool:
+    """Whether `to_record` leaves box field `name` out: a later field at its neutral value, which is also the
+    recipe's (`base`), so that `from_record` reads the same value back."""
+    return (name in LATER_BOX_FIELDS and base is not None
+            and value == LATER_BOX_FIELDS[name] == getattr(base, name, LATER_BOX_FIELDS[name]))
 
 
 def _values(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:

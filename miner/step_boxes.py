@@ -14,8 +14,11 @@ batched on the maps' device:
 3. **Ranking by the step's own heat.** A box scores the mean of the first map H_1 (min-max normalised over the
    whole map, the common scale of every step) inside its region: a background peak that step 3 was forced to
    take ranks below the lesions, and a lesion found at step 2 can rank above a weak step-1 region.
-4. **Duplicates.** A box whose IoU with a box of an earlier step exceeds ``dedup_iou``, or that lies inside one
-   (intersection over its own area above ``dedup_iobb``), is dropped: the shoulder of a lesion already boxed.
+4. **Duplicates.** A box whose IoU with a kept box of an earlier step exceeds ``dedup_iou``, or that lies inside
+   one (intersection over its own area above ``dedup_iobb``), is dropped: the shoulder of a lesion already boxed.
+   Where ``drop_nested`` > 0, a box that holds one (intersection over the earlier box's area above
+   ``drop_nested``) is dropped too: the ring around an erased core, a larger box of the same lesion that nests
+   the first (off by default: today's recipes keep it).
 5. Up to ``max_boxes`` boxes, ranked by score, in original pixels (as `miner.boxes`).
 6. **Shapes** (any rule, where ``BoxConfig.finding_shapes`` names the finding): each box is rescaled and moved by
    its finding's calibrated shape (`shape_boxes`), after ranking and de-duplication.
@@ -32,6 +35,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from miner.config import BoxConfig
+from miner.errors import UsageError
 
 
 def pair_levels(pairs_class: Tensor, classes: Sequence[str] | None, config: BoxConfig) -> Tensor:
@@ -104,7 +108,8 @@ def step_boxes(
         masks: M_1..M_T (Tensor[T, B, C, h, w] bool, True = kept).
         pairs: (image, class) index pairs (Tensor[N, 2], long).
         work: working size (H_work, W_work).
-        config: `BoxConfig` (``step_level``, ``finding_levels``, ``max_boxes``, ``dedup_iou``, ``dedup_iobb``).
+        config: `BoxConfig` (``step_level``, ``finding_levels``, ``max_boxes``, ``dedup_iou``, ``dedup_iobb``,
+            ``drop_nested``).
         classes: class names of the C maps (for ``finding_levels``).
 
     Returns:
@@ -113,6 +118,9 @@ def step_boxes(
     """
     from miner.kernels import erase_components
 
+    nested = config.drop_nested
+    if isinstance(nested, bool) or not isinstance(nested, (int, float)) or not 0.0 <= nested <= 1.0:
+        raise UsageError(f"boxes drop_nested must be a number in [0, 1] (0 = off), got {nested!r}")
     steps = step_maps.shape[0]
     n = int(pairs.shape[0])
     hw, ww = work
@@ -166,14 +174,18 @@ def step_boxes(
 
 
 def _overlaps(a: Tensor, b: Tensor, config: BoxConfig) -> Tensor:
-    """a duplicates b: IoU(a, b) > dedup_iou or |a & b| / |a| > dedup_iobb (Tensor[N, 4] each, exclusive ends)."""
+    """a duplicates b: IoU(a, b) > dedup_iou or |a & b| / |a| > dedup_iobb, or (``drop_nested`` > 0) a holds b,
+    |a & b| / |b| > drop_nested (Tensor[N, 4] each, exclusive ends)."""
     iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
     ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
     inter = iw * ih
     area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])).clamp(min=1e-12)
     area_b = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).clamp(min=1e-12)
     iou = inter / (area_a + area_b - inter)
-    return (iou > config.dedup_iou) | (inter / area_a > config.dedup_iobb)
+    dup = (iou > config.dedup_iou) | (inter / area_a > config.dedup_iobb)
+    if config.drop_nested > 0:  # 0 = off: not even a zero-overlap test, so the recipes' boxes stay bit for bit
+        dup |= inter / area_b > config.drop_nested
+    return dup
 
 
 __all__ = ["step_boxes", "pair_levels", "pair_shapes", "shape_boxes", "IDENTITY_SHAPE"]

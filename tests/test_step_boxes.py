@@ -96,6 +96,38 @@ def test_a_shoulder_of_the_first_lesion_is_a_duplicate():
     assert [xywh(b) for b in out] == [(2, 2, 7, 7)]
 
 
+def ring_around_a_core() -> torch.Tensor:
+    """A 12x12 map: a 3x3 core of 1.0 (rows/cols 4..6) inside a 7x7 plateau of 0.3 (rows/cols 2..8)."""
+    m = torch.zeros(1, 1, 12, 12)
+    m[0, 0, 2:9, 2:9] = 0.3
+    m[0, 0, 4:7, 4:7] = 1.0
+    return m
+
+
+def test_drop_nested_drops_a_later_box_that_holds_an_earlier_one():
+    from dataclasses import replace
+
+    # step 1 at level 0.5 boxes the core (4, 4, 3 x 3; mean H_1 1.0) and erases it (H_1 >= 0.9); step 2's peak is
+    # the 0.3 plateau, its region at 0.5 of 0.3 the 40-cell ring: box (2, 2, 7 x 7), mean H_1 0.3. IoU 9/49 <= 0.5
+    # and the ring box is not inside the core's (9/49 of its own area <= 0.8): today it is kept, holding the first
+    out = boxes(ring_around_a_core(), steps=2, threshold=0.9)[0]
+    assert [xywh(b) for b in out] == [(4, 4, 3, 3), (2, 2, 7, 7)]
+    assert [round(float(b["score"]), 6) for b in out] == [1.0, 0.3]
+    assert [xywh(b) for b in boxes(ring_around_a_core(), steps=2, threshold=0.9,
+                                   config=replace(STEPS, drop_nested=0.0))[0]] == [(4, 4, 3, 3), (2, 2, 7, 7)]
+    # with the option: the ring box holds all of the core's box (9 / 9 = 1 > 0.9): dropped
+    nested = boxes(ring_around_a_core(), steps=2, threshold=0.9, config=replace(STEPS, drop_nested=0.9))[0]
+    assert [xywh(b) for b in nested] == [(4, 4, 3, 3)] and nested[0]["rank"] == 1
+    # "above" the share: 1.0 is never exceeded, so 1.0 keeps it as 0 does
+    assert len(boxes(ring_around_a_core(), steps=2, threshold=0.9, config=replace(STEPS, drop_nested=1.0))[0]) == 2
+    # a second lesion apart from the first is kept (no overlap), and bad values are one-line errors
+    assert [xywh(b) for b in boxes(two_peaks(), config=replace(STEPS, drop_nested=0.5))[0]] == [(1, 1, 5, 5),
+                                                                                               (7, 8, 2, 2)]
+    for bad in (-0.1, 1.5, float("nan"), "x", True):
+        with pytest.raises(UsageError, match="drop_nested must be a number in"):
+            boxes(ring_around_a_core(), steps=2, config=replace(STEPS, drop_nested=bad))
+
+
 def test_background_peak_of_a_later_step_ranks_below_a_stronger_lesion():
     m = torch.zeros(1, 1, 12, 12)
     m[0, 0, 1:3, 1:3] = 1.0

@@ -13,6 +13,17 @@ and as the macro mean over the findings with boxes:
 - **multi-lesion**: Acc at T(IoU) 0.3 with every box on the image-findings with two or more lesions, mined at
   T = 1, 2 and 3 with the row's other settings (does mining find the second lesion?).
 
+and, for boxes tight enough to train a detector on (issue 25; the "tight boxes" tables):
+
+- **COCO AP50 and AP** (IoU 0.50:0.95) per finding, by ``miner eval``'s own code and convention
+  (`miner.metrics.job.job_coco`, its default `EvalConfig`; the images convention from the archive's
+  ``exhaustive``, as ``miner eval --archive``: ``boxed`` for these phantom archives), on every scored image;
+- **nested**: the share of image-findings with two or more boxes in which one box holds another or lies inside
+  it, their intersection over the smaller box's area >= 0.9 (`miner.metrics.tightness`; target below 2 %);
+- **large found@3**: of the ground-truth boxes whose area lies above the 0.75 quantile of their finding's
+  ground-truth box areas in the scored archive, the share found at T(IoU) 0.3 by a box of rank <= 3 of the same
+  image and finding (does a rule that drops nested boxes lose the large lesions?).
+
 Archives: ``plain`` phantoms (seed ``--seed``) and ``real`` ones drawn on the pydicom-data radiograph
 (``--real-background``, seed ``--real-seed``), ``--images`` each, never seen in training (the embedded model and
 ``scripts/train_default_model.sh`` train on seeds 0 and 3). Rows::
@@ -42,7 +53,8 @@ from typing import Any
 
 import numpy as np
 
-HELP = "box quality per recipe: Acc at T(IoU) 0.1/0.3/0.5, pointing game, box size, multi-lesion Acc at T=1,2,3"
+HELP = ("box quality per recipe: Acc at T(IoU) 0.1/0.3/0.5, pointing game, box size, multi-lesion Acc at T=1,2,3, "
+        "COCO AP50/AP, nested boxes, large lesions found")
 DESCRIPTION = __doc__
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax")
@@ -161,16 +173,33 @@ class RowResult:
     area_ratio: float
     multi: dict[int, dict[str, float]]  # T -> finding -> Acc at 0.3 on multi-lesion pairs
     settings: dict[str, Any]
+    ap50: dict[str, float] = field(default_factory=dict)  # finding -> COCO AP50 (miner eval's job_coco)
+    ap: dict[str, float] = field(default_factory=dict)  # finding -> COCO AP (IoU 0.50:0.95)
+    coco_negatives: str = ""  # the COCO images convention used (all / boxed)
+    nested: dict[str, float] = field(default_factory=dict)  # finding -> share of image-findings with nested boxes
+    nested_pairs: dict[str, tuple[int, int]] = field(default_factory=dict)  # -> (nested, with >= 2 boxes)
+    large3: dict[str, float] = field(default_factory=dict)  # finding -> large lesions found at 0.3, rank <= 3
+    large3_lesions: dict[str, tuple[int, int]] = field(default_factory=dict)  # -> (found, large lesions)
+    large_area: dict[str, float] = field(default_factory=dict)  # finding -> area above which a lesion is large
 
 
-def score_row(spec: RowSpec, backend: Any, data: Any, kind: str) -> RowResult:
-    """Mine `data` (a `miner.calibrate.BoxedSet` with maps) with `backend` under `spec`'s settings."""
+def score_row(spec: RowSpec, backend: Any, data: Any, kind: str, *, exhaustive: bool = False) -> RowResult:
+    """Mine `data` (a `miner.calibrate.BoxedSet` with maps) with `backend` under `spec`'s settings; `exhaustive`:
+    the archive's readers saw every image (`miner.data.Archive.exhaustive`: COCO's images convention)."""
     from dataclasses import replace
 
     from miner.calibrate import mine_set
     from miner.config import EvalConfig
     from miner.metrics import BoxTable, default_bounds, localization_table
     from miner.metrics.hits import found_share, group_boxes, rank1_area_ratio
+    from miner.metrics.job import job_coco
+    from miner.metrics.tightness import (
+        LARGE_QUANTILE,
+        large_areas,
+        large_found_per_finding,
+        nested_per_finding,
+        shares,
+    )
     from miner.pipeline import Pipeline
 
     settings = spec.settings()
@@ -204,12 +233,22 @@ def score_row(spec: RowSpec, backend: Any, data: Any, kind: str) -> RowResult:
     cfg = replace(EvalConfig(), iou_thresholds=(0.3,), iobb_thresholds=())
     bounded = {r.finding: r.acc for r in localization_table(table, gt_table, config=cfg, bounds=default_bounds(),
                                                                findings=findings)}
+    # COCO as miner eval scores a job: every image that went through the model, its size, the archive's convention
+    images = [i for batch in data.batches for i in batch.image_ids]
+    sizes = {i: (int(s[0]), int(s[1])) for batch in data.batches for i, s in zip(batch.image_ids, batch.sizes)}
+    coco = job_coco(table, gt_table, images=images, findings=findings, config=EvalConfig(), sizes=sizes,
+                    exhaustive=exhaustive)
+    nested = nested_per_finding(main)
+    large = large_found_per_finding(main, data.gt, level=0.3, max_rank=3, quantile=LARGE_QUANTILE)
     return RowResult(
         label=spec.label, kind=kind, acc=acc, bounded=bounded,
         pointing={f: float(np.mean(v)) for f, v in pointing_hits.items()},
         area_ratio=rank1_area_ratio(main, data.gt),
         multi={t: found_share(preds[t], data.gt, 0.3, data.multi) for t in MULTI_STEPS},
         settings={"recipe": pipeline.recipe, "mining": asdict(base_mining), "boxes": asdict(pipeline.box_config)},
+        ap50={r.finding: r.ap50 for r in coco.results}, ap={r.finding: r.ap for r in coco.results},
+        coco_negatives=coco.convention, nested=shares(nested), nested_pairs=nested, large3=shares(large),
+        large3_lesions=large, large_area=large_areas(data.gt, LARGE_QUANTILE),
     )
 
 
@@ -263,6 +302,7 @@ def run_localize(out: str | Path, specs: Sequence[RowSpec], *, images: int = 600
     """Score every row on every archive kind (module docstring); writes ``tables.txt`` and ``results.json``."""
     from miner.backends import open_backend
     from miner.calibrate import compute_maps, load_boxed_set
+    from miner.data import read_archive
     from miner.errors import UsageError
 
     log = log or (lambda text: print(text, flush=True))
@@ -274,6 +314,7 @@ def run_localize(out: str | Path, specs: Sequence[RowSpec], *, images: int = 600
             raise UsageError(f"--archives: {kind!r} is neither plain nor real")
     paths = {kind: eval_archive(out, kind, images=images, size=size, seed=seed if kind == "plain" else real_seed)
              for kind in kinds}
+    exhaustive = {kind: bool(read_archive(paths[kind]).exhaustive) for kind in kinds}
     results: list[RowResult] = []
     by_model: dict[tuple[str, str | None, bool], list[RowSpec]] = defaultdict(list)
     for spec in specs:
@@ -285,7 +326,7 @@ def run_localize(out: str | Path, specs: Sequence[RowSpec], *, images: int = 600
                                                         batch_size=batch_size))
             for spec in group:
                 log(f"[localize] {spec.label} on {kind} phantoms ({data.images} positive images)")
-                results.append(score_row(spec, backend, data, kind))
+                results.append(score_row(spec, backend, data, kind, exhaustive=exhaustive[kind]))
     tables = format_tables(results, kinds)
     (out / "tables.txt").write_text(tables + "\n")
     (out / "results.json").write_text(json.dumps([_json(r) for r in results], indent=1))
@@ -330,4 +371,34 @@ def format_tables(results: Sequence[RowResult], kinds: Sequence[str]) -> str:
             text.append(f"{r.label:<{width}}" + "".join(f"{v:>6.2f}" for v in vals)
                         + f"{macro(accs):>7.3f}{np.nanmin(vals):>6.2f}")
         text.append("")
+        text += tight_tables(rows, kind, width)
     return "\n".join(text).rstrip()
+
+
+def tight_tables(rows: Sequence[RowResult], kind: str, width: int) -> list[str]:
+    """The "tight boxes" lines of one archive kind: macro Acc@0.3/0.5, COCO AP50/AP, nested share, large found@3
+    per row, then Acc@0.5 and AP50 per finding (module docstring)."""
+    negatives = ", ".join(sorted({r.coco_negatives for r in rows}))
+    text = [f"{kind} phantoms: tight boxes, macro mean over findings (Acc every box of B; AP50, AP = COCO as miner "
+            f"eval, images {negatives}; nested = image-findings with 2+ boxes where one holds another, intersection "
+            ">= 0.9 of the smaller; large@3 = lesions above their finding's 0.75 area quantile found at IoU 0.3 by "
+            "rank <= 3)",
+            f"{'':<{width}}{'Acc@0.3':>8}{'Acc@0.5':>8}{'AP50':>7}{'AP':>7}{'nested':>8}{'large@3':>8}"]
+    for r in rows:
+        text.append(f"{r.label:<{width}}{macro(r.acc['0.3']):>8.3f}{macro(r.acc['0.5']):>8.3f}{macro(r.ap50):>7.3f}"
+                    f"{macro(r.ap):>7.3f}{_percent(macro(r.nested)):>8}{macro(r.large3):>8.3f}")
+    text.append("")
+    text.append(f"{kind} phantoms: tight boxes per finding, Acc at T(IoU)=0.5 (every box of B) and COCO AP50")
+    text.append(f"{'':<{width}}{'':<9}" + "".join(f"{SHORT[f]:>6}" for f in FINDINGS) + f"{'macro':>7}{'min':>6}")
+    for r in rows:
+        for name, values in (("Acc@0.5", r.acc["0.5"]), ("AP50", r.ap50)):
+            vals = [values.get(f, math.nan) for f in FINDINGS]
+            low = min((v for v in vals if not math.isnan(v)), default=math.nan)
+            text.append(f"{r.label:<{width}}{name:<9}" + "".join(f"{v:>6.2f}" for v in vals)
+                        + f"{macro(values):>7.3f}{low:>6.2f}")
+    text.append("")
+    return text
+
+
+def _percent(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{100 * value:.1f}%"

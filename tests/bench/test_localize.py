@@ -105,6 +105,99 @@ def test_multi_lesion_rows_and_the_printed_tables(model, result):
     assert all(0 <= v <= 1 for v in own.pointing.values())
 
 
+def test_coco_nested_and_large_lesions_equal_miner_eval_and_hand_counts_on_the_pipelines_boxes(model, result):
+    """AP50 / AP as miner eval scores a job (`evaluate_job` with the archive's `exhaustive`); nested boxes and large
+    lesions found counted here by hand from the same boxes; the new keys in results.json and the new tables."""
+    import json
+
+    from miner.metrics import iou
+    from miner.metrics.job import evaluate_job, job_ground_truth
+
+    out, res = result
+    rows = {r.label: r for r in res.rows}
+    for label, options in (("own", {}), ("seed", {"recipe": "cai2018"})):
+        arch, pred = _pipeline_boxes(model, out / "plain-60-64-3", **options)
+        boxed = {b.image_id for b in arch.boxes}
+        images = [r.image_id for r in arch.records if r.labels and r.image_id in boxed]
+        gt, findings = job_ground_truth(arch.boxes, mined=images, classes=FINDINGS)
+        ev = evaluate_job(pred, gt, images=images, findings=findings, every_box=False, coco=True,
+                          exhaustive=arch.exhaustive)
+        assert rows[label].coco_negatives == ev.coco.convention == "boxed"  # phantoms: a ChestX-ray14-style list
+        for f in findings:
+            assert rows[label].ap50[f] == pytest.approx(ev.coco_of(f).ap50, nan_ok=True), (label, f)
+            assert rows[label].ap[f] == pytest.approx(ev.coco_of(f).ap, nan_ok=True), (label, f)
+        # nested: per image-finding with 2+ boxes, a pair whose intersection is >= 0.9 of the smaller one's area
+        groups: dict = {}
+        for i in range(len(pred)):
+            groups.setdefault((pred.image_id[i], pred.finding[i]), []).append(i)
+        nested: dict = {}
+        for (_, f), idx in groups.items():
+            if len(idx) < 2:
+                continue
+            hit = False
+            for a in idx:
+                for b in idx:
+                    if a < b:
+                        iw = min(pred.x[a] + pred.w[a], pred.x[b] + pred.w[b]) - max(pred.x[a], pred.x[b])
+                        ih = min(pred.y[a] + pred.h[a], pred.y[b] + pred.h[b]) - max(pred.y[a], pred.y[b])
+                        small = min(pred.w[a] * pred.h[a], pred.w[b] * pred.h[b])
+                        hit |= small > 0 and max(iw, 0) * max(ih, 0) / small >= 0.9
+            nested.setdefault(f, [0, 0])
+            nested[f][0] += int(hit)
+            nested[f][1] += 1
+        assert rows[label].nested_pairs == {f: tuple(v) for f, v in nested.items()}
+        assert rows[label].nested == pytest.approx({f: h / n for f, (h, n) in nested.items()})
+        # large@3: ground-truth boxes above their finding's 0.75 area quantile, found at IoU 0.3 by rank <= 3
+        large: dict = {}
+        for f in findings:
+            g = np.flatnonzero(gt.finding == f)
+            limit = np.quantile(gt.w[g] * gt.h[g], 0.75)
+            assert rows[label].large_area[f] == pytest.approx(limit)
+            for j in g[gt.w[g] * gt.h[g] > limit]:
+                mine = np.flatnonzero((pred.image_id == gt.image_id[j]) & (pred.finding == f) & (pred.rank <= 3))
+                found = len(mine) and (iou(pred.xywh[mine], gt.xywh[j:j + 1])[:, 0] >= 0.3).any()
+                large.setdefault(f, [0, 0])
+                large[f][0] += int(found)
+                large[f][1] += 1
+        assert rows[label].large3_lesions == {f: tuple(v) for f, v in large.items()}
+        assert rows[label].large3 == pytest.approx({f: h / n for f, (h, n) in large.items()})
+    saved = json.loads((out / "results.json").read_text())
+    assert {"acc", "bounded", "pointing", "area_ratio", "multi", "settings", "ap50", "ap", "nested", "large3",
+            "coco_negatives"} <= set(saved[0])
+    assert saved[0]["settings"]["boxes"]["drop_nested"] == 0.0  # off unless a row asks
+    text = res.tables
+    assert "plain phantoms: tight boxes, macro mean" in text and "large@3" in text and "nested" in text
+    assert "tight boxes per finding, Acc at T(IoU)=0.5 (every box of B) and COCO AP50" in text
+    own = rows["own"]
+    lines = text.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("plain phantoms: tight boxes, macro mean"))
+    assert lines[head + 1].split() == ["Acc@0.3", "Acc@0.5", "AP50", "AP", "nested", "large@3"]
+    mean = {name: np.nanmean(list(values.values())) for name, values in (
+        ("acc3", own.acc["0.3"]), ("acc5", own.acc["0.5"]), ("ap50", own.ap50), ("ap", own.ap),
+        ("nested", own.nested), ("large", own.large3))}
+    assert lines[head + 2].split() == ["own", *(f"{mean[k]:.3f}" for k in ("acc3", "acc5", "ap50", "ap")),
+                                       f"{100 * mean['nested']:.1f}%", f"{mean['large']:.3f}"]
+
+
+def test_a_row_with_drop_nested_reaches_the_pipeline(model, tmp_path):
+    """``boxes.drop_nested`` from a row goes through the settings path of every BoxConfig field; a record holds it
+    only where it is on, so records of models without it stay as they were."""
+    from miner.settings import InferenceSettings
+
+    peaks = InferenceSettings.for_recipe("peaks")
+    on = peaks.with_overrides(boxes={"drop_nested": 0.9})
+    assert on.boxes.drop_nested == 0.9 and on.to_record()["boxes"]["drop_nested"] == 0.9
+    assert InferenceSettings.from_record(on.to_record()) == on
+    assert "drop_nested" not in peaks.to_record()["boxes"] and InferenceSettings.from_record(peaks.to_record()) == peaks
+    spec = parse_row(f"dn={model}:boxes.drop_nested=0.9")
+    assert spec.settings()["boxes"] == {"drop_nested": 0.9}
+    res = run_localize(tmp_path, [spec], images=24, size=64, seed=3, kinds=("plain",), log=lambda _: None)
+    assert res.rows[0].settings["boxes"]["drop_nested"] == 0.9
+    with pytest.raises(UsageError, match="drop_nested must be a number"):
+        run_localize(tmp_path, [parse_row(f"bad={model}:boxes.drop_nested=2")], images=24, size=64, seed=3,
+                     kinds=("plain",), log=lambda _: None)
+
+
 def test_pointing_game_by_hand():
     """A hand-made fused map whose maximum lies in a ground-truth box for one finding and outside for another."""
     from miner.bench.localize import _pointing
