@@ -45,7 +45,12 @@ class JobConfig:
             ``cpus_per_worker`` CPUs of the cluster.
         cpus_per_worker: CPUs each model actor reserves; also its torch/OpenMP thread count.
         gpus_per_worker: GPUs each model actor reserves; None = 1 where the cluster has GPUs, else 0.
-        decode_cpus: CPUs each decode task reserves; 0 = decode tasks are not counted against the
+        decode: where images are decoded: ``actor`` (each model actor decodes its own batches: no pixels travel
+            through Ray's object store and no decode processes start; a CPU actor's cores decode and run the
+            model in turn anyway), ``tasks`` (Ray tasks beside the actor that consumes them, ``prefetch`` batches
+            ahead: decoding on the node's CPUs overlaps a GPU's work) or ``auto`` (``tasks`` for GPU actors,
+            ``actor`` for CPU actors). The decoded pixels are the same either way.
+        decode_cpus: (``tasks``) CPUs each decode task reserves; 0 = decode tasks are not counted against the
             cluster's CPUs and run beside the actor that consumes them (node affinity), at most
             ``prefetch`` batches ahead of each actor.
         prefetch: batches queued per actor (decoding ahead of the model); None = 2 for CPU actors, 8 for
@@ -67,6 +72,7 @@ class JobConfig:
     workers: int | None = None
     cpus_per_worker: int = 1
     gpus_per_worker: float | None = None
+    decode: str = "auto"
     decode_cpus: float = 0.0
     prefetch: int | None = None
     malloc: str = "tuned"

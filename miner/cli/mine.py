@@ -101,9 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="CPUs (and compute threads) of each model actor (default: %(default)s)")
     scale.add_argument("--gpus-per-worker", type=GPUS, default=None,
                        help="GPUs of each model actor (default: 1 where the cluster has GPUs, else 0)")
+    scale.add_argument("--decode", default=_DEFAULTS["decode"], choices=("auto", "actor", "tasks"),
+                       help="where images are decoded: in the model actor (no pixels through Ray's object store), "
+                            "in Ray tasks beside it (overlapping a GPU's work), or auto: tasks for GPU actors, the "
+                            "actor for CPU actors (default: %(default)s)")
     scale.add_argument("--decode-cpus", type=DECODE_CPUS, default=_DEFAULTS["decode_cpus"],
-                       help="CPUs each decode task reserves (default: %(default)s: not reserved, decoding runs "
-                            "beside its actor, --prefetch batches ahead)")
+                       help="CPUs each decode task reserves under --decode tasks (default: %(default)s: not "
+                            "reserved, decoding runs beside its actor, --prefetch batches ahead)")
     scale.add_argument("--prefetch", type=PREFETCH, default=None,
                        help="batches queued per actor (default: 2 on CPU, 8 on GPU)")
     scale.add_argument("--malloc", default=_DEFAULTS["malloc"], choices=("tuned", "default"),
@@ -188,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,
+        decode=args.decode,
         decode_cpus=args.decode_cpus,
         prefetch=args.prefetch,
         malloc=args.malloc,

@@ -3,10 +3,12 @@ driver, so importing this module never imports Ray).
 
 - `decode_task(records, input_size, threads, max_pixels)`: one batch of files -> `DecodedBatch` (pixels
   resized to the model's input, original sizes, one error row per file that does not decode or whose header
-  announces more than `max_pixels` pixels). Runs as a Ray task on CPUs.
+  announces more than `max_pixels` pixels). Runs as a Ray task on CPUs (``JobConfig.decode="tasks"``, the default
+  for GPU actors).
 - `ModelWorker`: loads the model once (``__init__``), then `process` runs backend, attention mining and
-  boxes for one decoded batch on the actor's device and returns its rows. One per GPU, or one per
-  ``cpus_per_worker`` CPUs on CPU nodes.
+  boxes for one decoded batch on the actor's device and returns its rows; `decode_and_process` decodes the batch's
+  files first, in the actor (``decode="actor"``, the default for CPU actors: no pixels through the object store).
+  One per GPU, or one per ``cpus_per_worker`` CPUs on CPU nodes.
 """
 from __future__ import annotations
 
@@ -132,3 +134,17 @@ class ModelWorker:
     def process(self, batch: DecodedBatch) -> BatchOutput:
         """Rows of one decoded batch (bad rows become error rows; see `Pipeline.run`)."""
         return self.pipeline.run(batch)
+
+    def decode_and_process(self, records: Sequence[tuple[str, str, tuple[str, ...]]],
+                           max_pixels: int | None = MAX_PIXELS) -> BatchOutput:
+        """Decode one batch of records here (as `decode_task` does, with this actor's threads) and return its rows:
+        the job's ``decode="actor"`` placement, where no pixels travel through Ray's object store. The batch's
+        ``started`` stamp is taken before decoding (the actor's time on the batch includes it)."""
+        import dataclasses
+
+        import cv2
+
+        started = time.time()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        batch = decode_batch(records, input_size=tuple(self.backend.meta.input_size), max_pixels=max_pixels)
+        return dataclasses.replace(self.pipeline.run(batch), started=started)

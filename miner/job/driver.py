@@ -154,6 +154,7 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
         raise UsageError(f"--prefetch must be at least 1 (got {config.prefetch})")
     if config.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1 (got {config.max_pixels})")
+    decode_placement(config.decode, gpus=0)  # a placement it does not know: one line before Ray starts
 
     from miner.config import ArchiveConfig
 
@@ -386,6 +387,7 @@ def _dispatch(records: list, pending: list[Shard], store: ShardStore, *, cluster
     from miner.job.actors import ModelWorker, decode_task
 
     prefetch = config.prefetch or (8 if resources.gpus > 0 else 2)
+    placement = decode_placement(config.decode, gpus=resources.gpus)
     actor_cls = ray.remote(ModelWorker)
     actors = [
         actor_cls.options(num_cpus=resources.cpus, num_gpus=resources.gpus, max_restarts=2, max_task_retries=2,
@@ -427,10 +429,14 @@ def _dispatch(records: list, pending: list[Shard], store: ShardStore, *, cluster
             shard, seq, count, payload = next_batch
             if shard.index not in shards:
                 shards[shard.index] = _ShardParts(shard, count)
-            strategy = NodeAffinitySchedulingStrategy(node_id=info[actor]["node_id"], soft=True)
-            decoded = decode.options(**decode_options, scheduling_strategy=strategy).remote(
-                payload, tuple(info[actor]["input_size"]), decode_threads, config.max_pixels)
-            inflight[actors[actor].process.remote(decoded)] = (actor, shard.index, seq, len(payload))
+            if placement == "actor":
+                ref = actors[actor].decode_and_process.remote(payload, config.max_pixels)
+            else:
+                strategy = NodeAffinitySchedulingStrategy(node_id=info[actor]["node_id"], soft=True)
+                decoded = decode.options(**decode_options, scheduling_strategy=strategy).remote(
+                    payload, tuple(info[actor]["input_size"]), decode_threads, config.max_pixels)
+                ref = actors[actor].process.remote(decoded)
+            inflight[ref] = (actor, shard.index, seq, len(payload))
             load[actor] += 1
             next_batch = next(batches, None)
         if not inflight and next_batch is None:
@@ -479,8 +485,20 @@ def _dispatch(records: list, pending: list[Shard], store: ShardStore, *, cluster
                             for v in info.values()],
                 "cluster": {"address": cluster.address, "nodes": cluster.nodes, "cpus": cluster.cpus,
                             "gpus": cluster.gpus, "started_here": cluster.started_here},
-                "prefetch": prefetch}
+                "prefetch": prefetch, "decode": placement}
     return startup, len(info), {"model": model_info, "run": run_info}
+
+
+DECODE_PLACEMENTS = ("auto", "actor", "tasks")
+
+
+def decode_placement(choice: str, *, gpus: float) -> str:
+    """Where a job decodes (`JobConfig.decode`): ``auto`` is ``tasks`` for GPU actors, ``actor`` for CPU actors."""
+    if choice not in DECODE_PLACEMENTS:
+        raise UsageError(f"--decode must be one of {', '.join(DECODE_PLACEMENTS)}, got {choice!r}")
+    if choice == "auto":
+        return "tasks" if gpus > 0 else "actor"
+    return choice
 
 
 def _write_shard(store: ShardStore, parts: _ShardParts, *, worker: int) -> None:

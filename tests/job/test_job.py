@@ -108,6 +108,17 @@ def test_bad_files_become_error_rows(reference, job_archive, capsys):
     assert code == 2 and len(err) == 1 and "pipeline.mining" in err[0] and "--overwrite" in err[0]
 
 
+def test_decode_in_tasks_gives_the_rows_of_decode_in_the_actors(reference, job_archive, job_model, tmp_path):
+    """``--decode tasks`` (Ray tasks beside each actor, the GPU default) and the CPU default, ``actor`` (each actor
+    decodes its own batches), mine the same rows; the manifest records where decoding ran."""
+    root, _ = job_archive
+    out = tmp_path / "tasks"
+    assert main(["mine", str(root), "--model", str(job_model), "--out", str(out), *OPTIONS, "--decode", "tasks"]) == 0
+    assert _rows(out) == _rows(reference[0])
+    assert json.loads((out / "_manifest.json").read_text())["runs"][-1]["decode"] == "tasks"
+    assert json.loads((reference[0] / "_manifest.json").read_text())["runs"][0]["decode"] == "actor"
+
+
 def test_output_opens_in_pyarrow_pandas_and_duckdb(reference):
     import duckdb
     import pandas as pd
