@@ -8,6 +8,8 @@ Cases, run one after another in one command (same images, model, batch size and 
 - ``job1``: the same with 1 actor x 1 CPU (how the job scales with actors);
 - ``onnx2``: 2 CPU actors, onnxruntime on the graph ``miner export onnx`` writes for the same checkpoint;
 - ``default2``: 2 CPU actors, torch, glibc's default malloc (the allocator effect);
+- ``tasks2``: 2 CPU actors, torch, decoded by Ray tasks beside the actors (``--decode tasks``, the GPU default;
+  the CPU default, ``job2``, decodes in the actors);
 - ``bound``: the machine's bound for the job: in a fresh process with a model actor's environment (1 thread,
   glibc malloc tuned, passive OpenMP waiting) and torch at 1 thread, the CPU time per image of decode
   (`miner.pipeline.decode_batch`, as a decode task runs it) and of `miner.pipeline.Pipeline.run`, split into the
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 HELP = "Ray mining job vs an in-process loop and the machine's bound (steady-state images/s): actors, backends, malloc"
-CASES = ("loop", "job2", "job1", "onnx2", "default2", "bound")
+CASES = ("loop", "job2", "job1", "onnx2", "default2", "tasks2", "bound")
 #: the fields of one timed batch of the ``bound`` case (seconds; ``*_wall``: wall clock, the others CPU time)
 BOUND_FIELDS = ("images", "decode", "model", "pipeline", "decode_wall", "model_wall", "pipeline_wall")
 
@@ -313,19 +315,20 @@ def _run_bound(manifest: Path, checkpoint: Path, args: argparse.Namespace) -> di
 
 
 def _run_job(manifest: Path, model: Path, args: argparse.Namespace, *, workers: int, backend: str, malloc: str,
-             workdir: Path, name: str) -> dict[str, Any]:
+             workdir: Path, name: str, decode: str = "auto") -> dict[str, Any]:
     from miner.config import JobConfig
     from miner.job import run_job, steady_window
 
     config = JobConfig(shard_size=args.shard_size, batch_size=args.batch_size, backend=backend,
-                       classes=args.classes, workers=workers, cpus_per_worker=1, malloc=malloc)
+                       classes=args.classes, workers=workers, cpus_per_worker=1, malloc=malloc, decode=decode)
     summary = run_job(manifest, model, workdir / name, config=config, progress=False, log=lambda text: None,
                       archive_config=_archive_config())
     if summary.processed == 0 and summary.images_run:
         raise RuntimeError(f"{name}: the job mined none of its {summary.images_run} images (every one an error row)")
     return {"window": steady_window(summary.events), "images": summary.images_run, "seconds": summary.seconds,
             "label": f"job, {workers} CPU actor{'s' if workers > 1 else ''} x 1 CPU, {backend}"
-                     + (", default malloc" if malloc == "default" else "")}
+                     + (", default malloc" if malloc == "default" else "")
+                     + (", decode tasks" if decode == "tasks" else "")}
 
 
 def _describe_model(args: argparse.Namespace) -> str:
@@ -394,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
                                           workers=1 if case == "job1" else 2,
                                           backend="onnxruntime" if case == "onnx2" else "torch",
                                           malloc="default" if case == "default2" else "tuned", workdir=workdir,
-                                          name=f"{case}-{k}")
+                                          name=f"{case}-{k}", decode="tasks" if case == "tasks2" else "auto")
                     total = totals[case]
                     total["label"] = result["label"]
                     total["images"] += result["images"]
@@ -456,6 +459,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  2 actors / 1 actor:                {ratio('job2', 'job1')}")
     print(f"  onnxruntime / torch (2 actors):    {ratio('onnx2', 'job2')}")
     print(f"  tuned / default malloc (2 actors): {ratio('job2', 'default2')}")
+    print(f"  decode in actors / in tasks:       {ratio('job2', 'tasks2')}")
     print("  job (2 actors) / bound: "
           + (f"{job_bound[0] / job_bound[1]:.2f}" if job_bound[0] and job_bound[1] else "n/a") + " (goal >= 0.90)")
     if job_bound[0] and bound:  # on a loaded machine the job's rate falls and the CPU-time bound does not
