@@ -1,22 +1,23 @@
 """`miner bench detector`: what the mined boxes are worth to a detector trained on them.
 
-Per look (``plain`` phantoms, ``real`` ones drawn on the pydicom-data radiograph), two archives the product never
-trains, calibrates or benchmarks on: a training archive and a test archive (seeds below). Both are mined by
+Per look (``plain`` phantoms, ``real`` ones drawn on the pydicom-data radiograph), one archive the product never
+trains, calibrates or benchmarks on (seeds below), split by patient into a train and a test split, is mined by
 ``miner mine`` with the embedded model (its own recipe, a local Ray). Then, with one training budget
 (`miner.config.DetectorTrainConfig`: epochs, batch, learning rate, input size) and the same training seeds:
 
-- **(a)** the detector trained on the training archive's **true boxes** (written as a job output and exported by
+- **(a)** the detector trained on the train split's **true boxes** (written as a job output and exported by
   ``miner labels --format yolo``, so it goes through the very same path as (b));
-- **(b)** the detector trained on the training archive's **mined boxes** (``miner labels --format yolo``, read by
-  the detector's loader as a user's trainer would read the folder: `miner.detector.data`);
-- **(c)** the test archive's mined boxes, scored directly;
-- **(r)** one refinement round: (b)'s detector predicts on the test archive and its boxes replace the mined ones
-  where they agree (`miner.detector.predict.refine_outputs`).
+- **(b)** the detector trained on the train split's **mined boxes** (``miner labels --format yolo``, read by the
+  detector's loader as a user's trainer reads the folder: data.yaml's train list, `miner.detector.data`);
+- **(c)** the test split's mined boxes, scored directly;
+- **(r)** one refinement round: (b)'s detector predicts on the test split and its boxes are fused with the mined
+  ones where they agree (`miner.detector.predict.refine_outputs`: the mean of the two boxes).
 
-(a) and (b) predict on the test archive (``miner detector predict``, the test images' labelled findings) and
-every row is scored by ``miner eval``'s code (`miner.metrics.job.evaluate_job`) against the test archive's true
+(a) and (b) predict on the test split (``miner detector predict --split test``, the images' labelled findings)
+and every row is scored by ``miner eval``'s code (`miner.metrics.job.evaluate_job`) against the test split's true
 boxes: COCO AP and AP50 (``miner eval``'s convention), Acc at T(IoU) 0.3 and 0.5 with every box of B. Rows of
-several training seeds show their mean and, in the macro column, ``mean +- half the range``.
+several training seeds show their mean and, in the macro column, ``mean +- half the range``. A detector the working
+folder already holds for the same labels and options is reused (training is deterministic; ``--retrain``).
 
 **Label filters** (which ``miner labels`` setting to train on): on the first look, (b) is trained once per
 ``--filter`` (``NAME=max_rank:K,min_score:S``) with the first training seed; the best macro AP50 is named.
@@ -66,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + "; ".join(DEFAULT_FILTERS) + ")")
     parser.add_argument("--agree-iou", type=float, default=0.1, help="refinement's agreement IoU (default: "
                         "%(default)s)")
+    parser.add_argument("--weight", type=float, default=0.5, help="refinement: the detector box's weight in a fused "
+                        "box (1: it replaces the mined box; default: %(default)s)")
+    parser.add_argument("--retrain", action="store_true", help="train every detector afresh (default: a detector "
+                        "the working folder already holds for the same labels and options is reused: training is "
+                        "deterministic)")
     parser.add_argument("--quick", action="store_true", help="a small run for CI (about a minute)")
 
 
@@ -193,13 +199,14 @@ class Plan:
     seeds: list[int]
     filters: list[LabelFilter]
     agree_iou: float
+    weight: float = 0.5
+    retrain: bool = False
 
 
 def run_bench(plan: Plan, work: Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every row of the benchmark (module docstring); returns results.json's content."""
     from miner.config import DetectorTrainConfig, JobConfig, LabelsConfig
     from miner.detector.predict import predict_archive, refine_outputs
-    from miner.detector.train import train_detector
     from miner.job import run_job
     from miner.labels import export_labels
     from miner.phantoms import make_phantoms
@@ -250,7 +257,7 @@ def run_bench(plan: Plan, work: Path, *, log: Callable[[str], None] = print) -> 
             t0 = time.perf_counter()
             folder = base / "detectors" / f"{_slug(key)}-seed{seed}"
             cfg = DetectorTrainConfig(epochs=plan.epochs, size=plan.size, seed=seed)
-            trained = train_detector(labels, folder, config=cfg, archive=archive, overwrite=True, progress=False)
+            trained = _train(labels, folder, cfg, archive, retrain=plan.retrain)
             timed("train", t0)
             t0 = time.perf_counter()
             pred_out = base / "predicted" / f"{_slug(key)}-seed{seed}"
@@ -262,12 +269,27 @@ def run_bench(plan: Plan, work: Path, *, log: Callable[[str], None] = print) -> 
                 f"({trained.seconds:.0f} s of training)")
             if name == "b":
                 refined = base / "refined" / f"seed{seed}"
-                refine_outputs(mined, pred_out, refined, agree_iou=plan.agree_iou, overwrite=True)
+                refine_outputs(mined, pred_out, refined, agree_iou=plan.agree_iou, weight=plan.weight, overwrite=True)
                 rows.append(Row(name="r", look=look, seed=seed, values=score_output(refined), out=str(refined)))
             timed("predict+eval", t0)
     return {"plan": {**asdict(plan), "filters": [asdict(f) for f in plan.filters]},
             "seeds": {look: SEEDS[look] for look in plan.looks}, "timings": timings,
             "rows": [asdict(r) for r in rows]}
+
+
+def _train(labels: Path, folder: Path, cfg: Any, archive: Path, *, retrain: bool) -> Any:
+    """Train one detector, or reuse the finished training in `folder` when it is of the same labels and options
+    (`miner.detector.train` resumes it: nothing left to do). Training is deterministic for a given torch build and
+    thread count, so a reused detector is the one a new training would give."""
+    from miner.detector.train import train_detector
+    from miner.errors import UsageError
+
+    if not retrain:
+        try:
+            return train_detector(labels, folder, config=cfg, archive=archive, overwrite=False, progress=False)
+        except UsageError:  # another label set or other options: train afresh
+            pass
+    return train_detector(labels, folder, config=cfg, archive=archive, overwrite=True, progress=False)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -385,12 +407,15 @@ def run(args: argparse.Namespace) -> int:
     filters = [parse_filter(t) for t in (args.filter or DEFAULT_FILTERS)]
     if args.quick:
         plan = Plan(looks=["plain"], train_images=48, eval_images=24, size=128, epochs=1, seeds=[0],
-                    filters=filters[:1], agree_iou=args.agree_iou)
+                    filters=filters[:1], agree_iou=args.agree_iou, weight=args.weight, retrain=args.retrain)
     else:
         plan = Plan(looks=looks, train_images=args.train_images, eval_images=args.eval_images, size=args.size,
-                    epochs=args.epochs, seeds=seeds, filters=filters, agree_iou=args.agree_iou)
+                    epochs=args.epochs, seeds=seeds, filters=filters, agree_iou=args.agree_iou, weight=args.weight,
+                    retrain=args.retrain)
     if not 0.0 <= plan.agree_iou <= 1.0:
         raise UsageError(f"--agree-iou must lie in [0, 1], got {plan.agree_iou}")
+    if not 0.0 <= plan.weight <= 1.0:
+        raise UsageError(f"--weight must lie in [0, 1], got {plan.weight}")
     work = Path(args.out).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

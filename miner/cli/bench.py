@@ -22,7 +22,7 @@ RANGES = {
 }
 #: where one benchmark's option means something else (kernels: --size is the side of a class map, not an image)
 BENCH_RANGES = {"kernels": {"--size": integer(2, 4096)},
-                "detector": {"--epochs": integer(1, 10_000), "--agree-iou": real(0.0, 1.0)}}
+                "detector": {"--epochs": integer(1, 10_000), "--agree-iou": real(0.0, 1.0), "--weight": real(0.0, 1.0)}}
 
 HELP = "run a benchmark and print its figures side by side"
 

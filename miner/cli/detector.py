@@ -16,7 +16,7 @@ optional extra: pip install 'attention-miner[detector]') trained on what miner l
       command again resumes.
   miner detector predict DETECTOR ARCHIVE --out OUT    the detector's boxes on an archive, written as a mining
       job's output (miner eval, labels and report read it unchanged).
-  miner detector refine MINED PREDICTED --out OUT      mined boxes replaced by the detector's where the two agree.
+  miner detector refine MINED PREDICTED --out OUT      mined boxes fused with the detector's where the two agree.
 
 Details: docs/detector.md, miner/detector/.
 """
@@ -73,16 +73,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    r = sub.add_parser("refine", help="mined boxes replaced by the detector's where they agree",
-                       description="One refinement round: each mined box is replaced by the detector's box of the "
-                                   "same image and finding that overlaps it most (IoU >= --agree-iou); mined boxes "
-                                   "without one are kept, detector boxes without a mined partner left out. Written "
-                                   "as a new output; its manifest names both inputs.")
+    r = sub.add_parser("refine", help="mined boxes fused with the detector's where they agree",
+                       description="One refinement round: each mined box is fused with the detector's box of the "
+                                   "same image and finding that overlaps it most (IoU >= --agree-iou): each "
+                                   "coordinate the weighted mean --weight x detector + (1 - --weight) x mined; mined "
+                                   "boxes without one are kept, detector boxes without a mined partner left out. "
+                                   "Written as a new output; its manifest names both inputs.")
     r.add_argument("mined", metavar="MINED", help="OUT of miner mine")
     r.add_argument("predicted", metavar="PREDICTED", help="OUT of miner detector predict on the same archive")
     r.add_argument("--out", required=True, type=out_folder, help="output folder (new or empty)")
     r.add_argument("--agree-iou", type=FRACTION, default=0.1,
-                   help="IoU at which a detector box replaces a mined box (default: %(default)s)")
+                   help="IoU at which a detector box and a mined box agree (default: %(default)s)")
+    r.add_argument("--weight", type=FRACTION, default=0.5,
+                   help="the detector box's weight in the fused box (1: it replaces the mined box; default: "
+                        "%(default)s)")
     r.add_argument("--overwrite", action="store_true", help="replace an earlier output in OUT")
 
 
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from miner.detector.predict import refine_outputs
 
-        result = refine_outputs(args.mined, args.predicted, args.out, agree_iou=args.agree_iou,
+        result = refine_outputs(args.mined, args.predicted, args.out, agree_iou=args.agree_iou, weight=args.weight,
                                 overwrite=args.overwrite, log=_log)
         print(result.line("miner detector refine"))
     return 0

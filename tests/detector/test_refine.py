@@ -15,19 +15,35 @@ def _row(x, y, w, h, score, rank=1):
             "score": score, "prob": 0.9, "threshold": 0.8}
 
 
+MINED = [_row(10, 10, 20, 20, 0.7, 1), _row(100, 100, 10, 10, 0.6, 2), _row(50, 50, 10, 10, 0.9, 3)]
+# D1 overlaps mined box 1: intersection 15x15 = 225, union 400 + 400 - 225 = 575, IoU 0.391
+# D2 overlaps nothing; D3 overlaps mined box 3 at IoU 100 / (100 + 400 - 100) = 0.25
+PREDICTED = [_row(15, 15, 20, 20, 0.8), _row(200, 200, 10, 10, 0.99), _row(50, 50, 20, 20, 0.4)]
+
+
+def test_fusion_by_hand():
+    rows, fused = refine_boxes(MINED, PREDICTED, agree_iou=0.3)  # weight 0.5: the mean of the two boxes
+    assert fused == 1
+    # mined (10, 10)-(30, 30) and D1 (15, 15)-(35, 35): their mean (12.5, 12.5)-(32.5, 32.5)
+    assert [(r["x"], r["y"], r["w"], r["h"]) for r in rows] == [(12.5, 12.5, 20, 20), (50, 50, 10, 10),
+                                                                 (100, 100, 10, 10)]
+    assert [r["score"] for r in rows] == pytest.approx([0.5 + 0.5 * 0.8, 0.5 * 0.9, 0.5 * 0.6])
+    rows, _ = refine_boxes(MINED, PREDICTED, agree_iou=0.2, weight=0.25)
+    # mined (50, 50)-(60, 60) and D3 (50, 50)-(70, 70) at weight 0.25: (50, 50)-(62.5, 62.5)
+    assert (rows[1]["x"], rows[1]["w"], rows[1]["h"]) == (50, 12.5, 12.5)
+    assert (rows[0]["x"], rows[0]["w"]) == (11.25, 20)
+
+
 def test_replacement_by_hand():
-    mined = [_row(10, 10, 20, 20, 0.7, 1), _row(100, 100, 10, 10, 0.6, 2), _row(50, 50, 10, 10, 0.9, 3)]
-    # D1 overlaps mined box 1: intersection 15x15 = 225, union 400 + 400 - 225 = 575, IoU 0.391
-    # D2 overlaps nothing; D3 overlaps mined box 3 at IoU 100 / (100 + 400 - 100) = 0.25
-    predicted = [_row(15, 15, 20, 20, 0.8), _row(200, 200, 10, 10, 0.99), _row(50, 50, 20, 20, 0.4)]
-    rows, replaced = refine_boxes(mined, predicted, agree_iou=0.3)
+    mined, predicted = MINED, PREDICTED
+    rows, replaced = refine_boxes(mined, predicted, agree_iou=0.3, weight=1.0)
     assert replaced == 1
     assert [(r["x"], r["y"], r["w"], r["h"]) for r in rows] == [(15, 15, 20, 20), (50, 50, 10, 10), (100, 100, 10, 10)]
     assert [r["score"] for r in rows] == pytest.approx([0.5 + 0.5 * 0.8, 0.5 * 0.9, 0.5 * 0.6])
     assert [r["rank"] for r in rows] == [1, 2, 3]
     assert all(r["finding"] == "Mass" and r["prob"] == 0.9 for r in rows)  # the mined row's other fields stay
     # at IoU 0.2 the third box agrees too: both confirmed rank first, by the detector's score
-    rows, replaced = refine_boxes(mined, predicted, agree_iou=0.2)
+    rows, replaced = refine_boxes(mined, predicted, agree_iou=0.2, weight=1.0)
     assert replaced == 2
     assert [(r["x"], r["w"]) for r in rows] == [(15, 20), (50, 20), (100, 10)]
     assert [r["score"] for r in rows] == pytest.approx([0.9, 0.7, 0.3])
@@ -36,7 +52,7 @@ def test_replacement_by_hand():
 def test_one_detector_box_replaces_one_mined_box():
     mined = [_row(10, 10, 20, 20, 0.7, 1), _row(12, 12, 20, 20, 0.6, 2)]
     predicted = [_row(11, 11, 20, 20, 0.5)]
-    rows, replaced = refine_boxes(mined, predicted, agree_iou=0.1)
+    rows, replaced = refine_boxes(mined, predicted, agree_iou=0.1, weight=1.0)
     # the best pair wins (IoU of (11, 11) with (10, 10) and with (12, 12) is the same: the first mined box by order)
     assert replaced == 1
     assert [(r["x"], r["score"]) for r in rows] == [(11, pytest.approx(0.75)), (12, pytest.approx(0.3))]
@@ -71,8 +87,8 @@ def test_refine_writes_an_output_with_its_provenance(truth_output, tmp_path):
     refined = read_dataset(result.out, "boxes").to_pylist()
     original = read_dataset(truth_output, "boxes").to_pylist()
     assert len(refined) == len(original)
-    # every box agrees with itself: all replaced, same places, scores 0.5 + 0.5 x 1
-    assert out.manifest["producer"]["replaced"] == len(original)
+    # every box agrees with itself: all fused with itself, same places, scores 0.5 + 0.5 x 1
+    assert out.manifest["producer"]["fused"] == len(original) and out.manifest["producer"]["weight"] == 0.5
     key = lambda r: (r["image_id"], r["finding"], r["x"], r["y"])  # noqa: E731
     assert sorted(map(key, refined)) == sorted(map(key, original))
     assert all(r["score"] == pytest.approx(1.0) for r in refined)
