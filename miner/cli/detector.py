@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--no-flip", action="store_true", help="no horizontal flips")
     t.add_argument("--overwrite", action="store_true", help="start afresh (replaces only a training's files)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(_parser=t)  # usage errors name `miner detector train`
 
     p = sub.add_parser("predict", help="the detector's boxes on an archive, as a mining job's output",
                        description="Run a trained detector over an archive and write its boxes in the Parquet "
@@ -72,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="read image files that resolve outside the archive's root too")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(_parser=p)
 
     r = sub.add_parser("refine", help="mined boxes fused with the detector's where they agree",
                        description="One refinement round: each mined box is fused with the detector's box of the "
@@ -88,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the detector box's weight in the fused box (1: it replaces the mined box; default: "
                         "%(default)s)")
     r.add_argument("--overwrite", action="store_true", help="replace an earlier output in OUT")
+    r.set_defaults(_parser=r)
 
 
 def _log(line: str) -> None:

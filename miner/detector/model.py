@@ -171,11 +171,13 @@ def read_detector(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"{path}: no such detector checkpoint; give the detector.pt that miner detector train "
                          "wrote")
+    from miner.models.checkpoint import _load_error
+
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ModelError(f"{path}: not a readable detector checkpoint ({first})") from None
+    except Exception as err:  # pickle/zip errors of many kinds; code to run is refused by the restricted unpickler
+        raise ModelError(f"{path}: not a readable checkpoint ({_load_error(err)[:300]}); give the detector.pt "
+                         "that miner detector train wrote") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ModelError(f"{path}: not a detector checkpoint of miner detector train (no format {FORMAT!r})")
     meta = record.get("meta")

@@ -76,7 +76,7 @@ def test_bad_input_is_one_line(tmp_path, phantom_archive):
         (["detector", "train", str(not_labels), "--to", str(tmp_path / "d")], "neither data.yaml"),
         (["detector", "train", str(not_labels), "--to", str(tmp_path / "d"), "--epochs", "0"], "--epochs"),
         (["detector", "predict", str(fake), str(phantom_archive), "--out", str(tmp_path / "o")],
-         "not a readable detector checkpoint"),
+         "not a readable checkpoint"),
         (["detector", "refine", str(not_labels), str(not_labels), "--out", str(tmp_path / "r")],
          "not a mining job's output folder"),
     ]

@@ -78,5 +78,5 @@ def test_foreign_files_are_one_line(tmp_path):
         assert "\n" not in messages[name]
     assert "no such detector checkpoint" in messages["missing"]
     assert "not a detector checkpoint of miner detector train" in messages["classifier"]
-    assert "not a readable detector checkpoint" in messages["pickled"]
+    assert "not a readable checkpoint (UnpicklingError" in messages["pickled"]
     assert "names no classes" in messages["broken"]

@@ -27,6 +27,7 @@ VALID = {
     "export": ["export", "onnx", "m.pt", "m.onnx"],
     "mine": ["mine", "ARCH", "--model", "m.pt", "--out", "OUT"],
     "demo": ["demo", "OUT"],
+    "detector": ["detector", "train", "LABELS", "--to", "DIR"],
 }
 
 #: a missing input file: (argv, text the line must hold)
@@ -42,6 +43,7 @@ MISSING = {
     "export": (["export", "onnx", "nothere.pt", "m.onnx"], "nothere.pt"),
     "mine": (["mine", "nothere", "--model", "nothere.pt", "--out", "OUT"], "nothere"),
     "demo": (["demo", "OUT", "--model", "nothere.pt"], "nothere.pt"),
+    "detector": (["detector", "predict", "nothere.pt", "ARCH", "--out", "OUT"], "nothere.pt"),
 }
 NO_INPUT = {"phantoms"}  # makes its archive from nothing
 
@@ -58,6 +60,7 @@ UNUSABLE = {
     "export": ["export", "onnx", "JUNK.pt", "m.onnx"],
     "mine": ["mine", "ARCHIVE", "--model", "PICKLED.pt", "--out", "OUT"],
     "demo": ["demo", "OUT", "--model", "PICKLED.pt"],
+    "detector": ["detector", "predict", "PICKLED.pt", "ARCHIVE", "--out", "OUT"],
 }
 NO_UNUSABLE = {"phantoms", "bench"}  # phantoms reads nothing; bench's inputs are covered by the verbs it times
 
@@ -73,12 +76,13 @@ IN_THE_WAY = {
     "export": (["export", "onnx", "m.pt", "ADIR"], "is a folder; give a file name"),
     "mine": (["mine", "ARCH", "--model", "m.pt", "--out", "AFILE"], "is a file, not a folder"),
     "demo": (["demo", "AFILE"], "is a file, not a folder"),
+    "detector": (["detector", "train", "LABELS", "--to", "AFILE"], "is a file, not a folder"),
 }
 NO_OUTPUT = {"inspect", "bench"}  # print only
 
 
 def _prog(argv: list[str]) -> str:
-    return "miner " + " ".join(argv[:2] if argv[0] in ("bench", "export") else argv[:1])
+    return "miner " + " ".join(argv[:2] if argv[0] in ("bench", "export", "detector") else argv[:1])
 
 
 def test_every_verb_is_in_the_tables():
