@@ -205,7 +205,7 @@ class Plan:
 
 def run_bench(plan: Plan, work: Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every row of the benchmark (module docstring); returns results.json's content."""
-    from miner.config import DetectorTrainConfig, JobConfig, LabelsConfig
+    from miner.config import DetectorTrainConfig, JobConfig, LabelsConfig, PhantomConfig
     from miner.detector.predict import predict_archive, refine_outputs
     from miner.job import run_job
     from miner.labels import export_labels
@@ -223,8 +223,6 @@ def run_bench(plan: Plan, work: Path, *, log: Callable[[str], None] = print) -> 
         seed = SEEDS[look]
         t0 = time.perf_counter()
         archive = base / "archive"
-        from miner.config import PhantomConfig
-
         total = plan.train_images + plan.eval_images
         make_phantoms(archive, images=total, size=plan.size, seed=seed, real_background=look == "real",
                       config=PhantomConfig(test_fraction=plan.eval_images / total), overwrite=True)

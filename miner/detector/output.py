@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,6 @@ from miner.io import (
     table_from_rows,
     write_manifest,
 )
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def check_new_output(out: str | Path, *, overwrite: bool, option: str = "--out") -> Path:
@@ -72,7 +67,7 @@ def write_output(
     overwrite: bool = False,
 ) -> Path:
     """Write the rows as a complete output folder `out` (checked with `check_new_output` before)."""
-    from miner.job.driver import MANIFEST_FORMAT, versions
+    from miner.job.driver import MANIFEST_FORMAT, _now, versions
 
     store = ShardStore(out)
     with store.lock():

@@ -50,16 +50,6 @@ class PredictResult:
                 f"{rate:.1f} images/s")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def predict_archive(
     detector: str | Path,
     archive: str | Path,
@@ -85,6 +75,7 @@ def predict_archive(
     from miner.detector.model import load_detector
     from miner.detector.output import archive_record, check_new_output, write_output
     from miner.findings import canonical
+    from miner.job.plan import model_hash
 
     if classes not in CLASS_POLICIES:
         raise UsageError(f"--classes must be one of {', '.join(CLASS_POLICIES)}, got {classes!r}")
@@ -168,7 +159,7 @@ def predict_archive(
     record, fingerprint = archive_record(arch, archive_config, archive)
     write_output(out, boxes=box_rows, errors=error_rows, images=image_rows, archive=record,
                  fingerprint=fingerprint,
-                 model={"path": str(detector), "sha256": _sha256(detector), "classes": names, "kind": "detector",
+                 model={"path": str(detector), "sha256": model_hash(detector), "classes": names, "kind": "detector",
                         "labels": meta.get("labels"), "backbone": meta.get("backbone")},
                  producer={"verb": "miner detector predict", "detector": str(detector), "split": split,
                            "classes": classes, "max_boxes": max_boxes, "min_score": min_score},
