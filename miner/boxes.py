@@ -257,6 +257,18 @@ def _boxes(fused, mined, original_sizes, classes, config, probs, labels, prob_th
         if shapes is not None:
             limit = torch.tensor([ww, hw], dtype=sel_box.dtype, device=sel_box.device)
             sel_box = shape_boxes(sel_box, shapes.unsqueeze(1), limit)
+    if cfg.regressors and mined is not None:  # regressed boxes (BoxConfig.regressors) where a finding has one
+        from miner.box_regression import REFERENCE_LEVEL, read_regressors, regressed_boxes
+
+        reg = regressed_boxes(mined.step_maps, mined.masks, pairs, work=(hw, ww),
+                              regressors=read_regressors(cfg.regressors), classes=class_names,
+                              max_boxes=cfg.max_boxes, dedup_iou=cfg.dedup_iou)
+        if reg is not None:
+            done, r_box, r_ok, r_score = reg
+            sel_box = torch.where(done.view(-1, 1, 1), r_box.to(sel_box.dtype), sel_box)
+            ok = torch.where(done.view(-1, 1), r_ok, ok)
+            sel_score = torch.where(done.view(-1, 1), r_score.to(sel_score.dtype), sel_score)
+            sel_level = torch.where(done.view(-1, 1), torch.full_like(sel_level, REFERENCE_LEVEL), sel_level)
     # the one host copy: a few numbers per pair
     pairs_h = pairs.cpu().numpy()
     box_h = sel_box.cpu().numpy()

@@ -474,12 +474,14 @@ def calibrate_input_size(backend_at: Callable[[int, dict[str, dict[str, float]]]
 
 
 def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calibration, *,
-                     source: Mapping[str, Any], sizes: SizeSearch | None = None) -> Path:
+                     source: Mapping[str, Any], sizes: SizeSearch | None = None,
+                     regression: RegressorFit | None = None) -> Path:
     """A copy of `checkpoint` whose settings record (`miner.settings`) holds the calibration's recipe, mining
     settings and box settings with the calibrated ``finding_levels`` (and where they came from, ``calibration``).
     With `sizes` (a `SizeSearch` whose chosen calibration is `calibration`), the record's ``input_size`` becomes the
     chosen size, the size it was trained at is kept as ``trained_input_size``, and ``calibration.input_sizes`` holds
-    each candidate's macro Acc."""
+    each candidate's macro Acc. With `regression` (`calibrate_regressors` on the chosen size's maps), the box
+    settings record its regressors and ``calibration.regressors`` the validation Acc before and after."""
     from miner.models.checkpoint import read_checkpoint, write_record
     from miner.settings import InferenceSettings
 
@@ -491,8 +493,11 @@ def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calib
         trained = settings.trained_input_size if settings.trained_input_size is not None else settings.input_size
         settings = replace(settings, input_size=int(sizes.size), trained_input_size=trained)
     # the maps the levels were fitted on: these stage weights, or none
+    boxes = calibration.box_config
+    if regression is not None:
+        boxes = replace(boxes, regressors=dict(regression.regressors) or None)
     settings = replace(settings, recipe=calibration.recipe, method=calibration.method, mining=calibration.mining,
-                       boxes=calibration.box_config, stage_weights=dict(calibration.stage_weights) or None)
+                       boxes=boxes, stage_weights=dict(calibration.stage_weights) or None)
     record = settings.into_checkpoint(record)
     record["calibration"] = {**dict(source), "iou": calibration.iou, "levels": dict(calibration.levels),
                              "shapes": {f: list(v) for f, v in calibration.shapes.items()},
@@ -505,6 +510,97 @@ def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calib
         record["calibration"]["stage_weight_acc"] = {
             "stage": calibration.stage,
             "acc": {f: {f"{w:g}": a for w, a in accs.items()} for f, accs in calibration.weight_table.items()}}
+    if regression is not None:
+        record["calibration"]["regressors"] = {"before": regression.before, "after": regression.after,
+                                               "candidates": regression.candidates}
     if sizes is not None:
         record["calibration"]["input_sizes"] = {str(s): r.macro for s, r in sizes.results.items()}
     return write_record(out, record)
+
+
+@dataclass
+class RegressorFit:
+    """Per-finding box regressors fitted on validation images (`calibrate_regressors`) and their validation Acc:
+    finding -> {"0.3": ..., "0.5": ...} with the calibrated boxes (``before``) and the regressed ones (``after``;
+    in-sample: the same images fitted them)."""
+
+    regressors: dict[str, Any]
+    before: dict[str, dict[str, float]]
+    after: dict[str, dict[str, float]]
+    candidates: dict[str, int]
+
+    def lines(self) -> list[str]:
+        out = [f"{'finding':<14}{'steps':>6}  Acc@0.3 before/after  Acc@0.5 before/after"]
+        for f in sorted(self.before):
+            b, a = self.before[f], self.after.get(f, self.before[f])
+            tail = "" if f in self.regressors else "   (no regressor: too few boxes)"
+            out.append(f"{f:<14}{self.candidates.get(f, 0):>6}      {b['0.3']:.2f} / {a['0.3']:.2f}"
+                       f"           {b['0.5']:.2f} / {a['0.5']:.2f}{tail}")
+        return out
+
+
+def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration, *,
+                         min_boxes: int = 10) -> RegressorFit:
+    """Fit ``boxes.regressors`` (`miner.box_regression`) on `data` under `calibration`'s recipe, mining and box
+    settings (the backend opened with its stage weights, at its input size): every mining step of every labelled
+    finding with boxes is one candidate. Findings with fewer than `min_boxes` ground-truth boxes get none."""
+    import torch
+
+    from miner.box_regression import candidates, fit_regressor
+    from miner.boxes import work_size
+    from miner.metrics.hits import found_per_finding, group_boxes
+    from miner.pipeline import Pipeline
+
+    base = replace(calibration.box_config, regressors=None)
+    pipeline = Pipeline(backend, mining=calibration.mining, boxes=base, recipe=calibration.recipe or None)
+    if pipeline.box_config.rule != "steps":
+        raise UsageError(f"box regressors apply to the 'steps' rule only; the recipe reads boxes with "
+                         f"{pipeline.box_config.rule!r}")
+    if not data.maps:
+        compute_maps(backend, data)
+    feats: dict[str, list[Any]] = defaultdict(list)
+    refs: dict[str, list[Any]] = defaultdict(list)
+    truth: dict[str, list[Any]] = defaultdict(list)
+
+    def collect(batch: Any, mined: Any, chosen: np.ndarray) -> None:
+        pairs = torch.as_tensor(np.argwhere(chosen), dtype=torch.long)
+        if not len(pairs):
+            return
+        h, w = mined.step_maps.shape[-2:]
+        hw, ww = work_size((h, w), pipeline.box_config)
+        cand = candidates(mined.step_maps, mined.masks, pairs, (hw, ww))
+        for i, (b, c) in enumerate(pairs.tolist()):
+            finding = pipeline.class_names[c]
+            height, width = (float(v) for v in batch.sizes[b])
+            gts = torch.tensor([(x * ww / width, y * hw / height, (x + bw) * ww / width, (y + bh) * hw / height)
+                                for x, y, bw, bh in data.gt.get((batch.image_ids[b], finding), [])],
+                               dtype=torch.float64).reshape(-1, 4)
+            for t in range(cand.live.shape[1]):
+                if bool(cand.live[i, t]):
+                    feats[finding].append(cand.features[i, t])
+                    refs[finding].append(cand.ref[i, t])
+                    truth[finding].append(gts)
+
+    rows = mine_set(pipeline, data, on_batch=collect)
+    counts = {f: n for f, (_, n) in found_per_finding(group_boxes((r[0], r[1], r[2], r[4]) for r in rows),
+                                                      data.gt, 0.5).items()}
+    regressors: dict[str, Any] = {}
+    for finding in sorted(feats):
+        if counts.get(finding, 0) < min_boxes:
+            continue
+        reg = fit_regressor(torch.stack(feats[finding]), torch.stack(refs[finding]), truth[finding])
+        if reg is not None:
+            regressors[finding] = reg.to_record()
+
+    def accs(rows_: Sequence[tuple]) -> dict[str, dict[str, float]]:
+        pred = group_boxes((r[0], r[1], r[2], r[4]) for r in rows_)
+        out: dict[str, dict[str, float]] = defaultdict(dict)
+        for level in (0.3, 0.5):
+            for f, (hit, n) in found_per_finding(pred, data.gt, level).items():
+                out[f][f"{level:g}"] = hit / n
+        return dict(out)
+
+    before = accs(rows)
+    pipeline.box_config = replace(base, regressors=regressors or None)
+    after = accs(mine_set(pipeline, data)) if regressors else before
+    return RegressorFit(regressors, before, after, {f: len(v) for f, v in feats.items()})

@@ -273,6 +273,11 @@ class BoxConfig:
             over the earlier box's area above this) is dropped too: the ring a later step finds around an erased
             core boxes the same lesion again, larger, around the first box (``dedup_iobb`` only drops a box lying
             inside an earlier one). Off in both recipes, so their boxes stay as they were.
+        regressors: (``steps``) per-finding box regressions (finding name -> record of
+            `miner.box_regression.Regressor`), fitted on a validation split with boxes by `miner calibrate`: each
+            mining step's box is regressed from its map's regions at several levels and scored by the IoU it is
+            expected to reach; one box per lesion (`miner.box_regression`). They replace the shapes and cell
+            alignment of the findings they name. None: the rule's boxes.
         connectivity: 8 or 4, for the components.
         align_cells: place map cells on their receptive-field centres when mapping boxes to pixels. A ResNet's
             stride-s cell i is centred on input pixel s * i, not s * i + (s - 1) / 2 as plain bilinear upsampling
@@ -294,6 +299,7 @@ class BoxConfig:
     connectivity: int = 8
     align_cells: bool = False
     drop_nested: float = 0.0
+    regressors: dict | None = None
 
 
 #: Each recipe's inference settings: the map method, attention mining and the box rule (`miner.settings.

@@ -32,7 +32,7 @@ RECORD_KEYS = ("recipe", "method", "mining", "boxes", "stage_weights", "input_si
 #: `BoxConfig` fields added after records were first written, with the value that leaves boxes as before: a
 #: record leaves one out where it has that value and so has its recipe (which `from_record` then reads back), so a
 #: model that does not use it keeps the record it had, and older miners, which refuse unknown keys, still read it
-LATER_BOX_FIELDS: dict[str, Any] = {"drop_nested": 0.0}
+LATER_BOX_FIELDS: dict[str, Any] = {"drop_nested": 0.0, "regressors": None}
 
 #: what to do about a record this miner cannot read (the end of each of `from_record`'s errors)
 REMEDY = "mine it with the version of miner that wrote it"

@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size-tolerance", type=real(0.0, 1.0, hi_open=True), default=0.0,
                         help="take the smallest size within this macro Acc of the best, for speed (default "
                              "%(default)s: the best)")
+    parser.add_argument("--no-regressors", action="store_true",
+                        help="no box regressors: keep the levels' and shapes' boxes (by default each finding's "
+                             "boxes are regressed from its maps at several levels and scored by their expected IoU, "
+                             "fitted on the same images at the chosen size; miner.box_regression)")
     parser.add_argument("--batch-size", type=BATCH, default=32)
 
 
@@ -127,7 +131,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"input size on these images (macro mean Acc at T(IoU)={args.iou:g} over the calibrated findings):")
         for line in search.lines():
             print("  " + line)
-    path = write_calibrated(args.checkpoint, args.out, result, source=source, sizes=search)
+    regression = None
+    if not args.no_regressors:
+        from miner.calibrate import calibrate_regressors
+
+        chosen_size = search.size if search is not None else None
+        backend = backend_at(chosen_size, result.stage_weights)
+        regression = calibrate_regressors(backend, data_at(backend.meta.input_size), result,
+                                          min_boxes=args.min_boxes)
+        print(f"box regressors at {backend.meta.input_size} px (validation Acc, in-sample):")
+        for line in regression.lines():
+            print("  " + line)
+    path = write_calibrated(args.checkpoint, args.out, result, source=source, sizes=search, regression=regression)
     chosen = ", ".join(f"{f} {v:g}" + (" (shaped)" if f in result.shapes else "")
                        + "".join(f" ({s} x{w:g})" for s, w in result.stage_weights.get(f, {}).items())
                        for f, v in result.levels.items()) or "none (too few boxes)"

@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "finding (default: the model's calibrated per-finding levels, else 0.85)")
     what.add_argument("--plain-boxes", action="store_true",
                       help="boxes as read from the maps, without the model's calibrated per-finding box shapes "
-                           "(boxes.finding_shapes, miner calibrate)")
+                           "and box regressors (boxes.finding_shapes, boxes.regressors, miner calibrate)")
     what.add_argument("--plain-maps", action="store_true",
                       help="class maps without the model's calibrated stage weights (stage_weights, miner "
                            "calibrate); checkpoints only: a graph or engine has them built in")
@@ -165,6 +165,7 @@ def mining_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
         boxes["finding_levels"] = None  # one level for every finding, as asked
     if args.plain_boxes:
         boxes["finding_shapes"] = None
+        boxes["regressors"] = None
     if args.max_boxes is not None:
         boxes["max_boxes"] = args.max_boxes
     if args.recipe is not None:

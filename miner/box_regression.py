@@ -1,0 +1,376 @@
+"""Boxes regressed from a mining step's map at several levels (``BoxConfig.regressors``, `miner calibrate`).
+
+The ``steps`` rule (`miner.step_boxes`) cuts each step's peak at one level and boxes the component: the box has
+the hot region's extent, which for a small lesion is a cell or two off and for a large one only its core. How the
+region grows as the level falls says more: a compact lesion's box hardly changes from 0.9 to 0.4 of the peak, a
+large faint one's keeps growing, a ring left around an erased core is lopsided towards it. Here each mining step
+t of a selected (image, finding) pair becomes one candidate, described by (`features`, ``FEATURE_NAMES``):
+
+- the boxes of the component of H_t >= level x peak at the peak, at each of ``FEATURE_LEVELS``, relative to the
+  reference box at ``REFERENCE_LEVEL`` (log width and height ratios, centre offsets in reference widths/heights),
+  and the mean H_1 inside each region (H_1 min-max normalised: the common scale of every step);
+- the reference box's size and centre relative to the working image, and the peak's offset from its centre;
+- which step found it (t = 1, 2, >= 3), H_1 at the peak (how strong the step's peak was before any erasure) and
+  whether the peak touches a region an earlier step erased (a ring around an erased core).
+
+Per finding, two linear maps of the standardised features (ridge regressions fitted on validation images with
+boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoint's settings record) give
+
+- the box: (log w/w_ref, log h/h_ref, dx/w_ref, dy/h_ref) of the lesion relative to the reference box, and
+- the quality: the IoU the regressed box is expected to reach with its lesion, the box's score.
+
+The candidates of a pair are ranked by quality; one whose IoU with a better one exceeds ``BoxConfig.dedup_iou``
+or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) is dropped, so a
+lesion gets one box however many steps found it; up to ``max_boxes`` remain. The regressed boxes replace the
+rule's boxes, shapes and cell alignment for the findings that have a regressor (those absorb the same systematic
+offsets); other findings keep them. The score is the predicted IoU, comparable across images: a tight box ranks
+above a loose one.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from miner.errors import UsageError
+
+#: levels (fractions of a step's own peak) whose components describe a candidate
+FEATURE_LEVELS: tuple[float, ...] = (0.4, 0.6, 0.8, 0.9)
+#: the level of the reference box that the regression moves and scales
+REFERENCE_LEVEL = 0.8
+#: the feature layout's name, recorded with every regressor: a record of another layout is refused
+FEATURES_ID = "steps-levels/1"
+#: a box that holds or lies inside a better one by this share of the smaller box's area is the same lesion
+NESTED_SHARE = 0.9
+#: largest |log scale| a regression may apply (e^3 = 20x): a bound against a wild extrapolation
+MAX_LOG_SCALE = 3.0
+
+
+def _names() -> tuple[str, ...]:
+    out = []
+    for lv in FEATURE_LEVELS:
+        out += [f"log_w@{lv:g}", f"log_h@{lv:g}", f"dx@{lv:g}", f"dy@{lv:g}"]
+    out += ["log_w_ref", "log_h_ref", "cx_ref", "cy_ref", "peak_dx", "peak_dy", "step1", "step2", "step3+",
+            "peak_h1", "touches_erased"]
+    out += [f"heat@{lv:g}" for lv in FEATURE_LEVELS]
+    return tuple(out)
+
+
+FEATURE_NAMES: tuple[str, ...] = _names()
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Every mining step's candidate for N pairs, T steps, in working pixels (x1/y1 exclusive).
+
+    ref: Tensor[N, T, 4] the reference boxes; live: Tensor[N, T] bool (the step had a peak);
+    features: Tensor[N, T, F] float64 (``FEATURE_NAMES``)."""
+
+    ref: Tensor
+    live: Tensor
+    features: Tensor
+
+
+@dataclass(frozen=True)
+class Regressor:
+    """One finding's regressions over the standardised features z = (x - mean) / scale (`module docstring`).
+
+    box: Tensor[F + 1, 4] (the last row: intercepts) -> (log w/w_ref, log h/h_ref, dx/w_ref, dy/h_ref);
+    quality: Tensor[F + 1] -> the expected IoU of the regressed box with its lesion."""
+
+    mean: Tensor
+    scale: Tensor
+    box: Tensor
+    quality: Tensor
+
+    def to_record(self) -> dict[str, Any]:
+        return {"features": FEATURES_ID, "mean": [float(v) for v in self.mean],
+                "scale": [float(v) for v in self.scale], "box": [[float(v) for v in row] for row in self.box],
+                "quality": [float(v) for v in self.quality]}
+
+    @classmethod
+    def from_record(cls, finding: str, value: Any) -> Regressor:
+        """A regressor from its record; a malformed one is a `UsageError` naming the finding."""
+        n = len(FEATURE_NAMES)
+
+        def bad(why: str) -> UsageError:
+            return UsageError(f"boxes regressors: the entry of {finding!r} {why} (write it again with "
+                              "`miner calibrate`, or mine with --plain-boxes)")
+
+        if not isinstance(value, Mapping):
+            raise bad(f"is a {type(value).__name__}, not an object")
+        if value.get("features") != FEATURES_ID:
+            raise bad(f"has the feature layout {value.get('features')!r}; this miner reads {FEATURES_ID!r}")
+        try:
+            mean = torch.tensor(value["mean"], dtype=torch.float64)
+            scale = torch.tensor(value["scale"], dtype=torch.float64)
+            box = torch.tensor(value["box"], dtype=torch.float64)
+            quality = torch.tensor(value["quality"], dtype=torch.float64)
+        except (KeyError, TypeError, ValueError) as err:
+            raise bad(f"is incomplete or not numbers ({err})") from None
+        if mean.shape != (n,) or scale.shape != (n,) or box.shape != (n + 1, 4) or quality.shape != (n + 1,):
+            raise bad(f"has shapes mean {tuple(mean.shape)}, scale {tuple(scale.shape)}, box {tuple(box.shape)}, "
+                      f"quality {tuple(quality.shape)}; expected ({n},), ({n},), ({n + 1}, 4), ({n + 1},)")
+        if not all(bool(torch.isfinite(t).all()) for t in (mean, scale, box, quality)) or bool((scale <= 0).any()):
+            raise bad("holds a non-finite number or a scale <= 0")
+        return cls(mean, scale, box, quality)
+
+
+def read_regressors(value: Any) -> dict[str, Regressor]:
+    """``BoxConfig.regressors`` (finding -> record) as `Regressor`s; None or {} -> {}."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UsageError(f"boxes regressors must be an object of finding -> regressor, got a {type(value).__name__}")
+    return {str(f): Regressor.from_record(str(f), v) for f, v in value.items()}
+
+
+# ------------------------------------------------------------------------------------------------ candidates
+
+
+def _bbox(region: Tensor) -> Tensor:
+    """Bounding boxes (Tensor[M, 4] float x0, y0, x1, y1, exclusive ends) of masks Tensor[M, H, W] (0s if empty)."""
+    _, hh, ww = region.shape
+    rows, cols = region.any(dim=2), region.any(dim=1)
+    ar = torch.arange(hh, device=region.device)
+    ac = torch.arange(ww, device=region.device)
+    y0 = torch.where(rows, ar, hh).amin(1)
+    y1 = torch.where(rows, ar, -1).amax(1) + 1
+    x0 = torch.where(cols, ac, ww).amin(1)
+    x1 = torch.where(cols, ac, -1).amax(1) + 1
+    has = rows.any(dim=1)
+    box = torch.stack([x0, y0, x1, y1], 1).float()
+    return torch.where(has.unsqueeze(1), box, torch.zeros_like(box))
+
+
+def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int, int]) -> Candidates:
+    """Each mining step's candidate for the `pairs` (module docstring), from `miner.mining.MiningResult`'s
+    step maps H_1..H_T (Tensor[T, B, C, h, w]) and masks M_1..M_T, at working size `work` (H, W)."""
+    from miner.kernels import erase_components
+
+    steps = step_maps.shape[0]
+    n = int(pairs.shape[0])
+    hw, ww = work
+    b_idx, c_idx = pairs[:, 0], pairs[:, 1]
+    levels = torch.tensor(FEATURE_LEVELS, dtype=torch.float32, device=step_maps.device)
+    nl = len(FEATURE_LEVELS)
+    ref_at = FEATURE_LEVELS.index(REFERENCE_LEVEL)
+
+    def up(x: Tensor) -> Tensor:
+        x = x.float()
+        if tuple(x.shape[-2:]) == (hw, ww):
+            return x
+        return F.interpolate(x.unsqueeze(1), size=(hw, ww), mode="bilinear", align_corners=False).squeeze(1)
+
+    first = up(step_maps[0, b_idx, c_idx])
+    refs, lives, feats = [], [], []
+    for t in range(steps):
+        ht = up(step_maps[t, b_idx, c_idx])
+        if t > 0:
+            kept = F.interpolate(masks[t - 1, b_idx, c_idx].float().unsqueeze(1), size=(hw, ww),
+                                 mode="nearest").squeeze(1) > 0
+            ht = ht * kept
+            near = F.max_pool2d((~kept).float().unsqueeze(1), 9, 1, 4).squeeze(1) > 0  # within 4 working px
+        peak = ht.amax(dim=(-2, -1))
+        live = peak > 0
+        arg = ht.flatten(1).argmax(1)
+        py, px = (arg // ww).double(), (arg % ww).double()
+        scaled = torch.where(live.view(-1, 1, 1, 1),
+                             ht.unsqueeze(1) / (peak.view(-1, 1, 1, 1) * levels.view(1, -1, 1, 1)).clamp_min(1e-12),
+                             torch.zeros((), device=ht.device))  # [N, L, H, W]
+        region = erase_components(scaled.reshape(n * nl, hw, ww), threshold=1.0).reshape(n, nl, hw, ww)
+        region &= live.view(-1, 1, 1, 1)
+        boxes = _bbox(region.reshape(n * nl, hw, ww)).reshape(n, nl, 4).double()
+        heat = ((first.unsqueeze(1) * region).sum(dim=(-2, -1)) / region.sum(dim=(-2, -1)).clamp_min(1)).double()
+        ref = boxes[:, ref_at]
+        w = (ref[:, 2] - ref[:, 0]).clamp_min(1.0)
+        h = (ref[:, 3] - ref[:, 1]).clamp_min(1.0)
+        cx, cy = (ref[:, 0] + ref[:, 2]) / 2, (ref[:, 1] + ref[:, 3]) / 2
+        bw = (boxes[..., 2] - boxes[..., 0]).clamp_min(1.0)
+        bh = (boxes[..., 3] - boxes[..., 1]).clamp_min(1.0)
+        per_level = torch.stack([torch.log(bw / w.unsqueeze(1)), torch.log(bh / h.unsqueeze(1)),
+                                 ((boxes[..., 0] + boxes[..., 2]) / 2 - cx.unsqueeze(1)) / w.unsqueeze(1),
+                                 ((boxes[..., 1] + boxes[..., 3]) / 2 - cy.unsqueeze(1)) / h.unsqueeze(1)], -1)
+        step = torch.zeros(n, 3, dtype=torch.float64, device=ht.device)
+        step[:, min(t, 2)] = 1.0
+        peak_h1 = first.flatten(1).gather(1, arg.unsqueeze(1)).squeeze(1).double()
+        touches = (near.flatten(1).gather(1, arg.unsqueeze(1)).squeeze(1).double() if t > 0
+                   else torch.zeros(n, dtype=torch.float64, device=ht.device))
+        f = torch.cat([per_level.reshape(n, 4 * nl),
+                       torch.stack([torch.log(w / ww), torch.log(h / hw), cx / ww - 0.5, cy / hw - 0.5,
+                                    (px + 0.5 - cx) / w, (py + 0.5 - cy) / h], 1),
+                       step, peak_h1.unsqueeze(1), touches.unsqueeze(1), heat], 1)
+        refs.append(ref)
+        lives.append(live)
+        feats.append(torch.where(live.unsqueeze(1), f, torch.zeros_like(f)))
+    return Candidates(torch.stack(refs, 1), torch.stack(lives, 1), torch.stack(feats, 1))
+
+
+def decode(deltas: Tensor, ref: Tensor) -> Tensor:
+    """Boxes (Tensor[..., 4]) from (log w/w_ref, log h/h_ref, dx/w_ref, dy/h_ref) deltas and reference boxes."""
+    w = (ref[..., 2] - ref[..., 0]).clamp_min(1.0)
+    h = (ref[..., 3] - ref[..., 1]).clamp_min(1.0)
+    cx = (ref[..., 0] + ref[..., 2]) / 2 + deltas[..., 2] * w
+    cy = (ref[..., 1] + ref[..., 3]) / 2 + deltas[..., 3] * h
+    nw = w * torch.exp(deltas[..., 0].clamp(-MAX_LOG_SCALE, MAX_LOG_SCALE))
+    nh = h * torch.exp(deltas[..., 1].clamp(-MAX_LOG_SCALE, MAX_LOG_SCALE))
+    return torch.stack([cx - nw / 2, cy - nh / 2, cx + nw / 2, cy + nh / 2], -1)
+
+
+def encode(boxes: Tensor, ref: Tensor) -> Tensor:
+    """The deltas that `decode` turns `ref` into `boxes` with (Tensor[..., 4] each)."""
+    w = (ref[..., 2] - ref[..., 0]).clamp_min(1.0)
+    h = (ref[..., 3] - ref[..., 1]).clamp_min(1.0)
+    bw = (boxes[..., 2] - boxes[..., 0]).clamp_min(1e-6)
+    bh = (boxes[..., 3] - boxes[..., 1]).clamp_min(1e-6)
+    return torch.stack([torch.log(bw / w), torch.log(bh / h),
+                        ((boxes[..., 0] + boxes[..., 2]) - (ref[..., 0] + ref[..., 2])) / 2 / w,
+                        ((boxes[..., 1] + boxes[..., 3]) - (ref[..., 1] + ref[..., 3])) / 2 / h], -1)
+
+
+def predict(reg: Regressor, features: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+    """(boxes Tensor[..., 4], quality Tensor[...]) of one finding's candidates (features Tensor[..., F])."""
+    z = (features.double() - reg.mean.to(features.device)) / reg.scale.to(features.device)
+    z1 = torch.cat([z, torch.ones_like(z[..., :1])], -1)
+    deltas = z1 @ reg.box.to(features.device)
+    quality = z1 @ reg.quality.to(features.device)
+    return decode(deltas, ref.double()), quality
+
+
+# ------------------------------------------------------------------------------------------------ boxes
+
+
+def _pair_overlap(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(IoU, intersection over the smaller area) of boxes a and b (Tensor[N, 4] each)."""
+    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = iw * ih
+    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])).clamp(min=1e-12)
+    area_b = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).clamp(min=1e-12)
+    return inter / (area_a + area_b - inter), inter / torch.minimum(area_a, area_b)
+
+
+def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tuple[int, int],
+                    regressors: Mapping[str, Regressor], classes: Sequence[str], max_boxes: int,
+                    dedup_iou: float) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Boxes of the pairs whose finding has a regressor (module docstring): (done Tensor[N] bool, boxes
+    Tensor[N, R, 4] float32 working pixels clipped to the image, present Tensor[N, R] bool, score Tensor[N, R]
+    float32), R = `max_boxes`, best first; rows of other pairs are empty. None when no pair has one."""
+    cls = pairs[:, 1].cpu().long()
+    which = [classes[int(c)] in regressors for c in cls] if classes is not None else [False] * len(cls)
+    if not any(which):
+        return None
+    done = torch.tensor(which, dtype=torch.bool)
+    sub = pairs[done.to(pairs.device)]
+    cand = candidates(step_maps, masks, sub, work)
+    m, steps = cand.live.shape
+    boxes = torch.zeros(m, steps, 4, dtype=torch.float64, device=sub.device)
+    quality = torch.zeros(m, steps, dtype=torch.float64, device=sub.device)
+    for name in {classes[int(c)] for c in cls[done]}:
+        rows = torch.tensor([classes[int(c)] == name for c in cls[done]], dtype=torch.bool, device=sub.device)
+        b, q = predict(regressors[name], cand.features[rows], cand.ref[rows])
+        boxes[rows], quality[rows] = b, q
+    hw, ww = work
+    limit = torch.tensor([ww, hw, ww, hw], dtype=torch.float64, device=sub.device)
+    boxes = torch.minimum(boxes.clamp(min=0), limit)
+    ok = cand.live & ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)
+    score = torch.where(ok, quality, torch.full_like(quality, -math.inf))
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
+    ok = ok.gather(1, order)
+    score = score.gather(1, order)
+    for t in range(1, steps):  # greedy, best first: the same lesion once
+        for s in range(t):
+            iou, share = _pair_overlap(boxes[:, t], boxes[:, s])
+            ok[:, t] &= ~(ok[:, s] & ((iou > dedup_iou) | (share >= NESTED_SHARE)))
+    score = torch.where(ok, score, torch.full_like(score, -math.inf))
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices  # kept boxes first, still by quality
+    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
+    ok = ok.gather(1, order)
+    score = score.gather(1, order)
+    r = int(max_boxes)
+    if steps < r:
+        pad = r - steps
+        boxes = torch.cat([boxes, boxes.new_zeros(m, pad, 4)], 1)
+        ok = torch.cat([ok, ok.new_zeros(m, pad)], 1)
+        score = torch.cat([score, score.new_full((m, pad), -math.inf)], 1)
+    n = int(pairs.shape[0])
+    out_box = torch.zeros(n, r, 4, dtype=torch.float32, device=pairs.device)
+    out_ok = torch.zeros(n, r, dtype=torch.bool, device=pairs.device)
+    out_score = torch.full((n, r), -math.inf, dtype=torch.float32, device=pairs.device)
+    idx = done.to(pairs.device)
+    out_box[idx] = boxes[:, :r].float()
+    out_ok[idx] = ok[:, :r]
+    out_score[idx] = score[:, :r].float()
+    return idx, out_box, out_ok, out_score
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+
+#: ridge penalty on the standardised features (the intercept is not penalised)
+RIDGE = 30.0
+#: a candidate whose reference box overlaps no lesion of its pair at this IoU does not train the box regression
+MIN_TRAIN_IOU = 0.1
+
+
+def _ridge(z: Tensor, y: Tensor, penalty: float) -> Tensor:
+    """Least squares of y (Tensor[M, K]) on [z, 1] with `penalty` x |w|^2 on z's weights: Tensor[F + 1, K]."""
+    z1 = torch.cat([z, torch.ones_like(z[:, :1])], 1)
+    eye = torch.eye(z1.shape[1], dtype=z1.dtype)
+    eye[-1, -1] = 0.0
+    return torch.linalg.solve(z1.T @ z1 + penalty * eye, z1.T @ y)
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of every box of a (Tensor[M, 4]) with every box of b (Tensor[G, 4]): Tensor[M, G]."""
+    a, b = a.unsqueeze(1), b.unsqueeze(0)
+    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+    inter = iw * ih
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / (union - inter).clamp(min=1e-12)
+
+
+def fit_regressor(features: Tensor, ref: Tensor, truth: Sequence[Tensor], *, penalty: float = RIDGE,
+                  min_iou: float = MIN_TRAIN_IOU) -> Regressor | None:
+    """One finding's `Regressor` from M live candidates: features Tensor[M, F], reference boxes Tensor[M, 4] and
+    each candidate's pair's ground-truth boxes (truth[i] Tensor[G_i, 4]), all in working pixels.
+
+    The box regression learns, for each candidate whose reference box overlaps a lesion (IoU >= `min_iou`), the
+    deltas to the lesion it overlaps most; the quality regression learns, for every candidate, the IoU of its
+    regressed box with the nearest lesion (0 where its pair has none). None when fewer than 2 candidates
+    overlap a lesion."""
+    x = features.double()
+    mean = x.mean(0)
+    scale = x.std(0, unbiased=False)
+    scale = torch.where(scale > 1e-9, scale, torch.ones_like(scale))
+    z = (x - mean) / scale
+    targets, use = [], []
+    for i, gts in enumerate(truth):
+        if len(gts) == 0:
+            targets.append(torch.zeros(4, dtype=torch.float64))
+            use.append(False)
+            continue
+        iou = box_iou(ref[i:i + 1].double(), gts.double())[0]
+        j = int(torch.argmax(iou))
+        targets.append(encode(gts[j].double(), ref[i].double()))
+        use.append(float(iou[j]) >= min_iou)
+    used = torch.tensor(use, dtype=torch.bool)
+    if int(used.sum()) < 2:
+        return None
+    box = _ridge(z[used], torch.stack(targets)[used], penalty)
+    regressed = decode(torch.cat([z, torch.ones_like(z[:, :1])], 1) @ box, ref.double())
+    reached = torch.tensor([float(box_iou(regressed[i:i + 1], gts.double()).max()) if len(gts) else 0.0
+                            for i, gts in enumerate(truth)], dtype=torch.float64)
+    quality = _ridge(z, reached.unsqueeze(1), penalty)[:, 0]
+    return Regressor(mean, scale, box, quality)
+
+
+__all__ = ["FEATURE_LEVELS", "FEATURE_NAMES", "FEATURES_ID", "REFERENCE_LEVEL", "NESTED_SHARE", "Candidates",
+           "Regressor", "candidates", "decode", "encode", "predict", "regressed_boxes", "read_regressors",
+           "fit_regressor", "box_iou"]

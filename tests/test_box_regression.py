@@ -1,0 +1,197 @@
+"""Box regressors (miner.box_regression): candidates read by hand from a cone-shaped map, the ridge fit against an
+independent formula, a fitted regressor that turns each map's box into its lesion's, one box per lesion, and
+malformed records."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from miner.box_regression import (
+    FEATURE_LEVELS,
+    FEATURE_NAMES,
+    FEATURES_ID,
+    Regressor,
+    _ridge,
+    candidates,
+    decode,
+    encode,
+    fit_regressor,
+    read_regressors,
+    regressed_boxes,
+)
+from miner.errors import UsageError
+from miner.mining import attention_mining
+from tests.test_calibrate import CLASSES, SIZE, ConeBackend, cone
+
+NF = len(FEATURE_NAMES)
+
+
+def feature(cand, name: str, pair: int = 0, step: int = 0) -> float:
+    return float(cand.features[pair, step, FEATURE_NAMES.index(name)])
+
+
+def test_candidate_features_of_a_cone_by_hand():
+    """A cone of radius 8 cells at (row 6, col 9) on a 16 x 16 map (work = map size): the region >= L x peak is the
+    square of half-width floor((1 - L) x 8) cells: 0 at 0.9 (the peak's cell), 1 at 0.8 (3 x 3 cells), 3 at 0.6
+    (7 x 7), 4 at 0.4 (9 x 9). Reference box (level 0.8): x 8..11, y 5..8 (exclusive ends); centre (9.5, 6.5);
+    the peak's cell centre is the same point."""
+    maps = cone(6, 9).view(1, 1, 16, 16)
+    mined = attention_mining(maps, steps=1, threshold=0.8)
+    cand = candidates(mined.step_maps, mined.masks, torch.tensor([[0, 0]]), (16, 16))
+    assert cand.features.shape == (1, 1, NF) and len(FEATURE_NAMES) == 5 * len(FEATURE_LEVELS) + 11
+    assert cand.ref[0, 0].tolist() == [8.0, 5.0, 11.0, 8.0] and bool(cand.live[0, 0])
+    assert feature(cand, "log_w@0.4") == pytest.approx(math.log(9 / 3))
+    assert feature(cand, "log_h@0.6") == pytest.approx(math.log(7 / 3))
+    assert feature(cand, "log_w@0.9") == pytest.approx(math.log(1 / 3)) and feature(cand, "dx@0.4") == pytest.approx(0)
+    assert feature(cand, "log_w_ref") == pytest.approx(math.log(3 / 16))
+    assert feature(cand, "cx_ref") == pytest.approx(9.5 / 16 - 0.5)
+    assert feature(cand, "cy_ref") == pytest.approx(6.5 / 16 - 0.5)
+    assert feature(cand, "peak_dx") == pytest.approx(0.0) and feature(cand, "peak_dy") == pytest.approx(0.0)
+    assert feature(cand, "step1") == 1.0 and feature(cand, "step2") == 0.0 and feature(cand, "peak_h1") == 1.0
+    assert feature(cand, "touches_erased") == 0.0
+    # mean H_1 in the 3 x 3 region: the peak 1 and 8 cells at Chebyshev distance 1 (1 - 1/8)
+    assert feature(cand, "heat@0.8") == pytest.approx((1 + 8 * 7 / 8) / 9)
+
+
+def test_a_later_step_next_to_an_erased_core_is_marked():
+    """Step 2 of a single cone: its peak sits on the ring around step 1's erased core."""
+    mined = attention_mining(cone(8, 8).view(1, 1, 16, 16), steps=2, threshold=0.8)
+    cand = candidates(mined.step_maps, mined.masks, torch.tensor([[0, 0]]), (16, 16))
+    assert feature(cand, "touches_erased", step=1) == 1.0 and feature(cand, "step2", step=1) == 1.0
+    assert feature(cand, "peak_h1", step=1) == pytest.approx(6 / 8)  # step 1 erased the 3 x 3 cells >= 0.8
+
+
+def test_decode_inverts_encode():
+    ref = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 4.0, 2.0]], dtype=torch.float64)
+    boxes = torch.tensor([[12.0, 18.0, 40.0, 50.0], [1.0, 1.0, 2.0, 9.0]], dtype=torch.float64)
+    assert torch.allclose(decode(encode(boxes, ref), ref), boxes)
+    assert encode(ref, ref).abs().max() == 0
+
+
+def test_ridge_matches_the_augmented_least_squares_formula():
+    """min |Zw + b - y|^2 + p |w|^2 equals ordinary least squares on Z stacked over sqrt(p) I (intercept free)."""
+    rng = np.random.default_rng(0)
+    z, y, p = rng.normal(size=(40, 5)), rng.normal(size=(40, 2)), 3.0
+    got = _ridge(torch.from_numpy(z), torch.from_numpy(y), p).numpy()
+    a = np.vstack([np.c_[z, np.ones(40)], np.c_[math.sqrt(p) * np.eye(5), np.zeros(5)]])
+    want = np.linalg.lstsq(a, np.vstack([y, np.zeros((5, 2))]), rcond=None)[0]
+    assert np.allclose(got, want, atol=1e-10)
+
+
+def cone_archive(shift_cells: float = 1.0, scale: float = 2.0):
+    """Six images whose Mass lesions are the cone's level-0.8 box (3 x 3 cells = 12 px) scaled x `scale` and moved
+    `shift_cells` right (a map that sits off, and is tighter than, its lesion); Nodule lesions as in
+    tests/test_calibrate.py."""
+    from miner.calibrate import BoxedSet
+    from miner.pipeline import DecodedBatch
+
+    rng = np.random.default_rng(1)
+    maps, gt, ids = [], {}, []
+    for i in range(6):
+        cy, cx = (int(v) for v in rng.integers(5, 11, size=2))
+        maps.append(torch.stack([cone(cy, cx), cone(cy, cx)]))
+        image_id = f"{i:03d}.png"
+        ids.append(image_id)
+        side = 12.0 * scale
+        mx, my = (cx + 0.5 + shift_cells) * 4.0, (cy + 0.5) * 4.0  # centre of the cone's cell, in pixels
+        gt[(image_id, "Mass")] = [(mx - side / 2, my - side / 2, side, side)]
+        gt[(image_id, "Nodule")] = [((cx - 3) * 4.0, (cy - 3) * 4.0, 28.0, 28.0)]
+    images = np.zeros((6, 1, SIZE, SIZE), np.float32)
+    images[:, 0, 0, 0] = np.arange(6)
+    batch = DecodedBatch(ids, ids, [CLASSES] * 6, images, np.full((6, 2), SIZE, np.int32))
+    return BoxedSet([batch], gt, 6), ConeBackend(torch.stack(maps))
+
+
+def test_a_fitted_regressor_turns_each_map_box_into_its_lesion():
+    from miner.calibrate import calibrate_levels, calibrate_regressors, mine_set
+    from miner.metrics.hits import found_share, group_boxes
+    from miner.pipeline import Pipeline
+
+    data, backend = cone_archive()
+    calibration = calibrate_levels(backend, data, levels=(0.8,), iou=0.3, min_boxes=1, shapes=False)
+    fit = calibrate_regressors(backend, data, calibration, min_boxes=1)
+    assert set(fit.regressors) == {"Mass", "Nodule"} and fit.candidates == {"Mass": 6, "Nodule": 6}
+    # by hand: the 12-px box at 0.8 inside the 24-px lesion 4 px to its right: IoU 144 / 576 = 0.25
+    assert fit.before["Mass"] == {"0.3": 0.0, "0.5": 0.0} and fit.after["Mass"] == {"0.3": 1.0, "0.5": 1.0}
+    pipeline = Pipeline(backend, boxes={"regressors": fit.regressors, "finding_levels": calibration.levels})
+    rows = mine_set(pipeline, data)
+    assert {r[2] for r in rows} == {1}  # T = 1: one box per pair, rank 1
+    pred = group_boxes((r[0], r[1], r[2], r[4]) for r in rows)
+    for key, boxes in pred.items():  # the lesion itself, to rounding (every delta is a constant: the intercept)
+        assert np.allclose(boxes[0][1], data.gt[key][0], atol=1e-3), key
+    assert found_share(pred, data.gt, 0.9) == {"Mass": 1.0, "Nodule": 1.0}
+    # the score is the expected IoU: 1 for a regression that is exact on every candidate
+    assert all(r[3] == pytest.approx(1.0, abs=1e-4) for r in rows)
+
+
+def constant_regressor(quality_by_step=(0.0, 0.0, 0.0)) -> Regressor:
+    """Boxes = the reference boxes; quality = the given value per step (weights on the step one-hots, whose
+    standardised value is the one-hot itself with mean 0 and scale 1)."""
+    box = torch.zeros(NF + 1, 4, dtype=torch.float64)
+    quality = torch.zeros(NF + 1, dtype=torch.float64)
+    for t, q in enumerate(quality_by_step):
+        quality[FEATURE_NAMES.index(("step1", "step2", "step3+")[t])] = q
+    return Regressor(torch.zeros(NF, dtype=torch.float64), torch.ones(NF, dtype=torch.float64), box, quality)
+
+
+def test_one_box_per_lesion_ranked_by_quality():
+    """One cone: steps 2 and 3 find its shoulders, whose boxes overlap or hold step 1's -- one box is left. Two
+    cones far apart: two boxes. The better-quality step ranks first whatever its step."""
+    one = cone(8, 8, radius=6).view(1, 1, 16, 16)
+    two = torch.maximum(cone(3, 3, radius=3), 0.9 * cone(12, 12, radius=3)).view(1, 1, 16, 16)
+    maps = torch.cat([one, two])
+    mined = attention_mining(maps, steps=3, threshold=0.8)
+    pairs = torch.tensor([[0, 0], [1, 0]])
+    reg = {"Mass": constant_regressor((0.5, 0.9, 0.1))}
+    done, boxes, ok, score = regressed_boxes(mined.step_maps, mined.masks, pairs, work=(16, 16), regressors=reg,
+                                             classes=("Mass",), max_boxes=3, dedup_iou=0.5)
+    assert done.tolist() == [True, True]
+    assert ok[0].tolist() == [True, False, False]
+    assert ok[1].tolist() == [True, True, False]
+    # image 2: step 2 (quality 0.9) found the weaker cone; it ranks above step 1's (0.5)
+    assert score[1, :2].tolist() == pytest.approx([0.9, 0.5])
+    assert boxes[1, 0].tolist() == [12.0, 12.0, 13.0, 13.0] and boxes[1, 1].tolist() == [3.0, 3.0, 4.0, 4.0]
+    # a finding without a regressor keeps the rule's boxes
+    assert regressed_boxes(mined.step_maps, mined.masks, pairs, work=(16, 16), regressors=reg, classes=("Nodule",),
+                           max_boxes=3, dedup_iou=0.5) is None
+
+
+def test_records_round_trip_and_malformed_ones_are_refused():
+    reg = constant_regressor((0.1, 0.2, 0.3))
+    back = read_regressors({"Mass": reg.to_record()})["Mass"]
+    assert all(torch.equal(getattr(back, k), getattr(reg, k)) for k in ("mean", "scale", "box", "quality"))
+    assert read_regressors(None) == {}
+    good = reg.to_record()
+    for bad, words in [({**good, "features": "other/9"}, "feature layout"), ({**good, "mean": [0.0]}, "shapes"),
+                       ({**good, "scale": [0.0] * NF}, "scale <= 0"), ({**good, "box": "x"}, "not numbers"),
+                       ({k: v for k, v in good.items() if k != "quality"}, "incomplete"), ([1, 2], "not an object")]:
+        with pytest.raises(UsageError, match=words) as err:
+            read_regressors({"Mass": bad})
+        assert "'Mass'" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="finding -> regressor"):
+        read_regressors([good])
+    assert good["features"] == FEATURES_ID
+
+
+def test_the_settings_record_keeps_regressors_and_omits_them_when_absent():
+    from miner.config import BoxConfig
+    from miner.settings import InferenceSettings
+
+    plain = InferenceSettings.for_recipe("peaks")
+    assert "regressors" not in plain.to_record()["boxes"]
+    regs = {"Mass": constant_regressor().to_record()}
+    settings = InferenceSettings.for_recipe("peaks").with_overrides(boxes={"regressors": regs})
+    record = settings.to_record()
+    assert record["boxes"]["regressors"] == regs
+    assert InferenceSettings.from_record(record) == settings
+    assert isinstance(settings.boxes, BoxConfig) and settings.boxes.regressors == regs
+
+
+def test_fit_needs_two_candidates_on_lesions():
+    feats = torch.zeros(3, NF, dtype=torch.float64)
+    ref = torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 3, dtype=torch.float64)
+    far = torch.tensor([[20.0, 20.0, 24.0, 24.0]], dtype=torch.float64)
+    assert fit_regressor(feats, ref, [far, far, torch.zeros(0, 4)]) is None
