@@ -20,8 +20,9 @@ boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoin
 - the quality: the IoU the regressed box is expected to reach with its lesion, the box's score.
 
 The candidates of a pair are ranked by quality; one whose IoU with a better one exceeds ``BoxConfig.dedup_iou``
-or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) is dropped, so a
-lesion gets one box however many steps found it; up to ``max_boxes`` remain. The regressed boxes replace the
+or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) joins that one's
+lesion, so a lesion gets one box however many steps found it: the mean of its candidates' boxes weighted by their
+expected IoU (weighted box fusion), scored by its best candidate; up to ``max_boxes`` remain. The regressed boxes replace the
 rule's boxes, shapes and cell alignment for the findings that have a regressor (those absorb the same systematic
 offsets); other findings keep them. The score is the predicted IoU, comparable across images: a tight box ranks
 above a loose one.
@@ -47,6 +48,8 @@ REFERENCE_LEVEL = 0.8
 FEATURES_ID = "steps-levels/1"
 #: a box that holds or lies inside a better one by this share of the smaller box's area is the same lesion
 NESTED_SHARE = 0.9
+#: the smallest weight a candidate's expected IoU gives its box in its lesion's fused box
+FUSION_FLOOR = 1e-3
 #: largest |log scale| a regression may apply (e^3 = 20x): a bound against a wild extrapolation
 MAX_LOG_SCALE = 3.0
 
@@ -284,10 +287,22 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
     boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
     ok = ok.gather(1, order)
     score = score.gather(1, order)
-    for t in range(1, steps):  # greedy, best first: the same lesion once
+    # greedy, best first: a candidate that overlaps or nests with a better head joins that head's lesion
+    head = ok.clone()
+    joins = torch.arange(steps, device=ok.device).expand(m, steps).clone()
+    for t in range(1, steps):
         for s in range(t):
             iou, share = _pair_overlap(boxes[:, t], boxes[:, s])
-            ok[:, t] &= ~(ok[:, s] & ((iou > dedup_iou) | (share >= NESTED_SHARE)))
+            same = head[:, s] & head[:, t] & ((iou > dedup_iou) | (share >= NESTED_SHARE))
+            joins[:, t] = torch.where(same, s, joins[:, t])
+            head[:, t] &= ~same
+    # each lesion's box: its candidates' boxes weighted by their quality (weighted box fusion)
+    weight = torch.where(ok, quality.gather(1, order).clamp_min(FUSION_FLOOR), torch.zeros_like(score))
+    member = (joins.unsqueeze(1) == torch.arange(steps, device=ok.device).view(1, -1, 1)) & ok.unsqueeze(1)
+    wsum = (member * weight.unsqueeze(1)).sum(-1)  # [m, heads]
+    fused = ((member * weight.unsqueeze(1)).unsqueeze(-1) * boxes.unsqueeze(1)).sum(2)
+    boxes = torch.where(head.unsqueeze(-1), fused / wsum.clamp_min(1e-12).unsqueeze(-1), boxes)
+    ok = head
     score = torch.where(ok, score, torch.full_like(score, -math.inf))
     order = torch.sort(score, dim=1, descending=True, stable=True).indices  # kept boxes first, still by quality
     boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))

@@ -151,9 +151,16 @@ def test_one_box_per_lesion_ranked_by_quality():
     assert done.tolist() == [True, True]
     assert ok[0].tolist() == [True, False, False]
     assert ok[1].tolist() == [True, True, False]
-    # image 2: step 2 (quality 0.9) found the weaker cone; it ranks above step 1's (0.5)
+    # image 1, by hand: step 1 boxes the 3 x 3 core (7..10), step 2 the ring at distance 2 (6..11), step 3 the ring
+    # at 3 (5..12); step 2 (quality 0.9) leads, the others nest with it: one box, their quality-weighted mean
+    want = (0.9 * torch.tensor([6.0, 6, 11, 11]) + 0.5 * torch.tensor([7.0, 7, 10, 10])
+            + 0.1 * torch.tensor([5.0, 5, 12, 12])) / 1.5
+    assert torch.allclose(boxes[0, 0], want) and score[0, 0] == pytest.approx(0.9)
+    # image 2: step 2 (quality 0.9) found the weaker cone; it ranks above step 1's (0.5); step 3's ring around the
+    # first cone's erased peak cell (2..5) holds step 1's box (3..4) and joins it with weight 0.1
     assert score[1, :2].tolist() == pytest.approx([0.9, 0.5])
-    assert boxes[1, 0].tolist() == [12.0, 12.0, 13.0, 13.0] and boxes[1, 1].tolist() == [3.0, 3.0, 4.0, 4.0]
+    assert boxes[1, 0].tolist() == [12.0, 12.0, 13.0, 13.0]
+    assert torch.allclose(boxes[1, 1], (0.5 * torch.tensor([3.0, 3, 4, 4]) + 0.1 * torch.tensor([2.0, 2, 5, 5])) / 0.6)
     # a finding without a regressor keeps the rule's boxes
     assert regressed_boxes(mined.step_maps, mined.masks, pairs, work=(16, 16), regressors=reg, classes=("Nodule",),
                            max_boxes=3, dedup_iou=0.5) is None
