@@ -11,7 +11,7 @@ t of a selected (image, finding) pair becomes one candidate, described by (`feat
   and the mean H_1 inside each region (H_1 min-max normalised: the common scale of every step);
 - the reference box's size and centre relative to the working image, and the peak's offset from its centre;
 - which step found it (t = 1, 2, >= 3), H_1 at the peak (how strong the step's peak was before any erasure) and
-  whether the peak touches a region an earlier step erased (a ring around an erased core).
+  whether the peak's map cell touches a cell an earlier step erased (a ring around an erased core).
 
 Per finding, two linear maps of the standardised features (ridge regressions fitted on validation images with
 boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoint's settings record) give
@@ -22,9 +22,10 @@ boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoin
 The candidates of a pair are ranked by quality; one whose IoU with a better one exceeds ``BoxConfig.dedup_iou``
 or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) joins that one's
 lesion, so a lesion gets one box however many steps found it: the mean of its candidates' boxes weighted by their
-expected IoU (weighted box fusion), scored by its best candidate; up to ``max_boxes`` remain. The regressed boxes replace the
-rule's boxes, shapes and cell alignment for the findings that have a regressor (those absorb the same systematic
-offsets); other findings keep them. The score is the predicted IoU, comparable across images: a tight box ranks
+expected IoU (weighted box fusion), scored by its best candidate; up to ``max_boxes`` remain. The regressed boxes
+replace the rule's boxes, shapes and cell alignment for the findings that have a regressor (those absorb the same
+systematic offsets); other findings keep them (and where every selected pair has one, the rule's boxes are not
+computed at all). The score is the predicted IoU, comparable across images: a tight box ranks
 above a loose one.
 """
 from __future__ import annotations
@@ -175,10 +176,11 @@ def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int,
     for t in range(steps):
         ht = up(step_maps[t, b_idx, c_idx])
         if t > 0:
-            kept = F.interpolate(masks[t - 1, b_idx, c_idx].float().unsqueeze(1), size=(hw, ww),
-                                 mode="nearest").squeeze(1) > 0
+            cells = masks[t - 1, b_idx, c_idx]
+            kept = F.interpolate(cells.float().unsqueeze(1), size=(hw, ww), mode="nearest").squeeze(1) > 0
             ht = ht * kept
-            near = F.max_pool2d((~kept).float().unsqueeze(1), 9, 1, 4).squeeze(1) > 0  # within 4 working px
+            # map cells with an erased cell among their 8 neighbours (or erased themselves)
+            near = F.max_pool2d((~cells).float().unsqueeze(1), 3, 1, 1).squeeze(1) > 0
         peak = ht.amax(dim=(-2, -1))
         live = peak > 0
         arg = ht.flatten(1).argmax(1)
@@ -202,8 +204,12 @@ def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int,
         step = torch.zeros(n, 3, dtype=torch.float64, device=ht.device)
         step[:, min(t, 2)] = 1.0
         peak_h1 = first.flatten(1).gather(1, arg.unsqueeze(1)).squeeze(1).double()
-        touches = (near.flatten(1).gather(1, arg.unsqueeze(1)).squeeze(1).double() if t > 0
-                   else torch.zeros(n, dtype=torch.float64, device=ht.device))
+        if t > 0:  # the peak's map cell (nearest: as the masks are upsampled)
+            mh, mw = near.shape[-2:]
+            cell = ((py * mh / hw).long().clamp(max=mh - 1) * mw + (px * mw / ww).long().clamp(max=mw - 1))
+            touches = near.flatten(1).gather(1, cell.unsqueeze(1)).squeeze(1).double()
+        else:
+            touches = torch.zeros(n, dtype=torch.float64, device=ht.device)
         f = torch.cat([per_level.reshape(n, 4 * nl),
                        torch.stack([torch.log(w / ww), torch.log(h / hw), cx / ww - 0.5, cy / hw - 0.5,
                                     (px + 0.5 - cx) / w, (py + 0.5 - cy) / h], 1),

@@ -236,34 +236,39 @@ def _boxes(fused, mined, original_sizes, classes, config, probs, labels, prob_th
     if int(pairs.shape[0]) == 0:
         return out
     hw, ww = work_size((h, w), cfg)
-    if mined is None:
-        found = _level_boxes(fused, pairs, (hw, ww), cfg)
-    else:
-        from miner.step_boxes import step_boxes
-
-        found = step_boxes(mined.step_maps, mined.masks, pairs, work=(hw, ww), config=cfg, classes=class_names)
-    if found is None:
-        return out
-    sel_box, ok, sel_score, sel_level = found
-    if shift != (0.0, 0.0):  # receptive-field centres (BoxConfig.align_cells), clipped to the image
-        dy, dx = shift[0] * hw / h, shift[1] * ww / w
-        move = torch.tensor([dx, dy, dx, dy], dtype=sel_box.dtype, device=sel_box.device)
-        limit = torch.tensor([ww, hw, ww, hw], dtype=sel_box.dtype, device=sel_box.device)
-        sel_box = torch.minimum(torch.clamp(sel_box + move, min=0), limit)
-    if cfg.finding_shapes:  # per-finding box shapes (BoxConfig.finding_shapes), clipped to the image
-        from miner.step_boxes import pair_shapes, shape_boxes
-
-        shapes = pair_shapes(pairs[:, 1], class_names, cfg)
-        if shapes is not None:
-            limit = torch.tensor([ww, hw], dtype=sel_box.dtype, device=sel_box.device)
-            sel_box = shape_boxes(sel_box, shapes.unsqueeze(1), limit)
+    reg = None
     if cfg.regressors and mined is not None:  # regressed boxes (BoxConfig.regressors) where a finding has one
         from miner.box_regression import REFERENCE_LEVEL, read_regressors, regressed_boxes
 
         reg = regressed_boxes(mined.step_maps, mined.masks, pairs, work=(hw, ww),
                               regressors=read_regressors(cfg.regressors), classes=class_names,
                               max_boxes=cfg.max_boxes, dedup_iou=cfg.dedup_iou)
-        if reg is not None:
+    if reg is not None and bool(reg[0].all()):  # every pair regressed: the rule's boxes are not needed
+        done, sel_box, ok, sel_score = reg
+        sel_level = torch.full_like(sel_score, REFERENCE_LEVEL)
+    else:
+        if mined is None:
+            found = _level_boxes(fused, pairs, (hw, ww), cfg)
+        else:
+            from miner.step_boxes import step_boxes
+
+            found = step_boxes(mined.step_maps, mined.masks, pairs, work=(hw, ww), config=cfg, classes=class_names)
+        if found is None:
+            return out
+        sel_box, ok, sel_score, sel_level = found
+        if shift != (0.0, 0.0):  # receptive-field centres (BoxConfig.align_cells), clipped to the image
+            dy, dx = shift[0] * hw / h, shift[1] * ww / w
+            move = torch.tensor([dx, dy, dx, dy], dtype=sel_box.dtype, device=sel_box.device)
+            limit = torch.tensor([ww, hw, ww, hw], dtype=sel_box.dtype, device=sel_box.device)
+            sel_box = torch.minimum(torch.clamp(sel_box + move, min=0), limit)
+        if cfg.finding_shapes:  # per-finding box shapes (BoxConfig.finding_shapes), clipped to the image
+            from miner.step_boxes import pair_shapes, shape_boxes
+
+            shapes = pair_shapes(pairs[:, 1], class_names, cfg)
+            if shapes is not None:
+                limit = torch.tensor([ww, hw], dtype=sel_box.dtype, device=sel_box.device)
+                sel_box = shape_boxes(sel_box, shapes.unsqueeze(1), limit)
+        if reg is not None:  # the regressed findings' boxes replace the rule's, shapes and alignment
             done, r_box, r_ok, r_score = reg
             sel_box = torch.where(done.view(-1, 1, 1), r_box.to(sel_box.dtype), sel_box)
             ok = torch.where(done.view(-1, 1), r_ok, ok)
