@@ -202,3 +202,25 @@ def test_fit_needs_two_candidates_on_lesions():
     ref = torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 3, dtype=torch.float64)
     far = torch.tensor([[20.0, 20.0, 24.0, 24.0]], dtype=torch.float64)
     assert fit_regressor(feats, ref, [far, far, torch.zeros(0, 4)]) is None
+
+
+def test_findings_without_a_regressor_keep_the_rules_boxes():
+    """A regressor for Mass only: Mass gets the same boxes as when every finding has one, Nodule the boxes of the
+    plain rule (levels, no regression)."""
+    from miner.calibrate import calibrate_levels, calibrate_regressors, mine_set
+    from miner.pipeline import Pipeline
+
+    data, backend = cone_archive()
+    calibration = calibrate_levels(backend, data, levels=(0.8,), iou=0.3, min_boxes=1, shapes=False)
+    regs = calibrate_regressors(backend, data, calibration, min_boxes=1).regressors
+
+    def rows(regressors):
+        pipeline = Pipeline(backend, boxes={"regressors": regressors, "finding_levels": calibration.levels})
+        return {(r[0], r[1], r[2]): (r[3], r[4]) for r in mine_set(pipeline, data)}
+
+    both, mass_only, none = rows(regs), rows({"Mass": regs["Mass"]}), rows(None)
+    assert {k: v for k, v in mass_only.items() if k[1] == "Mass"} == {k: v for k, v in both.items() if k[1] == "Mass"}
+    assert {k: v for k, v in mass_only.items() if k[1] == "Nodule"} == \
+           {k: v for k, v in none.items() if k[1] == "Nodule"}
+    assert {k: v for k, v in mass_only.items() if k[1] == "Nodule"} != \
+           {k: v for k, v in both.items() if k[1] == "Nodule"}

@@ -1,6 +1,7 @@
 """Recipes: what a checkpoint records, how every backend and the pipeline find it, and several archives at once."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -110,9 +111,16 @@ def test_the_onnx_graph_carries_the_record_and_mines_alike(trained, tmp_path):
     from miner.models.checkpoint import write_record
     from miner.models.meta import read_onnx_metadata
 
-    # a calibrated record: per-finding box shapes, and an input size chosen on validation above the training size
+    from tests.test_box_regression import constant_regressor
+
+    # a calibrated record: per-finding box shapes, a box regressor (boxes 1.5x as wide as the map's, a quarter of a
+    # box right), and an input size chosen on validation above the training size
     record = read_checkpoint(trained[DEFAULT_RECIPE])
-    record["boxes"] = {**dict(record.get("boxes") or {}), "finding_shapes": {CLASSES[0]: [0.8, 1.2, 0.1, -0.1]}}
+    regressor = constant_regressor((0.3, 0.2, 0.1))
+    regressor.box[-1] = torch.tensor([math.log(1.5), 0.0, 0.25, 0.0], dtype=torch.float64)
+    regressors = {CLASSES[1]: regressor.to_record()}
+    record["boxes"] = {**dict(record.get("boxes") or {}), "finding_shapes": {CLASSES[0]: [0.8, 1.2, 0.1, -0.1]},
+                       "regressors": regressors}
     record["trained_input_size"], record["input_size"] = record["input_size"], 96
     ckpt = write_record(tmp_path / "shaped.pt", record)
     result = export_checkpoint(ckpt, tmp_path / "m.onnx")
@@ -126,6 +134,7 @@ def test_the_onnx_graph_carries_the_record_and_mines_alike(trained, tmp_path):
     assert (p_ort.recipe, p_ort.mining, p_ort.box_config, p_ort.shift) == (
         p_eager.recipe, p_eager.mining, p_eager.box_config, p_eager.shift)
     assert p_ort.box_config.finding_shapes == {CLASSES[0]: [0.8, 1.2, 0.1, -0.1]}
+    assert p_ort.box_config.regressors == regressors
     assert ort.meta.input_size == eager.meta.input_size == (96, 96)
     images = torch.rand(3, 1, 96, 96, generator=torch.Generator().manual_seed(0))
     chosen = np.ones((3, len(CLASSES)), bool)
@@ -135,6 +144,10 @@ def test_the_onnx_graph_carries_the_record_and_mines_alike(trained, tmp_path):
     for boxes_a, boxes_b in zip(a, b):
         for ra, rb in zip(boxes_a, boxes_b):
             assert abs(float(ra["x"]) - float(rb["x"])) <= 1 and abs(float(ra["w"]) - float(rb["w"])) <= 1
+    # the regressed finding's boxes are scored by their expected IoU: the step's constant quality (0.3, 0.2, 0.1)
+    regressed = [r for boxes in b for r in boxes if r["class_index"] == 1]
+    assert regressed and all(float(r["score"]) in (np.float32(0.3), np.float32(0.2), np.float32(0.1))
+                             for r in regressed)
 
 
 def test_training_on_several_archives_keeps_their_patients_apart(toy, tmp_path):
