@@ -110,7 +110,6 @@ def test_the_onnx_graph_carries_the_record_and_mines_alike(trained, tmp_path):
     from miner.export.onnx import export_checkpoint
     from miner.models.checkpoint import write_record
     from miner.models.meta import read_onnx_metadata
-
     from tests.test_box_regression import constant_regressor
 
     # a calibrated record: per-finding box shapes, a box regressor (boxes 1.5x as wide as the map's, a quarter of a
