@@ -172,6 +172,15 @@ class Pipeline:
                                 method=getattr(meta, "method", None) or recorded.method,
                                 input_size=(int(size), int(size)) if isinstance(size, int) else
                                 (int(size[0]), int(size[1])))
+        if self.box_config.regressors:  # box regressors are numbers from a model file: checked before any image
+            from miner.box_regression import read_regressors
+            from miner.errors import ModelError
+
+            try:
+                read_regressors(self.box_config.regressors)
+            except UsageError as err:
+                where = getattr(backend, "source", None) or "the model"
+                raise ModelError(f"{where}: its settings record's {err}") from None
         self.shift = cell_shift(meta.input_size, meta.map_size, getattr(meta, "cell_origin", "centre"))
         if self.mining.steps < 1:
             raise UsageError(f"--steps must be at least 1 (got {self.mining.steps})")

@@ -224,3 +224,28 @@ def test_findings_without_a_regressor_keep_the_rules_boxes():
            {k: v for k, v in none.items() if k[1] == "Nodule"}
     assert {k: v for k, v in mass_only.items() if k[1] == "Nodule"} != \
            {k: v for k, v in both.items() if k[1] == "Nodule"}
+
+
+def test_a_model_with_a_broken_regressor_is_refused_before_mining(tmp_path, capsys):
+    """`miner mine` with a checkpoint whose regressor record is cut short: one line naming the file and the finding,
+    exit 2, nothing written."""
+    from miner.cli import main
+    from miner.models import create_model, read_checkpoint, save_checkpoint
+    from miner.models.checkpoint import write_record
+    from miner.recipes import get_recipe
+    from tests.train.toy import CLASSES as TOY
+    from tests.train.toy import write_toy_archive
+
+    model = create_model("resnet18_msa", classes=TOY, width=0.125, msa_stride=8)
+    path = save_checkpoint(tmp_path / "m.pt", model, meta={"input_size": 64, **get_recipe("peaks").record()})
+    record = read_checkpoint(path)
+    broken = {**constant_regressor().to_record(), "box": [[0.0] * 4] * 3}
+    record["boxes"] = {**record["boxes"], "regressors": {TOY[0]: broken}}
+    write_record(path, record)
+    archive = write_toy_archive(tmp_path / "archive", images=2, size=64)
+    out = tmp_path / "out"
+    assert main(["mine", str(archive), "--model", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and f"'{TOY[0]}'" in err and "shapes" in err and "miner calibrate" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()

@@ -172,7 +172,7 @@ def run_job(archive: str | Path, model: str | Path, out: str | Path, *, config: 
     from miner.backends import check_model
 
     meta = check_model(model_path, backend=config.backend, **backend_options)
-    settings = _check_pipeline(meta, config=config, pipeline_options=pipeline_options)
+    settings = _check_pipeline(meta, config=config, pipeline_options=pipeline_options, source=str(model))
     model_sha = model_hash(model_path)
     shards = plan_shards(len(records), config.shard_size)
     identity = _identity(fingerprint=archive_fingerprint(records, arch.root), images=len(records),
@@ -298,7 +298,8 @@ def _kept(done: int, shards: int) -> str:
     return f"{done} of {shards} shards are complete in it and kept"
 
 
-def _check_pipeline(meta: Any, *, config: JobConfig, pipeline_options: Mapping[str, Any]) -> InferenceSettings:
+def _check_pipeline(meta: Any, *, config: JobConfig, pipeline_options: Mapping[str, Any],
+                    source: str | None = None) -> InferenceSettings:
     """The mining and box settings against the model's record, as each model actor will build them
     (`miner.pipeline.Pipeline`: the recipe, --steps against what the model can recompute, ...). Returns the
     effective settings (the manifest's ``settings``)."""
@@ -306,8 +307,8 @@ def _check_pipeline(meta: Any, *, config: JobConfig, pipeline_options: Mapping[s
 
     from miner.pipeline import Pipeline
 
-    return Pipeline(SimpleNamespace(meta=meta), classes=config.classes, prob_threshold=config.prob_threshold,
-                    **dict(pipeline_options)).settings
+    return Pipeline(SimpleNamespace(meta=meta, source=source), classes=config.classes,
+                    prob_threshold=config.prob_threshold, **dict(pipeline_options)).settings
 
 
 def _needs_work(store: ShardStore, shards: list[Shard], identity: Mapping[str, Any], *, overwrite: bool) -> bool:
