@@ -256,6 +256,18 @@ def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
     assert "miner calibrate: wrote" in text and "chosen" in text
     record = read_checkpoint(tmp_path / "cal.pt")
     assert record["recipe"] == "peaks" and set(record["boxes"]["finding_levels"].values()) <= {0.5, 0.9}
+    # box regressors by default, for every finding with boxes, and their validation Acc before and after
+    assert "box regressors at (64, 64) px" in text
+    # (a random model: only findings with two or more candidates on a lesion get one)
+    assert record["boxes"]["regressors"]
+    assert set(record["boxes"]["regressors"]) <= set(record["calibration"]["regressors"]["before"])
+    assert set(record["boxes"]["regressors"]) <= set(record["boxes"]["finding_levels"])
+    assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "plain.pt"), "--recipe", "peaks",
+                 "--min-boxes", "1", "--levels", "0.5,0.9", "--no-regressors"]) == 0
+    assert "box regressors" not in capsys.readouterr().out
+    plain = read_checkpoint(tmp_path / "plain.pt")
+    assert "regressors" not in plain["boxes"] and "regressors" not in plain["calibration"]
+    assert plain["boxes"]["finding_levels"] == record["boxes"]["finding_levels"]
     # the seed's recipe reads boxes by levels of H_f: nothing to calibrate
     assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt")]) == 2
     assert "'levels' rule" in capsys.readouterr().err
