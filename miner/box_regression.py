@@ -11,7 +11,11 @@ t of a selected (image, finding) pair becomes one candidate, described by (`feat
   and the mean H_1 inside each region (H_1 min-max normalised: the common scale of every step);
 - the reference box's size and centre relative to the working image, and the peak's offset from its centre;
 - which step found it (t = 1, 2, >= 3), H_1 at the peak (how strong the step's peak was before any erasure) and
-  whether the peak's map cell touches a cell an earlier step erased (a ring around an erased core).
+  whether the peak's map cell touches a cell an earlier step erased (a ring around an erased core);
+- what the image shows there: the mean of the model's input image (standardised over the whole image) inside each
+  level's box, and its contrast with the ring around the box (the box grown by half its width and height on each
+  side). A lesion is an opacity or a lucency against its surroundings; the regression learns, per finding, which
+  boxes that contrast favours (the image is read, never changed).
 
 Per finding, two linear maps of the standardised features (ridge regressions fitted on validation images with
 boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoint's settings record) give
@@ -46,7 +50,7 @@ FEATURE_LEVELS: tuple[float, ...] = (0.4, 0.6, 0.8, 0.9)
 #: the level of the reference box that the regression moves and scales
 REFERENCE_LEVEL = 0.8
 #: the feature layout's name, recorded with every regressor: a record of another layout is refused
-FEATURES_ID = "steps-levels/1"
+FEATURES_ID = "steps-levels-image/1"
 #: a box that holds or lies inside a better one by this share of the smaller box's area is the same lesion
 NESTED_SHARE = 0.9
 #: the smallest weight a candidate's expected IoU gives its box in its lesion's fused box
@@ -62,6 +66,8 @@ def _names() -> tuple[str, ...]:
     out += ["log_w_ref", "log_h_ref", "cx_ref", "cy_ref", "peak_dx", "peak_dy", "step1", "step2", "step3+",
             "peak_h1", "touches_erased"]
     out += [f"heat@{lv:g}" for lv in FEATURE_LEVELS]
+    for lv in FEATURE_LEVELS:
+        out += [f"inside@{lv:g}", f"contrast@{lv:g}"]
     return tuple(out)
 
 
@@ -152,10 +158,59 @@ def _bbox(region: Tensor) -> Tensor:
     return torch.where(has.unsqueeze(1), box, torch.zeros_like(box))
 
 
-def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int, int]) -> Candidates:
+def _integral(images: Tensor) -> Tensor:
+    """Summed-area tables (Tensor[B, H + 1, W + 1] float64) of the images (Tensor[B, C, H, W], channels
+    averaged), each standardised over the whole image first."""
+    x = images.double().mean(dim=1)
+    x = (x - x.mean(dim=(-2, -1), keepdim=True)) / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+    return F.pad(x.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+
+
+def _box_means(table: Tensor, which: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum, area) of each box (Tensor[N, K, 4] x0, y0, x1, y1 in the table's pixels, clipped, at least one pixel)
+    of image `which` (Tensor[N]) of the summed-area tables (Tensor[B, H + 1, W + 1])."""
+    _, h1, w1 = table.shape
+    x0 = boxes[..., 0].floor().clamp(0, w1 - 2).long()
+    y0 = boxes[..., 1].floor().clamp(0, h1 - 2).long()
+    x1 = torch.maximum(boxes[..., 2].ceil().clamp(max=w1 - 1).long(), x0 + 1)
+    y1 = torch.maximum(boxes[..., 3].ceil().clamp(max=h1 - 1).long(), y0 + 1)
+    flat = table.flatten(1)[which]  # [N, (H + 1) (W + 1)]
+
+    def at(yy: Tensor, xx: Tensor) -> Tensor:
+        return flat.gather(1, yy * w1 + xx)
+
+    total = at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)
+    return total, ((x1 - x0) * (y1 - y0)).double()
+
+
+def image_features(images: Tensor, which: Tensor, boxes: Tensor, work: tuple[int, int]) -> Tensor:
+    """(inside, contrast) per box (Tensor[N, K, 2]) of the boxes (Tensor[N, K, 4], working pixels) on image
+    `which` (Tensor[N]) of the model's input `images` (Tensor[B, C, H, W]): the standardised image's mean inside
+    the box, and that minus its mean in the ring around the box (grown by half its size on each side)."""
+    table = _integral(images)
+    hw, ww = work
+    scale = torch.tensor([images.shape[-1] / ww, images.shape[-2] / hw] * 2, dtype=torch.float64,
+                         device=boxes.device)
+    box = boxes.double() * scale
+    inner, inner_area = _box_means(table, which, box)
+    half = torch.stack([(box[..., 2] - box[..., 0]) / 2, (box[..., 3] - box[..., 1]) / 2] * 2, -1)
+    outer, outer_area = _box_means(table, which, box + half * torch.tensor([-1.0, -1.0, 1.0, 1.0],
+                                                                           dtype=torch.float64, device=box.device))
+    inside = inner / inner_area
+    ring = (outer - inner) / (outer_area - inner_area).clamp_min(1.0)
+    return torch.stack([inside, inside - ring], -1)
+
+
+def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int, int],
+               images: Tensor) -> Candidates:
     """Each mining step's candidate for the `pairs` (module docstring), from `miner.mining.MiningResult`'s
-    step maps H_1..H_T (Tensor[T, B, C, h, w]) and masks M_1..M_T, at working size `work` (H, W)."""
+    step maps H_1..H_T (Tensor[T, B, C, h, w]) and masks M_1..M_T, at working size `work` (H, W), and the model's
+    input `images` (Tensor[B, C, H_in, W_in]) the maps were computed from."""
     from miner.kernels import erase_components
+
+    if images is None or images.dim() != 4 or images.shape[0] != step_maps.shape[1]:
+        raise UsageError("box regressors read the model's input images beside the maps: pass the batch's images "
+                         f"(Tensor[B, C, H, W] with B = {step_maps.shape[1]})")
 
     steps = step_maps.shape[0]
     n = int(pairs.shape[0])
@@ -210,10 +265,11 @@ def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int,
             touches = near.flatten(1).gather(1, cell.unsqueeze(1)).squeeze(1).double()
         else:
             touches = torch.zeros(n, dtype=torch.float64, device=ht.device)
+        seen = image_features(images.to(boxes.device), b_idx.to(boxes.device), boxes, work)  # [N, L, 2]
         f = torch.cat([per_level.reshape(n, 4 * nl),
                        torch.stack([torch.log(w / ww), torch.log(h / hw), cx / ww - 0.5, cy / hw - 0.5,
                                     (px + 0.5 - cx) / w, (py + 0.5 - cy) / h], 1),
-                       step, peak_h1.unsqueeze(1), touches.unsqueeze(1), heat], 1)
+                       step, peak_h1.unsqueeze(1), touches.unsqueeze(1), heat, seen.reshape(n, 2 * nl)], 1)
         refs.append(ref)
         lives.append(live)
         feats.append(torch.where(live.unsqueeze(1), f, torch.zeros_like(f)))
@@ -266,8 +322,9 @@ def _pair_overlap(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tuple[int, int],
                     regressors: Mapping[str, Regressor], classes: Sequence[str], max_boxes: int,
-                    dedup_iou: float) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """Boxes of the pairs whose finding has a regressor (module docstring): (done Tensor[N] bool, boxes
+                    dedup_iou: float, images: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Boxes of the pairs whose finding has a regressor (module docstring; `images`: the model's input batch the
+    maps came from): (done Tensor[N] bool, boxes
     Tensor[N, R, 4] float32 working pixels clipped to the image, present Tensor[N, R] bool, score Tensor[N, R]
     float32), R = `max_boxes`, best first; rows of other pairs are empty. None when no pair has one."""
     cls = pairs[:, 1].cpu().long()
@@ -276,7 +333,7 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
         return None
     done = torch.tensor(which, dtype=torch.bool)
     sub = pairs[done.to(pairs.device)]
-    cand = candidates(step_maps, masks, sub, work)
+    cand = candidates(step_maps, masks, sub, work, images)
     m, steps = cand.live.shape
     boxes = torch.zeros(m, steps, 4, dtype=torch.float64, device=sub.device)
     quality = torch.zeros(m, steps, dtype=torch.float64, device=sub.device)
@@ -393,5 +450,5 @@ def fit_regressor(features: Tensor, ref: Tensor, truth: Sequence[Tensor], *, pen
 
 
 __all__ = ["FEATURE_LEVELS", "FEATURE_NAMES", "FEATURES_ID", "REFERENCE_LEVEL", "NESTED_SHARE", "Candidates",
-           "Regressor", "candidates", "decode", "encode", "predict", "regressed_boxes", "read_regressors",
+           "Regressor", "candidates", "image_features", "decode", "encode", "predict", "regressed_boxes", "read_regressors",
            "fit_regressor", "box_iou"]

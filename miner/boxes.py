@@ -181,6 +181,7 @@ def boxes_from_mining(
     probs: np.ndarray | Tensor | None = None,
     labels: np.ndarray | None = None,
     prob_threshold: float = 0.5,
+    images: Tensor | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Boxes of a `miner.mining.MiningResult` by ``config.rule``: ``levels`` (the fused map H_f at fixed levels,
     as `boxes_from_maps`) or ``steps`` (one box per mining step, `miner.step_boxes`).
@@ -188,7 +189,8 @@ def boxes_from_mining(
     `class_names` (the C maps' finding names) lets ``config.finding_levels`` and ``config.finding_shapes`` apply;
     `shift` (dy, dx, in map cells, from `cell_shift`) moves the boxes where ``config.align_cells`` asks; other
     arguments as
-    `boxes_from_maps`. Returns per image a list of dicts with `BOX_FIELDS` (``threshold`` = the level of the box:
+    `boxes_from_maps`; `images` (Tensor[B, C, H, W]), the model's input the maps came from, is what box regressors
+    (``config.regressors``) read beside the maps. Returns per image a list of dicts with `BOX_FIELDS` (``threshold`` = the level of the box:
     a level of H_f for ``levels``, the fraction of its step's peak for ``steps``).
     """
     from miner.mining import small_ops
@@ -202,7 +204,7 @@ def boxes_from_mining(
             return _boxes(mined.fused, None, original_sizes, classes, cfg, probs, labels, prob_threshold, class_names,
                           shift)
         return _boxes(mined.fused, mined, original_sizes, classes, cfg, probs, labels, prob_threshold, class_names,
-                      shift)
+                      shift, images)
 
 
 def _chosen_pairs(classes, probs, labels, prob_threshold, shape, device) -> Tensor:
@@ -222,7 +224,7 @@ def _chosen_pairs(classes, probs, labels, prob_threshold, shape, device) -> Tens
 
 
 def _boxes(fused, mined, original_sizes, classes, config, probs, labels, prob_threshold, class_names,
-           shift=(0.0, 0.0)) -> list[list[dict[str, Any]]]:
+           shift=(0.0, 0.0), images=None) -> list[list[dict[str, Any]]]:
     cfg = config or BoxConfig()
     if fused.dim() != 4:
         raise UsageError(f"fused maps must be Tensor[B, C, h, w], got shape {tuple(fused.shape)}")
@@ -242,7 +244,7 @@ def _boxes(fused, mined, original_sizes, classes, config, probs, labels, prob_th
 
         reg = regressed_boxes(mined.step_maps, mined.masks, pairs, work=(hw, ww),
                               regressors=read_regressors(cfg.regressors), classes=class_names,
-                              max_boxes=cfg.max_boxes, dedup_iou=cfg.dedup_iou)
+                              max_boxes=cfg.max_boxes, dedup_iou=cfg.dedup_iou, images=images)
     if reg is not None and bool(reg[0].all()):  # every pair regressed: the rule's boxes are not needed
         done, sel_box, ok, sel_score = reg
         sel_level = torch.full_like(sel_score, REFERENCE_LEVEL)

@@ -561,6 +561,7 @@ def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration,
     feats: dict[str, list[Any]] = defaultdict(list)
     refs: dict[str, list[Any]] = defaultdict(list)
     truth: dict[str, list[Any]] = defaultdict(list)
+    images_of = {id(batch): images for batch, (images, _) in zip(data.batches, data.maps)}
 
     def collect(batch: Any, mined: Any, chosen: np.ndarray) -> None:
         pairs = torch.as_tensor(np.argwhere(chosen), dtype=torch.long)
@@ -568,7 +569,7 @@ def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration,
             return
         h, w = mined.step_maps.shape[-2:]
         hw, ww = work_size((h, w), pipeline.box_config)
-        cand = candidates(mined.step_maps, mined.masks, pairs, (hw, ww))
+        cand = candidates(mined.step_maps, mined.masks, pairs, (hw, ww), images_of[id(batch)])
         for i, (b, c) in enumerate(pairs.tolist()):
             finding = pipeline.class_names[c]
             height, width = (float(v) for v in batch.sizes[b])

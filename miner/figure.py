@@ -103,7 +103,7 @@ def mining_cases(
             for b, (_, _, finding, _) in enumerate(chunk):
                 chosen[b, classes.index(finding)] = True
             found = boxes_from_mining(result, original_sizes=sizes, classes=chosen, config=boxes,
-                                      class_names=classes, shift=settings.shift)
+                                      class_names=classes, shift=settings.shift, images=images)
             probs = torch.sigmoid(logits.float()).cpu().numpy()
             step_maps = result.step_maps.float().cpu().numpy()  # [T, B, C, h, w]
             kept = result.masks.cpu().numpy()  # [T, B, C, h, w], True = kept after step t

@@ -309,7 +309,7 @@ class Pipeline:
         mined = attention_mining(maps, steps=m.steps, threshold=m.threshold, connectivity=m.connectivity,
                                  normalize=m.normalize, recompute=recompute)
         found = boxes_from_mining(mined, original_sizes=sizes, classes=chosen, config=self.box_config,
-                                  class_names=self.class_names, shift=self.shift)
+                                  class_names=self.class_names, shift=self.shift, images=images)
         return mined, found, unstable.cpu().numpy()
 
     def _rows(self, batch: DecodedBatch, *, select: str | None = None) -> tuple[dict[str, np.ndarray],

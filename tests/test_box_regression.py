@@ -40,8 +40,10 @@ def test_candidate_features_of_a_cone_by_hand():
     the peak's cell centre is the same point."""
     maps = cone(6, 9).view(1, 1, 16, 16)
     mined = attention_mining(maps, steps=1, threshold=0.8)
-    cand = candidates(mined.step_maps, mined.masks, torch.tensor([[0, 0]]), (16, 16))
-    assert cand.features.shape == (1, 1, NF) and len(FEATURE_NAMES) == 5 * len(FEATURE_LEVELS) + 11
+    image = torch.zeros(1, 1, 16, 16)
+    image[..., 5:8, 8:11] = 1.0  # a bright 3 x 3 square under the reference box
+    cand = candidates(mined.step_maps, mined.masks, torch.tensor([[0, 0]]), (16, 16), image)
+    assert cand.features.shape == (1, 1, NF) and len(FEATURE_NAMES) == 7 * len(FEATURE_LEVELS) + 11
     assert cand.ref[0, 0].tolist() == [8.0, 5.0, 11.0, 8.0] and bool(cand.live[0, 0])
     assert feature(cand, "log_w@0.4") == pytest.approx(math.log(9 / 3))
     assert feature(cand, "log_h@0.6") == pytest.approx(math.log(7 / 3))
@@ -54,12 +56,20 @@ def test_candidate_features_of_a_cone_by_hand():
     assert feature(cand, "touches_erased") == 0.0
     # mean H_1 in the 3 x 3 region: the peak 1 and 8 cells at Chebyshev distance 1 (1 - 1/8)
     assert feature(cand, "heat@0.8") == pytest.approx((1 + 8 * 7 / 8) / 9)
+    # the image standardised (p = 9/256 of it is 1): (1 - p) / sd inside the square, -p / sd outside; the ring
+    # around the 3 x 3 box (grown by 1.5 px a side: pixels 6..12 x 3..9) is all outside, so the contrast is 1 / sd
+    p = 9 / 256
+    sd = math.sqrt(p * (1 - p) * 256 / 255)  # torch.std: the unbiased estimate
+    assert feature(cand, "inside@0.8") == pytest.approx((1 - p) / sd)
+    assert feature(cand, "contrast@0.8") == pytest.approx(1 / sd)
+    # the 9 x 9 box at 0.4 holds the square and 72 dark pixels; its 15 x 15 ring (2..17, clipped: 2..16) is dark
+    assert feature(cand, "inside@0.4") == pytest.approx((9 * (1 - p) - 72 * p) / 81 / sd)
 
 
 def test_a_later_step_next_to_an_erased_core_is_marked():
     """Step 2 of a single cone: its peak sits on the ring around step 1's erased core."""
     mined = attention_mining(cone(8, 8).view(1, 1, 16, 16), steps=2, threshold=0.8)
-    cand = candidates(mined.step_maps, mined.masks, torch.tensor([[0, 0]]), (16, 16))
+    cand = candidates(mined.step_maps, mined.masks, torch.tensor([[0, 0]]), (16, 16), torch.rand(1, 1, 16, 16))
     assert feature(cand, "touches_erased", step=1) == 1.0 and feature(cand, "step2", step=1) == 1.0
     assert feature(cand, "peak_h1", step=1) == pytest.approx(6 / 8)  # step 1 erased the 3 x 3 cells >= 0.8
 
@@ -146,8 +156,9 @@ def test_one_box_per_lesion_ranked_by_quality():
     mined = attention_mining(maps, steps=3, threshold=0.8)
     pairs = torch.tensor([[0, 0], [1, 0]])
     reg = {"Mass": constant_regressor((0.5, 0.9, 0.1))}
+    images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     done, boxes, ok, score = regressed_boxes(mined.step_maps, mined.masks, pairs, work=(16, 16), regressors=reg,
-                                             classes=("Mass",), max_boxes=3, dedup_iou=0.5)
+                                             classes=("Mass",), max_boxes=3, dedup_iou=0.5, images=images)
     assert done.tolist() == [True, True]
     assert ok[0].tolist() == [True, False, False]
     assert ok[1].tolist() == [True, True, False]
@@ -163,7 +174,10 @@ def test_one_box_per_lesion_ranked_by_quality():
     assert torch.allclose(boxes[1, 1], (0.5 * torch.tensor([3.0, 3, 4, 4]) + 0.1 * torch.tensor([2.0, 2, 5, 5])) / 0.6)
     # a finding without a regressor keeps the rule's boxes
     assert regressed_boxes(mined.step_maps, mined.masks, pairs, work=(16, 16), regressors=reg, classes=("Nodule",),
-                           max_boxes=3, dedup_iou=0.5) is None
+                           max_boxes=3, dedup_iou=0.5, images=images) is None
+    with pytest.raises(UsageError, match="input images"):
+        regressed_boxes(mined.step_maps, mined.masks, pairs, work=(16, 16), regressors=reg, classes=("Mass",),
+                        max_boxes=3, dedup_iou=0.5, images=None)
 
 
 def test_records_round_trip_and_malformed_ones_are_refused():
