@@ -450,5 +450,5 @@ def fit_regressor(features: Tensor, ref: Tensor, truth: Sequence[Tensor], *, pen
 
 
 __all__ = ["FEATURE_LEVELS", "FEATURE_NAMES", "FEATURES_ID", "REFERENCE_LEVEL", "NESTED_SHARE", "Candidates",
-           "Regressor", "candidates", "image_features", "decode", "encode", "predict", "regressed_boxes", "read_regressors",
-           "fit_regressor", "box_iou"]
+           "Regressor", "candidates", "image_features", "decode", "encode", "predict", "regressed_boxes",
+           "read_regressors", "fit_regressor", "box_iou"]

@@ -187,11 +187,11 @@ def boxes_from_mining(
     as `boxes_from_maps`) or ``steps`` (one box per mining step, `miner.step_boxes`).
 
     `class_names` (the C maps' finding names) lets ``config.finding_levels`` and ``config.finding_shapes`` apply;
-    `shift` (dy, dx, in map cells, from `cell_shift`) moves the boxes where ``config.align_cells`` asks; other
-    arguments as
-    `boxes_from_maps`; `images` (Tensor[B, C, H, W]), the model's input the maps came from, is what box regressors
-    (``config.regressors``) read beside the maps. Returns per image a list of dicts with `BOX_FIELDS` (``threshold`` = the level of the box:
-    a level of H_f for ``levels``, the fraction of its step's peak for ``steps``).
+    `shift` (dy, dx, in map cells, from `cell_shift`) moves the boxes where ``config.align_cells`` asks;
+    `images` (Tensor[B, C, H, W]), the model's input the maps came from, is what box regressors
+    (``config.regressors``) read beside the maps; other arguments as `boxes_from_maps`. Returns per image a list
+    of dicts with `BOX_FIELDS` (``threshold`` = the level of the box: a level of H_f for ``levels``, the fraction
+    of its step's peak for ``steps``).
     """
     from miner.mining import small_ops
 
