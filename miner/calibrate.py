@@ -316,7 +316,7 @@ def calibrate_levels(backend: Any, data: BoxedSet, *, levels: Sequence[float] = 
     from miner.metrics.hits import found_per_finding, group_boxes
     from miner.pipeline import Pipeline
 
-    pipeline = Pipeline(backend, recipe=recipe)
+    pipeline = Pipeline(backend, recipe=recipe, boxes={"regressors": None})  # any recorded ones are refitted
     if pipeline.box_config.rule != "steps":
         raise UsageError(f"recipe {pipeline.recipe!r} reads boxes with the {pipeline.box_config.rule!r} rule: "
                          "per-finding levels apply to the 'steps' rule only")

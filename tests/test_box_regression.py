@@ -22,7 +22,7 @@ from miner.box_regression import (
     read_regressors,
     regressed_boxes,
 )
-from miner.errors import UsageError
+from miner.errors import ModelError, UsageError
 from miner.mining import attention_mining
 from tests.test_calibrate import CLASSES, SIZE, ConeBackend, cone
 
@@ -263,3 +263,21 @@ def test_a_model_with_a_broken_regressor_is_refused_before_mining(tmp_path, caps
     assert str(path) in err and f"'{TOY[0]}'" in err and "shapes" in err and "miner calibrate" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_model_with_stale_regressors_can_be_calibrated_again():
+    """Regressors of another feature layout are refused for mining, but `miner calibrate` replaces them."""
+    from miner.calibrate import calibrate_levels, calibrate_regressors
+    from miner.pipeline import Pipeline
+
+    data, backend = cone_archive()
+    stale = {**constant_regressor().to_record(), "features": "steps-levels/0"}
+    from dataclasses import replace
+
+    backend.meta = replace(backend.meta, inference={**backend.meta.inference,
+                                                    "boxes": {"upsample": 1, "regressors": {"Mass": stale}}})
+    with pytest.raises(ModelError, match="feature layout"):
+        Pipeline(backend)
+    calibration = calibrate_levels(backend, data, levels=(0.8,), iou=0.3, min_boxes=1, shapes=False)
+    fit = calibrate_regressors(backend, data, calibration, min_boxes=1)
+    assert fit.regressors["Mass"]["features"] == FEATURES_ID
