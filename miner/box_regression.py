@@ -26,7 +26,8 @@ boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoin
 The candidates of a pair are ranked by quality; one whose IoU with a better one exceeds ``BoxConfig.dedup_iou``
 or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) joins that one's
 lesion, so a lesion gets one box however many steps found it: the mean of its candidates' boxes weighted by their
-expected IoU (weighted box fusion), scored by its best candidate; up to ``max_boxes`` remain. The regressed boxes
+expected IoU (weighted box fusion), scored by its best candidate's expected IoU (clipped to [0, 1] once ranked);
+up to ``max_boxes`` remain. The regressed boxes
 replace the rule's boxes, shapes and cell alignment for the findings that have a regressor (those absorb the same
 systematic offsets); other findings keep them (and where every selected pair has one, the rule's boxes are not
 computed at all). The score is the predicted IoU, comparable across images: a tight box ranks
@@ -384,7 +385,7 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
     idx = done.to(pairs.device)
     out_box[idx] = boxes[:, :r].float()
     out_ok[idx] = ok[:, :r]
-    out_score[idx] = score[:, :r].float()
+    out_score[idx] = score[:, :r].clamp(0.0, 1.0).float()  # an IoU: ranked by the regression, reported in [0, 1]
     return idx, out_box, out_ok, out_score
 
 
