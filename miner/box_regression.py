@@ -25,7 +25,8 @@ boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoin
 
 The candidates of a pair are ranked by quality; one whose IoU with a better one exceeds ``BoxConfig.dedup_iou``
 or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) joins that one's
-lesion, so a lesion gets one box however many steps found it: the mean of its candidates' boxes weighted by their
+lesion (and so does a fused box that then overlaps or nests with a better one), so a lesion gets one box however
+many steps found it: the mean of its candidates' boxes weighted by their
 expected IoU (weighted box fusion), scored by its best candidate's expected IoU (clipped to [0, 1] once ranked);
 up to ``max_boxes`` remain. The regressed boxes
 replace the rule's boxes, shapes and cell alignment for the findings that have a regressor (those absorb the same
@@ -321,6 +322,50 @@ def _pair_overlap(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return inter / (area_a + area_b - inter), inter / torch.minimum(area_a, area_b)
 
 
+def one_box_per_lesion(boxes: Tensor, quality: Tensor, ok: Tensor, dedup_iou: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The candidates of each pair (boxes Tensor[M, T, 4], quality Tensor[M, T], ok Tensor[M, T] bool) as one box per
+    lesion (module docstring), best first: (boxes, ok, score) Tensor[M, T, ...], kept boxes first by quality, the
+    others with ok False and score -inf."""
+    m, steps = ok.shape
+    score = torch.where(ok, quality, torch.full_like(quality, -math.inf))
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
+    ok = ok.gather(1, order)
+    score = score.gather(1, order)
+    # greedy, best first: a candidate that overlaps or nests with a better head joins that head's lesion
+    head = ok.clone()
+    joins = torch.arange(steps, device=ok.device).expand(m, steps).clone()
+    for t in range(1, steps):
+        for s in range(t):
+            iou, share = _pair_overlap(boxes[:, t], boxes[:, s])
+            same = head[:, s] & head[:, t] & ((iou > dedup_iou) | (share >= NESTED_SHARE))
+            joins[:, t] = torch.where(same, s, joins[:, t])
+            head[:, t] &= ~same
+    # each lesion's box: its candidates' boxes weighted by their quality (weighted box fusion)
+    weight = torch.where(ok, quality.gather(1, order).clamp_min(FUSION_FLOOR), torch.zeros_like(score))
+    member = (joins.unsqueeze(1) == torch.arange(steps, device=ok.device).view(1, -1, 1)) & ok.unsqueeze(1)
+    wsum = (member * weight.unsqueeze(1)).sum(-1)  # [m, heads]
+    fused = ((member * weight.unsqueeze(1)).unsqueeze(-1) * boxes.unsqueeze(1)).sum(2)
+    boxes = torch.where(head.unsqueeze(-1), fused / wsum.clamp_min(1e-12).unsqueeze(-1), boxes)
+    # a fused box that now overlaps or nests with a better one is the same lesion too: merged into it
+    for t in range(1, steps):
+        for s in range(t):
+            iou, share = _pair_overlap(boxes[:, t], boxes[:, s])
+            same = head[:, s] & head[:, t] & ((iou > dedup_iou) | (share >= NESTED_SHARE))
+            total = (wsum[:, s] + wsum[:, t]).clamp_min(1e-12)
+            merged = (wsum[:, s, None] * boxes[:, s] + wsum[:, t, None] * boxes[:, t]) / total[:, None]
+            boxes[:, s] = torch.where(same.unsqueeze(-1), merged, boxes[:, s])
+            wsum[:, s] = torch.where(same, total, wsum[:, s])
+            head[:, t] &= ~same
+    ok = head
+    score = torch.where(ok, score, torch.full_like(score, -math.inf))
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices  # kept boxes first, still by quality
+    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
+    ok = ok.gather(1, order)
+    score = score.gather(1, order)
+    return boxes, ok, score
+
+
 def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tuple[int, int],
                     regressors: Mapping[str, Regressor], classes: Sequence[str], max_boxes: int,
                     dedup_iou: float, images: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
@@ -346,32 +391,7 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
     limit = torch.tensor([ww, hw, ww, hw], dtype=torch.float64, device=sub.device)
     boxes = torch.minimum(boxes.clamp(min=0), limit)
     ok = cand.live & ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)
-    score = torch.where(ok, quality, torch.full_like(quality, -math.inf))
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices
-    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
-    ok = ok.gather(1, order)
-    score = score.gather(1, order)
-    # greedy, best first: a candidate that overlaps or nests with a better head joins that head's lesion
-    head = ok.clone()
-    joins = torch.arange(steps, device=ok.device).expand(m, steps).clone()
-    for t in range(1, steps):
-        for s in range(t):
-            iou, share = _pair_overlap(boxes[:, t], boxes[:, s])
-            same = head[:, s] & head[:, t] & ((iou > dedup_iou) | (share >= NESTED_SHARE))
-            joins[:, t] = torch.where(same, s, joins[:, t])
-            head[:, t] &= ~same
-    # each lesion's box: its candidates' boxes weighted by their quality (weighted box fusion)
-    weight = torch.where(ok, quality.gather(1, order).clamp_min(FUSION_FLOOR), torch.zeros_like(score))
-    member = (joins.unsqueeze(1) == torch.arange(steps, device=ok.device).view(1, -1, 1)) & ok.unsqueeze(1)
-    wsum = (member * weight.unsqueeze(1)).sum(-1)  # [m, heads]
-    fused = ((member * weight.unsqueeze(1)).unsqueeze(-1) * boxes.unsqueeze(1)).sum(2)
-    boxes = torch.where(head.unsqueeze(-1), fused / wsum.clamp_min(1e-12).unsqueeze(-1), boxes)
-    ok = head
-    score = torch.where(ok, score, torch.full_like(score, -math.inf))
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices  # kept boxes first, still by quality
-    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
-    ok = ok.gather(1, order)
-    score = score.gather(1, order)
+    boxes, ok, score = one_box_per_lesion(boxes, quality, ok, dedup_iou)
     r = int(max_boxes)
     if steps < r:
         pad = r - steps
@@ -452,4 +472,5 @@ def fit_regressor(features: Tensor, ref: Tensor, truth: Sequence[Tensor], *, pen
 
 __all__ = ["FEATURE_LEVELS", "FEATURE_NAMES", "FEATURES_ID", "REFERENCE_LEVEL", "NESTED_SHARE", "Candidates",
            "Regressor", "candidates", "image_features", "decode", "encode", "predict", "regressed_boxes",
+           "one_box_per_lesion",
            "read_regressors", "fit_regressor", "box_iou"]

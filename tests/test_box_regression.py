@@ -281,3 +281,21 @@ def test_a_model_with_stale_regressors_can_be_calibrated_again():
     calibration = calibrate_levels(backend, data, levels=(0.8,), iou=0.3, min_boxes=1, shapes=False)
     fit = calibrate_regressors(backend, data, calibration, min_boxes=1)
     assert fit.regressors["Mass"]["features"] == FEATURES_ID
+
+
+def test_a_fused_box_that_then_overlaps_a_better_one_is_merged_into_it():
+    """By hand, dedup IoU 0.3: A (quality 0.6) and B (0.595) overlap at IoU 0.18, two lesions; C (0.59) overlaps A at
+    IoU 0.43 and joins it, which moves A to x 1.98..11.98 (weights 0.6, 0.59), now at IoU 0.33 with B: one lesion,
+    merged with the weights of their candidates (1.19 and 0.595)."""
+    from miner.box_regression import one_box_per_lesion
+
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [7.0, 0, 17, 10], [4.0, 0, 14, 10]]], dtype=torch.float64)
+    quality = torch.tensor([[0.6, 0.595, 0.59]], dtype=torch.float64)
+    out, ok, score = one_box_per_lesion(boxes, quality, torch.ones(1, 3, dtype=torch.bool), 0.3)
+    a = (0.6 * 0 + 0.59 * 4) / 1.19
+    x0 = (1.19 * a + 0.595 * 7) / 1.785
+    assert ok.tolist() == [[True, False, False]] and score[0, 0] == pytest.approx(0.6)
+    assert out[0, 0].tolist() == pytest.approx([x0, 0.0, x0 + 10, 10.0])
+    # with B alone beside A (no C) the two stay apart
+    out, ok, _ = one_box_per_lesion(boxes[:, :2], quality[:, :2], torch.ones(1, 2, dtype=torch.bool), 0.3)
+    assert ok.tolist() == [[True, True]] and out[0].tolist() == boxes[0, :2].tolist()
