@@ -163,8 +163,9 @@ def _bbox(region: Tensor) -> Tensor:
 def _integral(images: Tensor) -> Tensor:
     """Summed-area tables (Tensor[B, H + 1, W + 1] float64) of the images (Tensor[B, C, H, W], channels
     averaged), each standardised over the whole image first."""
-    x = images.double().mean(dim=1)
-    x = (x - x.mean(dim=(-2, -1), keepdim=True)) / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+    x = images.float().mean(dim=1)
+    std, mean = torch.std_mean(x, dim=(-2, -1), keepdim=True)
+    x = ((x - mean) / std.clamp_min(1e-6)).double()  # the sums in float64: a 320 x 320 table sums 1e5 values
     return F.pad(x.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
 
 
@@ -176,22 +177,23 @@ def _box_means(table: Tensor, which: Tensor, boxes: Tensor) -> tuple[Tensor, Ten
     y0 = boxes[..., 1].floor().clamp(0, h1 - 2).long()
     x1 = torch.maximum(boxes[..., 2].ceil().clamp(max=w1 - 1).long(), x0 + 1)
     y1 = torch.maximum(boxes[..., 3].ceil().clamp(max=h1 - 1).long(), y0 + 1)
-    flat = table.flatten(1)[which]  # [N, (H + 1) (W + 1)]
+    flat = table.reshape(-1)
+    base = (which.long() * (h1 * w1)).view(-1, *([1] * (boxes.dim() - 2)))
 
     def at(yy: Tensor, xx: Tensor) -> Tensor:
-        return flat.gather(1, yy * w1 + xx)
+        return flat[base + yy * w1 + xx]
 
     total = at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)
     return total, ((x1 - x0) * (y1 - y0)).double()
 
 
-def image_features(images: Tensor, which: Tensor, boxes: Tensor, work: tuple[int, int]) -> Tensor:
+def image_features(table: Tensor, which: Tensor, boxes: Tensor, work: tuple[int, int]) -> Tensor:
     """(inside, contrast) per box (Tensor[N, K, 2]) of the boxes (Tensor[N, K, 4], working pixels) on image
-    `which` (Tensor[N]) of the model's input `images` (Tensor[B, C, H, W]): the standardised image's mean inside
-    the box, and that minus its mean in the ring around the box (grown by half its size on each side)."""
-    table = _integral(images)
+    `which` (Tensor[N]) of the model's input, as summed-area tables `table` (`_integral`: Tensor[B, H + 1, W + 1]):
+    the standardised image's mean inside the box, and that minus its mean in the ring around the box (grown by half
+    its size on each side)."""
     hw, ww = work
-    scale = torch.tensor([images.shape[-1] / ww, images.shape[-2] / hw] * 2, dtype=torch.float64,
+    scale = torch.tensor([(table.shape[-1] - 1) / ww, (table.shape[-2] - 1) / hw] * 2, dtype=torch.float64,
                          device=boxes.device)
     box = boxes.double() * scale
     inner, inner_area = _box_means(table, which, box)
@@ -229,6 +231,10 @@ def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int,
         return F.interpolate(x.unsqueeze(1), size=(hw, ww), mode="bilinear", align_corners=False).squeeze(1)
 
     first = up(step_maps[0, b_idx, c_idx])
+    used = torch.unique(b_idx)  # the summed-area tables of the images that have a pair, once for every step
+    table = torch.zeros(images.shape[0], images.shape[-2] + 1, images.shape[-1] + 1, dtype=torch.float64,
+                        device=step_maps.device)
+    table[used] = _integral(images[used.to(images.device)].to(step_maps.device))
     refs, lives, feats = [], [], []
     for t in range(steps):
         ht = up(step_maps[t, b_idx, c_idx])
@@ -267,7 +273,7 @@ def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int,
             touches = near.flatten(1).gather(1, cell.unsqueeze(1)).squeeze(1).double()
         else:
             touches = torch.zeros(n, dtype=torch.float64, device=ht.device)
-        seen = image_features(images.to(boxes.device), b_idx.to(boxes.device), boxes, work)  # [N, L, 2]
+        seen = image_features(table, b_idx.to(boxes.device), boxes, work)  # [N, L, 2]
         f = torch.cat([per_level.reshape(n, 4 * nl),
                        torch.stack([torch.log(w / ww), torch.log(h / hw), cx / ww - 0.5, cy / hw - 0.5,
                                     (px + 0.5 - cx) / w, (py + 0.5 - cy) / h], 1),
