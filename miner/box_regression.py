@@ -147,15 +147,9 @@ def read_regressors(value: Any) -> dict[str, Regressor]:
 
 def _bbox(region: Tensor) -> Tensor:
     """Bounding boxes (Tensor[M, 4] float x0, y0, x1, y1, exclusive ends) of masks Tensor[M, H, W] (0s if empty)."""
-    _, hh, ww = region.shape
-    rows, cols = region.any(dim=2), region.any(dim=1)
-    ar = torch.arange(hh, device=region.device)
-    ac = torch.arange(ww, device=region.device)
-    y0 = torch.where(rows, ar, hh).amin(1)
-    y1 = torch.where(rows, ar, -1).amax(1) + 1
-    x0 = torch.where(cols, ac, ww).amin(1)
-    x1 = torch.where(cols, ac, -1).amax(1) + 1
-    has = rows.any(dim=1)
+    from miner.step_boxes import _bbox as bounds
+
+    has, x0, y0, x1, y1 = bounds(region)
     box = torch.stack([x0, y0, x1, y1], 1).float()
     return torch.where(has.unsqueeze(1), box, torch.zeros_like(box))
 

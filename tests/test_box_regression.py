@@ -24,7 +24,7 @@ from miner.box_regression import (
 )
 from miner.errors import ModelError, UsageError
 from miner.mining import attention_mining
-from tests.test_calibrate import CLASSES, SIZE, ConeBackend, cone
+from tests.test_calibrate import boxed_set, cone
 
 NF = len(FEATURE_NAMES)
 
@@ -95,24 +95,13 @@ def cone_archive(shift_cells: float = 1.0, scale: float = 2.0):
     """Six images whose Mass lesions are the cone's level-0.8 box (3 x 3 cells = 12 px) scaled x `scale` and moved
     `shift_cells` right (a map that sits off, and is tighter than, its lesion); Nodule lesions as in
     tests/test_calibrate.py."""
-    from miner.calibrate import BoxedSet
-    from miner.pipeline import DecodedBatch
+    side = 12.0 * scale
 
-    rng = np.random.default_rng(1)
-    maps, gt, ids = [], {}, []
-    for i in range(6):
-        cy, cx = (int(v) for v in rng.integers(5, 11, size=2))
-        maps.append(torch.stack([cone(cy, cx), cone(cy, cx)]))
-        image_id = f"{i:03d}.png"
-        ids.append(image_id)
-        side = 12.0 * scale
+    def mass(cy: int, cx: int) -> tuple[float, float, float, float]:
         mx, my = (cx + 0.5 + shift_cells) * 4.0, (cy + 0.5) * 4.0  # centre of the cone's cell, in pixels
-        gt[(image_id, "Mass")] = [(mx - side / 2, my - side / 2, side, side)]
-        gt[(image_id, "Nodule")] = [((cx - 3) * 4.0, (cy - 3) * 4.0, 28.0, 28.0)]
-    images = np.zeros((6, 1, SIZE, SIZE), np.float32)
-    images[:, 0, 0, 0] = np.arange(6)
-    batch = DecodedBatch(ids, ids, [CLASSES] * 6, images, np.full((6, 2), SIZE, np.int32))
-    return BoxedSet([batch], gt, 6), ConeBackend(torch.stack(maps))
+        return mx - side / 2, my - side / 2, side, side
+
+    return boxed_set(seed=1, mass=mass)
 
 
 def test_a_fitted_regressor_turns_each_map_box_into_its_lesion():

@@ -42,17 +42,18 @@ class ConeBackend(Backend):
         return torch.zeros(len(index), 2), self.table[index]
 
 
-def boxed_set() -> tuple[BoxedSet, ConeBackend]:
+def boxed_set(seed: int = 0, mass=None) -> tuple[BoxedSet, ConeBackend]:
     """Six images; Mass lesions span the map's region above 0.85 of its peak (3 x 3 cells), Nodule lesions the
-    region above 0.6 (7 x 7 cells). Every map reaches 0 (min-max normalisation keeps the levels)."""
-    rng = np.random.default_rng(0)
+    region above 0.6 (7 x 7 cells). Every map reaches 0 (min-max normalisation keeps the levels). `mass(cy, cx)`
+    gives other Mass lesions (x, y, w, h in pixels) around a map peaked at cell (cy, cx)."""
+    rng = np.random.default_rng(seed)
     maps, gt, ids = [], {}, []
     for i in range(6):
         cy, cx = (int(v) for v in rng.integers(5, 11, size=2))
         maps.append(torch.stack([cone(cy, cx), cone(cy, cx)]))
         image_id = f"{i:03d}.png"
         ids.append(image_id)
-        gt[(image_id, "Mass")] = [((cx - 1) * 4.0, (cy - 1) * 4.0, 12.0, 12.0)]
+        gt[(image_id, "Mass")] = [mass(cy, cx) if mass else ((cx - 1) * 4.0, (cy - 1) * 4.0, 12.0, 12.0)]
         gt[(image_id, "Nodule")] = [((cx - 3) * 4.0, (cy - 3) * 4.0, 28.0, 28.0)]
     images = np.zeros((6, 1, SIZE, SIZE), np.float32)
     images[:, 0, 0, 0] = np.arange(6)
