@@ -75,6 +75,19 @@ def _names() -> tuple[str, ...]:
 
 FEATURE_NAMES: tuple[str, ...] = _names()
 
+#: the local refinement's moves of a box: width and height x 0.8, 1, 1.25, centre +-0.15 of the width / height
+#: (81 boxes, the box itself first: ties keep it)
+REFINE_SCALES: tuple[float, ...] = (1.0, 0.8, 1.25)
+REFINE_SHIFTS: tuple[float, ...] = (0.0, -0.15, 0.15)
+#: the refinement's feature layout (recorded with it)
+REFINE_ID = "box-image/1"
+REFINE_NAMES: tuple[str, ...] = (
+    "log_sw", "log_sh", "dx", "dy", "inside", "inside_sd", "contrast@0.25", "contrast@0.5", "edge", "edge-inside",
+    *(f"{g}^2" for g in ("log_sw", "log_sh", "dx", "dy")), *(f"{g}*inside" for g in ("log_sw", "log_sh", "dx", "dy")),
+    *(f"{g}*contrast" for g in ("log_sw", "log_sh", "dx", "dy")))
+#: ridge penalty of the refinement's IoU regression
+REFINE_RIDGE = 3.0
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -99,11 +112,18 @@ class Regressor:
     scale: Tensor
     box: Tensor
     quality: Tensor
+    #: the local refinement (`refine_boxes`): (mean, scale, weights Tensor[R + 1]) over ``REFINE_NAMES``; None: off
+    refine: tuple[Tensor, Tensor, Tensor] | None = None
 
     def to_record(self) -> dict[str, Any]:
-        return {"features": FEATURES_ID, "mean": [float(v) for v in self.mean],
-                "scale": [float(v) for v in self.scale], "box": [[float(v) for v in row] for row in self.box],
-                "quality": [float(v) for v in self.quality]}
+        out: dict[str, Any] = {"features": FEATURES_ID, "mean": [float(v) for v in self.mean],
+                               "scale": [float(v) for v in self.scale],
+                               "box": [[float(v) for v in row] for row in self.box],
+                               "quality": [float(v) for v in self.quality]}
+        if self.refine is not None:
+            out["refine"] = {"features": REFINE_ID, **{k: [float(v) for v in t]
+                                                       for k, t in zip(("mean", "scale", "weights"), self.refine)}}
+        return out
 
     @classmethod
     def from_record(cls, finding: str, value: Any) -> Regressor:
@@ -130,7 +150,21 @@ class Regressor:
                       f"quality {tuple(quality.shape)}; expected ({n},), ({n},), ({n + 1}, 4), ({n + 1},)")
         if not all(bool(torch.isfinite(t).all()) for t in (mean, scale, box, quality)) or bool((scale <= 0).any()):
             raise bad("holds a non-finite number or a scale <= 0")
-        return cls(mean, scale, box, quality)
+        refine = value.get("refine")
+        if refine is None:
+            return cls(mean, scale, box, quality)
+        r = len(REFINE_NAMES)
+        if not isinstance(refine, Mapping) or refine.get("features") != REFINE_ID:
+            raise bad(f"has a refinement that is not an object of the layout {REFINE_ID!r}")
+        try:
+            parts = tuple(torch.tensor(refine[k], dtype=torch.float64) for k in ("mean", "scale", "weights"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise bad(f"has a refinement that is incomplete or not numbers ({err})") from None
+        if tuple(t.shape for t in parts) != ((r,), (r,), (r + 1,)):
+            raise bad(f"has refinement shapes {[tuple(t.shape) for t in parts]}; expected ({r},), ({r},), ({r + 1},)")
+        if not all(bool(torch.isfinite(t).all()) for t in parts) or bool((parts[1] <= 0).any()):
+            raise bad("has a refinement with a non-finite number or a scale <= 0")
+        return cls(mean, scale, box, quality, parts)
 
 
 def read_regressors(value: Any) -> dict[str, Regressor]:
@@ -197,6 +231,81 @@ def image_features(table: Tensor, which: Tensor, boxes: Tensor, work: tuple[int,
     inside = inner / inner_area
     ring = (outer - inner) / (outer_area - inner_area).clamp_min(1.0)
     return torch.stack([inside, inside - ring], -1)
+
+
+def image_tables(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Summed-area tables (each Tensor[B, H + 1, W + 1] float64) of the standardised images z (channels averaged,
+    `_integral`), of z^2, and of z's gradient magnitude (3 x 3 Sobel, edges reflected)."""
+    x = images.float().mean(dim=1, keepdim=True)
+    std, mean = torch.std_mean(x, dim=(-2, -1), keepdim=True)
+    z = (x - mean) / std.clamp_min(1e-6)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=z.device).view(1, 1, 3, 3)
+    padded = F.pad(z, (1, 1, 1, 1), mode="reflect")
+    gx, gy = F.conv2d(padded, kx), F.conv2d(padded, kx.transpose(-1, -2))
+    grad = torch.sqrt(gx * gx + gy * gy)
+
+    def table(t: Tensor) -> Tensor:
+        return F.pad(t[:, 0].double().cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+
+    return table(z), table(z * z), table(grad)
+
+
+def refine_features(tables: tuple[Tensor, Tensor, Tensor], which: Tensor, boxes: Tensor, origin: Tensor) -> Tensor:
+    """``REFINE_NAMES`` of boxes (Tensor[N, ..., 4], the tables' pixels) on image `which` (Tensor[N]) that moved from
+    `origin` (broadcast to `boxes`): how they moved, the image's mean and spread inside, its contrast with two rings
+    around them (grown by a quarter and a half of the box a side), the gradient on a band across their border
+    (+-0.15 of the box) and that minus the gradient inside."""
+    zt, sqt, gt = tables
+    w = (boxes[..., 2] - boxes[..., 0]).clamp_min(1.0)
+    h = (boxes[..., 3] - boxes[..., 1]).clamp_min(1.0)
+    w0 = (origin[..., 2] - origin[..., 0]).clamp_min(1.0)
+    h0 = (origin[..., 3] - origin[..., 1]).clamp_min(1.0)
+    geo = torch.stack([torch.log(w / w0), torch.log(h / h0),
+                       ((boxes[..., 0] + boxes[..., 2]) - (origin[..., 0] + origin[..., 2])) / 2 / w0,
+                       ((boxes[..., 1] + boxes[..., 3]) - (origin[..., 1] + origin[..., 3])) / 2 / h0], -1)
+
+    def grown(k: float) -> Tensor:
+        return boxes + torch.stack([-k * w, -k * h, k * w, k * h], -1)
+
+    z_in, area = _box_means(zt, which, boxes)
+    inside = z_in / area
+    spread = torch.sqrt((_box_means(sqt, which, boxes)[0] / area - inside * inside).clamp_min(0.0))
+    contrast = []
+    for k in (0.25, 0.5):
+        z_out, a_out = _box_means(zt, which, grown(k))
+        contrast.append(inside - (z_out - z_in) / (a_out - area).clamp_min(1.0))
+    g_out, a_out = _box_means(gt, which, grown(0.15))
+    g_core, a_core = _box_means(gt, which, grown(-0.15))
+    band = (g_out - g_core) / (a_out - a_core).clamp_min(1.0)
+    g_in = _box_means(gt, which, boxes)[0] / area
+    base = torch.stack([inside, spread, contrast[0], contrast[1], band, band - g_in], -1)
+    return torch.cat([geo, base, geo * geo, geo * inside.unsqueeze(-1), geo * contrast[0].unsqueeze(-1)], -1)
+
+
+def refine_moves(boxes: Tensor) -> Tensor:
+    """Every move of the refinement applied to boxes (Tensor[..., 4]): Tensor[..., 81, 4], the box itself first."""
+    moves = torch.tensor([(sx, sy, dx, dy) for sx in REFINE_SCALES for sy in REFINE_SCALES for dx in REFINE_SHIFTS
+                          for dy in REFINE_SHIFTS], dtype=boxes.dtype, device=boxes.device)
+    b = boxes.unsqueeze(-2)
+    w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    cx = (b[..., 0] + b[..., 2]) / 2 + moves[:, 2] * w
+    cy = (b[..., 1] + b[..., 3]) / 2 + moves[:, 3] * h
+    return torch.stack([cx - moves[:, 0] * w / 2, cy - moves[:, 1] * h / 2, cx + moves[:, 0] * w / 2,
+                        cy + moves[:, 1] * h / 2], -1)
+
+
+def refine_boxes(refine: tuple[Tensor, Tensor, Tensor], tables: tuple[Tensor, Tensor, Tensor], which: Tensor,
+                 boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """The best move of each box (Tensor[N, K, 4], the tables' pixels, on image `which` Tensor[N]) by the
+    refinement's expected IoU: (boxes Tensor[N, K, 4], their expected IoU Tensor[N, K])."""
+    mean, scale, weights = (t.to(boxes.device) for t in refine)
+    moved = refine_moves(boxes.double())  # [N, K, 81, 4]
+    f = refine_features(tables, which, moved, boxes.double().unsqueeze(-2))
+    z = (f - mean) / scale
+    expected = torch.cat([z, torch.ones_like(z[..., :1])], -1) @ weights  # [N, K, 81]
+    best = expected.argmax(-1)  # the first maximum: the box itself where nothing is better
+    pick = moved.gather(-2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    return pick, expected.gather(-1, best.unsqueeze(-1)).squeeze(-1)
 
 
 def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int, int],
@@ -366,6 +475,23 @@ def one_box_per_lesion(boxes: Tensor, quality: Tensor, ok: Tensor, dedup_iou: fl
     return boxes, ok, score
 
 
+def drop_duplicates(boxes: Tensor, score: Tensor, ok: Tensor, dedup_iou: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Boxes (Tensor[M, K, 4]) best first by score: one that overlaps (IoU > `dedup_iou`) or nests with (>=
+    ``NESTED_SHARE``) a better kept one is dropped. Returns (boxes, ok, score), kept first by score."""
+    score = torch.where(ok, score, torch.full_like(score, -math.inf))
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
+    ok = ok.gather(1, order)
+    score = score.gather(1, order)
+    for t in range(1, ok.shape[1]):
+        for s in range(t):
+            iou, share = _pair_overlap(boxes[:, t], boxes[:, s])
+            ok[:, t] &= ~(ok[:, s] & ((iou > dedup_iou) | (share >= NESTED_SHARE)))
+    score = torch.where(ok, score, torch.full_like(score, -math.inf))
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    return boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4)), ok.gather(1, order), score.gather(1, order)
+
+
 def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tuple[int, int],
                     regressors: Mapping[str, Regressor], classes: Sequence[str], max_boxes: int,
                     dedup_iou: float, images: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
@@ -383,7 +509,8 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
     m, steps = cand.live.shape
     boxes = torch.zeros(m, steps, 4, dtype=torch.float64, device=sub.device)
     quality = torch.zeros(m, steps, dtype=torch.float64, device=sub.device)
-    for name in {classes[int(c)] for c in cls[done]}:
+    names = {classes[int(c)] for c in cls[done]}
+    for name in names:
         rows = torch.tensor([classes[int(c)] == name for c in cls[done]], dtype=torch.bool, device=sub.device)
         b, q = predict(regressors[name], cand.features[rows], cand.ref[rows])
         boxes[rows], quality[rows] = b, q
@@ -392,6 +519,19 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
     boxes = torch.minimum(boxes.clamp(min=0), limit)
     ok = cand.live & ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)
     boxes, ok, score = one_box_per_lesion(boxes, quality, ok, dedup_iou)
+    refining = {name for name in names if regressors[name].refine is not None}
+    if refining:  # each lesion's box moved where the image says it fits best, scored by that fit
+        tables = image_tables(images.to(sub.device))
+        to_image = torch.tensor([images.shape[-1] / ww, images.shape[-2] / hw] * 2, dtype=torch.float64,
+                                device=sub.device)
+        for name in refining:
+            rows = torch.tensor([classes[int(c)] == name for c in cls[done]], dtype=torch.bool, device=sub.device)
+            moved, fit = refine_boxes(regressors[name].refine, tables, sub[rows, 0], boxes[rows] * to_image)
+            boxes[rows] = moved / to_image
+            score[rows] = torch.where(ok[rows], fit, score[rows])
+        boxes = torch.minimum(boxes.clamp(min=0), limit)
+        ok &= ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)
+        boxes, ok, score = drop_duplicates(boxes, score, ok, dedup_iou)
     r = int(max_boxes)
     if steps < r:
         pad = r - steps
@@ -470,7 +610,19 @@ def fit_regressor(features: Tensor, ref: Tensor, truth: Sequence[Tensor], *, pen
     return Regressor(mean, scale, box, quality)
 
 
+def fit_refinement(features: Tensor, iou: Tensor, *, penalty: float = REFINE_RIDGE) -> tuple[Tensor, Tensor, Tensor]:
+    """One finding's refinement (mean, scale, weights) from the moves of its validation boxes: features Tensor[M,
+    R] (``REFINE_NAMES`` of each moved box) and the IoU each reaches with its lesion (Tensor[M])."""
+    x = features.double()
+    mean = x.mean(0)
+    scale = x.std(0, unbiased=False)
+    scale = torch.where(scale > 1e-9, scale, torch.ones_like(scale))
+    weights = _ridge((x - mean) / scale, iou.double().unsqueeze(1), penalty)[:, 0]
+    return mean, scale, weights
+
+
 __all__ = ["FEATURE_LEVELS", "FEATURE_NAMES", "FEATURES_ID", "REFERENCE_LEVEL", "NESTED_SHARE", "Candidates",
            "Regressor", "candidates", "image_features", "decode", "encode", "predict", "regressed_boxes",
-           "one_box_per_lesion",
+           "one_box_per_lesion", "drop_duplicates", "image_tables", "refine_features", "refine_moves", "refine_boxes",
+           "fit_refinement", "REFINE_NAMES", "REFINE_ID",
            "read_regressors", "fit_regressor", "box_iou"]

@@ -540,7 +540,7 @@ class RegressorFit:
 
 
 def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration, *,
-                         min_boxes: int = 10) -> RegressorFit:
+                         min_boxes: int = 10, refine: bool = True) -> RegressorFit:
     """Fit ``boxes.regressors`` (`miner.box_regression`) on `data` under `calibration`'s recipe, mining and box
     settings (the backend opened with its stage weights, at its input size): every mining step of every labelled
     finding with boxes is one candidate. Findings with fewer than `min_boxes` ground-truth boxes get none."""
@@ -603,5 +603,64 @@ def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration,
 
     before = accs(rows)
     pipeline.box_config = replace(base, regressors=regressors or None)
+    if regressors and refine:
+        regressors = _fit_refinements(pipeline, data, regressors)
+        pipeline.box_config = replace(base, regressors=regressors)
     after = accs(mine_set(pipeline, data)) if regressors else before
     return RegressorFit(regressors, before, after, {f: len(v) for f, v in feats.items()})
+
+
+def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any]) -> dict[str, Any]:
+    """`regressors` with each finding's refinement (`miner.box_regression.fit_refinement`) fitted on `data`'s boxes
+    as `pipeline` (with those regressors, unrefined) gives them: every move of every box that overlaps a lesion
+    (IoU >= 0.1), and the IoU the move reaches."""
+    import torch
+
+    from miner.box_regression import (
+        MIN_TRAIN_IOU,
+        REFINE_NAMES,
+        Regressor,
+        box_iou,
+        fit_refinement,
+        image_tables,
+        refine_features,
+        refine_moves,
+    )
+
+    feats: dict[str, list[Any]] = defaultdict(list)
+    targets: dict[str, list[Any]] = defaultdict(list)
+    found = group_rows(mine_set(pipeline, data))
+    for batch, (images, _) in zip(data.batches, data.maps):
+        tables = image_tables(images)
+        side_h, side_w = images.shape[-2:]
+        for b, image_id in enumerate(batch.image_ids):
+            height, width = (float(v) for v in batch.sizes[b])
+            scale = torch.tensor([side_w / width, side_h / height] * 2, dtype=torch.float64)
+            for finding, boxes in found.get(image_id, {}).items():
+                gts = data.gt.get((image_id, finding), [])
+                if finding not in regressors or not gts:
+                    continue
+                truth = torch.tensor([(x, y, x + w, y + h) for x, y, w, h in gts], dtype=torch.float64) * scale
+                mine = torch.tensor(boxes, dtype=torch.float64) * scale  # [K, 4]
+                mine = mine[box_iou(mine, truth).amax(1) >= MIN_TRAIN_IOU]
+                if not len(mine):
+                    continue
+                moved = refine_moves(mine)  # [K, 81, 4]
+                which = torch.full((len(mine),), b, dtype=torch.long)
+                feats[finding].append(refine_features(tables, which, moved, mine.unsqueeze(-2))
+                                      .reshape(-1, len(REFINE_NAMES)))
+                targets[finding].append(box_iou(moved.reshape(-1, 4), truth).amax(1))
+    out = dict(regressors)
+    for finding, parts in feats.items():
+        refine = fit_refinement(torch.cat(parts), torch.cat(targets[finding]))
+        reg = Regressor.from_record(finding, regressors[finding])
+        out[finding] = Regressor(reg.mean, reg.scale, reg.box, reg.quality, refine).to_record()
+    return out
+
+
+def group_rows(rows: Sequence[tuple]) -> dict[str, dict[str, list[tuple[float, float, float, float]]]]:
+    """`mine_set` rows as image_id -> finding -> boxes (x0, y0, x1, y1, original pixels)."""
+    out: dict[str, dict[str, list[tuple[float, float, float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for image_id, finding, _, _, (x, y, w, h) in rows:
+        out[image_id][finding].append((x, y, x + w, y + h))
+    return out

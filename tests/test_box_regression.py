@@ -111,7 +111,7 @@ def test_a_fitted_regressor_turns_each_map_box_into_its_lesion():
 
     data, backend = cone_archive()
     calibration = calibrate_levels(backend, data, levels=(0.8,), iou=0.3, min_boxes=1, shapes=False)
-    fit = calibrate_regressors(backend, data, calibration, min_boxes=1)
+    fit = calibrate_regressors(backend, data, calibration, min_boxes=1, refine=False)  # blank images: no refinement
     assert set(fit.regressors) == {"Mass", "Nodule"} and fit.candidates == {"Mass": 6, "Nodule": 6}
     # by hand: the 12-px box at 0.8 inside the 24-px lesion 4 px to its right: IoU 144 / 576 = 0.25
     assert fit.before["Mass"] == {"0.3": 0.0, "0.5": 0.0} and fit.after["Mass"] == {"0.3": 1.0, "0.5": 1.0}
@@ -215,7 +215,7 @@ def test_findings_without_a_regressor_keep_the_rules_boxes():
 
     data, backend = cone_archive()
     calibration = calibrate_levels(backend, data, levels=(0.8,), iou=0.3, min_boxes=1, shapes=False)
-    regs = calibrate_regressors(backend, data, calibration, min_boxes=1).regressors
+    regs = calibrate_regressors(backend, data, calibration, min_boxes=1, refine=False).regressors
 
     def rows(regressors):
         pipeline = Pipeline(backend, boxes={"regressors": regressors, "finding_levels": calibration.levels})
@@ -288,3 +288,66 @@ def test_a_fused_box_that_then_overlaps_a_better_one_is_merged_into_it():
     # with B alone beside A (no C) the two stay apart
     out, ok, _ = one_box_per_lesion(boxes[:, :2], quality[:, :2], torch.ones(1, 2, dtype=torch.bool), 0.3)
     assert ok.tolist() == [[True, True]] and out[0].tolist() == boxes[0, :2].tolist()
+
+
+def squares(n: int, seed: int):
+    """n 64 x 64 images, each with one bright 16 x 16 square, and boxes of it moved by a random one of the
+    refinement's moves (as a map's box sits off its lesion)."""
+    from miner.box_regression import refine_moves
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, 64, 64)
+    truth, start = [], []
+    for i in range(n):
+        y, x = (int(v) for v in torch.randint(12, 36, (2,), generator=g))
+        images[i, 0, y:y + 16, x:x + 16] = 1.0
+        sq = torch.tensor([x, y, x + 16, y + 16], dtype=torch.float64)
+        truth.append(sq)
+        start.append(refine_moves(sq)[int(torch.randint(0, 81, (1,), generator=g))])
+    return images, torch.stack(truth), torch.stack(start)
+
+
+def test_the_refinement_moves_a_box_onto_the_lesion_the_image_shows():
+    """Fitted on 40 images' boxes (every move of each, with the IoU it reaches), the refinement takes boxes of 20
+    other images, each one move off its square, back onto it; its expected IoU ranks the fits."""
+    from miner.box_regression import (
+        REFINE_NAMES,
+        box_iou,
+        fit_refinement,
+        image_tables,
+        refine_boxes,
+        refine_features,
+        refine_moves,
+    )
+
+    images, truth, start = squares(40, 0)
+    tables = image_tables(images)
+    moved = refine_moves(start)  # [40, 81, 4]
+    feats = refine_features(tables, torch.arange(40), moved, start.unsqueeze(1)).reshape(-1, len(REFINE_NAMES))
+    iou = torch.stack([box_iou(moved[i], truth[i:i + 1])[:, 0] for i in range(40)]).reshape(-1)
+    refine = fit_refinement(feats, iou)
+    test_images, test_truth, test_start = squares(20, 1)
+    before = torch.stack([box_iou(test_start[i:i + 1], test_truth[i:i + 1])[0, 0] for i in range(20)])
+    picked, expected = refine_boxes(refine, image_tables(test_images), torch.arange(20), test_start.unsqueeze(1))
+    after = torch.stack([box_iou(picked[i], test_truth[i:i + 1])[0, 0] for i in range(20)])
+    assert float(after.mean()) > float(before.mean()) + 0.15 and float(after.min()) >= 0.5
+    assert (after >= 0.9).float().mean() >= 0.6
+    assert torch.corrcoef(torch.stack([expected[:, 0], after]))[0, 1] > 0.5
+
+
+def test_refinement_records_round_trip_and_a_broken_one_is_refused():
+    from miner.box_regression import REFINE_ID, REFINE_NAMES
+
+    r = len(REFINE_NAMES)
+    reg = constant_regressor()
+    refined = Regressor(reg.mean, reg.scale, reg.box, reg.quality,
+                        (torch.zeros(r, dtype=torch.float64), torch.ones(r, dtype=torch.float64),
+                         torch.arange(r + 1, dtype=torch.float64)))
+    record = refined.to_record()
+    assert record["refine"]["features"] == REFINE_ID
+    back = read_regressors({"Mass": record})["Mass"]
+    assert back.refine is not None and torch.equal(back.refine[2], refined.refine[2])
+    for bad in ({**record["refine"], "weights": [0.0]}, {**record["refine"], "features": "x"},
+                {**record["refine"], "scale": [0.0] * r}):
+        with pytest.raises(UsageError, match="refinement"):
+            read_regressors({"Mass": {**record, "refine": bad}})

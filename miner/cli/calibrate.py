@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no box regressors: keep the levels' and shapes' boxes (by default each finding's "
                              "boxes are regressed from its maps at several levels and scored by their expected IoU, "
                              "fitted on the same images at the chosen size; miner.box_regression)")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="box regressors without their refinement by the image (each lesion's box moved, scaled "
+                             "and scored where the image's contrast and edges fit it best; miner.box_regression)")
     parser.add_argument("--batch-size", type=BATCH, default=32)
 
 
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         chosen_size = search.size if search is not None else None
         backend = backend_at(chosen_size, result.stage_weights)
         regression = calibrate_regressors(backend, data_at(backend.meta.input_size), result,
-                                          min_boxes=args.min_boxes)
+                                          min_boxes=args.min_boxes, refine=not args.no_refine)
         print(f"box regressors at {backend.meta.input_size} px (validation Acc, in-sample):")
         for line in regression.lines():
             print("  " + line)
