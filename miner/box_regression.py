@@ -23,6 +23,14 @@ boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoin
 - the box: (log w/w_ref, log h/h_ref, dx/w_ref, dy/h_ref) of the lesion relative to the reference box, and
 - the quality: the IoU the regressed box is expected to reach with its lesion, the box's score.
 
+Where the finding's regressor carries a **refinement** (``refine``, fitted by `miner calibrate` unless
+``--no-refine``), each lesion's box is then moved to where the image says it fits best: of the 81 moves of the box
+(width and height x 0.8, 1 or 1.25, centre +-0.15 of its width and height; the box itself first), the one whose
+expected IoU is highest, by a third ridge regression on the moved box's image (``REFINE_NAMES``: how it moved, the
+standardised image's mean and spread inside it, its contrast with rings a quarter and a half of the box wide, the
+gradient on a band across its border and that against the gradient inside, and their products with the move). That
+expected IoU becomes the box's score, and boxes that come to overlap or nest with a better one are dropped.
+
 The candidates of a pair are ranked by quality; one whose IoU with a better one exceeds ``BoxConfig.dedup_iou``
 or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) joins that one's
 lesion (and so does a fused box that then overlaps or nests with a better one), so a lesion gets one box however
