@@ -36,7 +36,7 @@ def test_import_miner_is_light():
 
 
 def test_mine_box_overrides_one_level_and_plain_boxes():
-    """--step-level drops the model's per-finding levels; --plain-boxes its per-finding box shapes."""
+    """--step-level drops the model's per-finding levels; --plain-boxes its per-finding box shapes and regressors."""
     import argparse
 
     from miner.cli.mine import add_arguments, mining_overrides
@@ -47,7 +47,8 @@ def test_mine_box_overrides_one_level_and_plain_boxes():
     assert mining_overrides(parser.parse_args(base)) == ({}, {})
     assert mining_overrides(parser.parse_args(base + ["--step-level", "0.7"]))[1] == {
         "step_level": 0.7, "finding_levels": None}
-    assert mining_overrides(parser.parse_args(base + ["--plain-boxes"]))[1] == {"finding_shapes": None}
+    assert mining_overrides(parser.parse_args(base + ["--plain-boxes"]))[1] == {"finding_shapes": None,
+                                                                               "regressors": None}
 
 
 def test_mine_plain_maps_reaches_the_model_actors():
