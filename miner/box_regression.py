@@ -196,15 +196,6 @@ def _bbox(region: Tensor) -> Tensor:
     return torch.where(has.unsqueeze(1), box, torch.zeros_like(box))
 
 
-def _integral(images: Tensor) -> Tensor:
-    """Summed-area tables (Tensor[B, H + 1, W + 1] float64) of the images (Tensor[B, C, H, W], channels
-    averaged), each standardised over the whole image first."""
-    x = images.float().mean(dim=1)
-    std, mean = torch.std_mean(x, dim=(-2, -1), keepdim=True)
-    x = ((x - mean) / std.clamp_min(1e-6)).double()  # the sums in float64: a 320 x 320 table sums 1e5 values
-    return F.pad(x.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
-
-
 def _box_means(table: Tensor, which: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """(sum, area) of each box (Tensor[N, K, 4] x0, y0, x1, y1 in the table's pixels, clipped, at least one pixel)
     of image `which` (Tensor[N]) of the summed-area tables (Tensor[B, H + 1, W + 1])."""
@@ -225,7 +216,7 @@ def _box_means(table: Tensor, which: Tensor, boxes: Tensor) -> tuple[Tensor, Ten
 
 def image_features(table: Tensor, which: Tensor, boxes: Tensor, work: tuple[int, int]) -> Tensor:
     """(inside, contrast) per box (Tensor[N, K, 2]) of the boxes (Tensor[N, K, 4], working pixels) on image
-    `which` (Tensor[N]) of the model's input, as summed-area tables `table` (`_integral`: Tensor[B, H + 1, W + 1]):
+    `which` (Tensor[N]) of the model's input, as summed-area tables `table` (`image_tables`: Tensor[B, H + 1, W + 1]):
     the standardised image's mean inside the box, and that minus its mean in the ring around the box (grown by half
     its size on each side)."""
     hw, ww = work
@@ -241,20 +232,32 @@ def image_features(table: Tensor, which: Tensor, boxes: Tensor, work: tuple[int,
     return torch.stack([inside, inside - ring], -1)
 
 
-def image_tables(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Summed-area tables (each Tensor[B, H + 1, W + 1] float64) of the standardised images z (channels averaged,
-    `_integral`), of z^2, and of z's gradient magnitude (3 x 3 Sobel, edges reflected)."""
-    x = images.float().mean(dim=1, keepdim=True)
+def image_tables(images: Tensor, used: Tensor | None = None, *,
+                 gradient: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Summed-area tables (each Tensor[B, H' + 1, W' + 1] float64) of the standardised images z (channels
+    averaged), of z^2, and of z's gradient magnitude (3 x 3 Sobel, edges reflected), at half the input's
+    resolution where its sides are 128 px or more (2 x 2 means: a quarter of the work; boxes are read through the
+    tables' own size); only for the images `used` (Tensor of indices; None: all), the others' tables are 0."""
+    b = images.shape[0]
+    rows = torch.arange(b, device=images.device) if used is None else used.to(images.device)
+    x = images[rows].float().mean(dim=1)
+    if min(x.shape[-2:]) >= 128:
+        x = F.avg_pool2d(x.unsqueeze(1), 2, ceil_mode=True)[:, 0]
+    hh, ww = x.shape[-2:]
     std, mean = torch.std_mean(x, dim=(-2, -1), keepdim=True)
     z = (x - mean) / std.clamp_min(1e-6)
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=z.device).view(1, 1, 3, 3)
-    padded = F.pad(z, (1, 1, 1, 1), mode="reflect")
-    gx, gy = F.conv2d(padded, kx), F.conv2d(padded, kx.transpose(-1, -2))
+
+    def table(t: Tensor) -> Tensor:  # summed in float32 (a box's mean is off by < 1e-3 of z's spread), kept as float64
+        out = torch.zeros(b, hh + 1, ww + 1, dtype=torch.float64, device=images.device)
+        out[rows] = F.pad(t.cumsum(-2).cumsum(-1), (1, 0, 1, 0)).double()
+        return out
+
+    if not gradient:  # z alone (the candidates' image features)
+        return table(z), None, None
+    p = F.pad(z.unsqueeze(1), (1, 1, 1, 1), mode="reflect")[:, 0]
+    gx = (p[:, :-2, 2:] - p[:, :-2, :-2]) + 2 * (p[:, 1:-1, 2:] - p[:, 1:-1, :-2]) + (p[:, 2:, 2:] - p[:, 2:, :-2])
+    gy = (p[:, 2:, :-2] - p[:, :-2, :-2]) + 2 * (p[:, 2:, 1:-1] - p[:, :-2, 1:-1]) + (p[:, 2:, 2:] - p[:, :-2, 2:])
     grad = torch.sqrt(gx * gx + gy * gy)
-
-    def table(t: Tensor) -> Tensor:
-        return F.pad(t[:, 0].double().cumsum(-2).cumsum(-1), (1, 0, 1, 0))
-
     return table(z), table(z * z), table(grad)
 
 
@@ -317,7 +320,7 @@ def refine_boxes(refine: tuple[Tensor, Tensor, Tensor], tables: tuple[Tensor, Te
 
 
 def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int, int],
-               images: Tensor) -> Candidates:
+               images: Tensor, table: Tensor | None = None) -> Candidates:
     """Each mining step's candidate for the `pairs` (module docstring), from `miner.mining.MiningResult`'s
     step maps H_1..H_T (Tensor[T, B, C, h, w]) and masks M_1..M_T, at working size `work` (H, W), and the model's
     input `images` (Tensor[B, C, H_in, W_in]) the maps were computed from."""
@@ -342,10 +345,8 @@ def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int,
         return F.interpolate(x.unsqueeze(1), size=(hw, ww), mode="bilinear", align_corners=False).squeeze(1)
 
     first = up(step_maps[0, b_idx, c_idx])
-    used = torch.unique(b_idx)  # the summed-area tables of the images that have a pair, once for every step
-    table = torch.zeros(images.shape[0], images.shape[-2] + 1, images.shape[-1] + 1, dtype=torch.float64,
-                        device=step_maps.device)
-    table[used] = _integral(images[used.to(images.device)].to(step_maps.device))
+    if table is None:  # the summed-area table of the images that have a pair, once for every step
+        table = image_tables(images.to(step_maps.device), torch.unique(b_idx), gradient=False)[0]
     refs, lives, feats = [], [], []
     for t in range(steps):
         ht = up(step_maps[t, b_idx, c_idx])
@@ -513,11 +514,13 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
         return None
     done = torch.tensor(which, dtype=torch.bool)
     sub = pairs[done.to(pairs.device)]
-    cand = candidates(step_maps, masks, sub, work, images)
+    names = {classes[int(c)] for c in cls[done]}
+    refining = {name for name in names if regressors[name].refine is not None}
+    tables = image_tables(images.to(sub.device), torch.unique(sub[:, 0])) if refining and images is not None else None
+    cand = candidates(step_maps, masks, sub, work, images, None if tables is None else tables[0])
     m, steps = cand.live.shape
     boxes = torch.zeros(m, steps, 4, dtype=torch.float64, device=sub.device)
     quality = torch.zeros(m, steps, dtype=torch.float64, device=sub.device)
-    names = {classes[int(c)] for c in cls[done]}
     for name in names:
         rows = torch.tensor([classes[int(c)] == name for c in cls[done]], dtype=torch.bool, device=sub.device)
         b, q = predict(regressors[name], cand.features[rows], cand.ref[rows])
@@ -527,11 +530,9 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
     boxes = torch.minimum(boxes.clamp(min=0), limit)
     ok = cand.live & ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)
     boxes, ok, score = one_box_per_lesion(boxes, quality, ok, dedup_iou)
-    refining = {name for name in names if regressors[name].refine is not None}
-    if refining:  # each lesion's box moved where the image says it fits best, scored by that fit
-        tables = image_tables(images.to(sub.device))
-        to_image = torch.tensor([images.shape[-1] / ww, images.shape[-2] / hw] * 2, dtype=torch.float64,
-                                device=sub.device)
+    if tables is not None:  # each lesion's box moved where the image says it fits best, scored by that fit
+        to_image = torch.tensor([(tables[0].shape[-1] - 1) / ww, (tables[0].shape[-2] - 1) / hw] * 2,
+                                dtype=torch.float64, device=sub.device)  # working pixels -> the tables' pixels
         for name in refining:
             rows = torch.tensor([classes[int(c)] == name for c in cls[done]], dtype=torch.bool, device=sub.device)
             moved, fit = refine_boxes(regressors[name].refine, tables, sub[rows, 0], boxes[rows] * to_image)

@@ -632,7 +632,7 @@ def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any]) 
     found = group_rows(mine_set(pipeline, data))
     for batch, (images, _) in zip(data.batches, data.maps):
         tables = image_tables(images)
-        side_h, side_w = images.shape[-2:]
+        side_h, side_w = (v - 1 for v in tables[0].shape[-2:])  # the tables' pixels
         for b, image_id in enumerate(batch.image_ids):
             height, width = (float(v) for v in batch.sizes[b])
             scale = torch.tensor([side_w / width, side_h / height] * 2, dtype=torch.float64)
