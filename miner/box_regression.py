@@ -23,24 +23,25 @@ boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoin
 - the box: (log w/w_ref, log h/h_ref, dx/w_ref, dy/h_ref) of the lesion relative to the reference box, and
 - the quality: the IoU the regressed box is expected to reach with its lesion, the box's score.
 
+The candidates of a pair are ranked by quality; one whose IoU with a better one exceeds ``BoxConfig.dedup_iou``
+or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) joins that one's
+lesion (and so does a fused box that then overlaps or nests with a better one), so a lesion gets one box however
+many steps found it: the mean of its candidates' boxes weighted by their expected IoU (weighted box fusion), scored
+by its best candidate's expected IoU (clipped to [0, 1] once ranked); up to ``max_boxes`` remain. The regressed
+boxes replace the rule's boxes, shapes and cell alignment for the findings that have a regressor (those absorb the
+same systematic offsets); other findings keep them (and where every selected pair has one, the rule's boxes are
+not computed at all). The score is the predicted IoU, comparable across images: a tight box ranks above a loose
+one.
+
 Where the finding's regressor carries a **refinement** (``refine``, fitted by `miner calibrate` unless
 ``--no-refine``), each lesion's box is then moved to where the image says it fits best: of the 81 moves of the box
 (width and height x 0.8, 1 or 1.25, centre +-0.15 of its width and height; the box itself first), the one whose
 expected IoU is highest, by a third ridge regression on the moved box's image (``REFINE_NAMES``: how it moved, the
 standardised image's mean and spread inside it, its contrast with rings a quarter and a half of the box wide, the
 gradient on a band across its border and that against the gradient inside, and their products with the move). That
-expected IoU becomes the box's score, and boxes that come to overlap or nest with a better one are dropped.
-
-The candidates of a pair are ranked by quality; one whose IoU with a better one exceeds ``BoxConfig.dedup_iou``
-or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) joins that one's
-lesion (and so does a fused box that then overlaps or nests with a better one), so a lesion gets one box however
-many steps found it: the mean of its candidates' boxes weighted by their
-expected IoU (weighted box fusion), scored by its best candidate's expected IoU (clipped to [0, 1] once ranked);
-up to ``max_boxes`` remain. The regressed boxes
-replace the rule's boxes, shapes and cell alignment for the findings that have a regressor (those absorb the same
-systematic offsets); other findings keep them (and where every selected pair has one, the rule's boxes are not
-computed at all). The score is the predicted IoU, comparable across images: a tight box ranks
-above a loose one.
+expected IoU becomes the box's score, and boxes that come to overlap or nest with a better one are dropped. The
+image is read through summed-area tables at half the input's resolution (`image_tables`), for the candidates'
+features too.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ FEATURE_LEVELS: tuple[float, ...] = (0.4, 0.6, 0.8, 0.9)
 #: the level of the reference box that the regression moves and scales
 REFERENCE_LEVEL = 0.8
 #: the feature layout's name, recorded with every regressor: a record of another layout is refused
-FEATURES_ID = "steps-levels-image/1"
+FEATURES_ID = "steps-levels-image/2"
 #: a box that holds or lies inside a better one by this share of the smaller box's area is the same lesion
 NESTED_SHARE = 0.9
 #: the smallest weight a candidate's expected IoU gives its box in its lesion's fused box
@@ -88,7 +89,7 @@ FEATURE_NAMES: tuple[str, ...] = _names()
 REFINE_SCALES: tuple[float, ...] = (1.0, 0.8, 1.25)
 REFINE_SHIFTS: tuple[float, ...] = (0.0, -0.15, 0.15)
 #: the refinement's feature layout (recorded with it)
-REFINE_ID = "box-image/1"
+REFINE_ID = "box-image/2"
 REFINE_NAMES: tuple[str, ...] = (
     "log_sw", "log_sh", "dx", "dy", "inside", "inside_sd", "contrast@0.25", "contrast@0.5", "edge", "edge-inside",
     *(f"{g}^2" for g in ("log_sw", "log_sh", "dx", "dy")), *(f"{g}*inside" for g in ("log_sw", "log_sh", "dx", "dy")),
