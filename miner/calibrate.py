@@ -35,6 +35,11 @@ cells of the class map and the boxes read from it are finer (docs/results/box-qu
 size gets its own per-finding levels (and shapes); the size with the best macro mean Acc over the calibrated
 findings wins (or, with a tolerance, the smallest within it of the best: the model's time grows with the pixel
 count), and the checkpoint records it as ``input_size`` (the training size stays in ``trained_input_size``).
+
+Last, at the chosen size and stage weights, the same images fit each finding's box regressors
+(`calibrate_regressors`, ``boxes.regressors``, `miner.box_regression`): ridge regressions from every mining step's
+candidate to the lesion's box and the IoU it reaches, then (unless ``refine=False``) a refinement that scores 81
+moves of each resulting box by the image. They replace the levels' and shapes' boxes of the findings they cover.
 """
 from __future__ import annotations
 
