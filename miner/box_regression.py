@@ -176,13 +176,23 @@ class Regressor:
         return cls(mean, scale, box, quality, parts)
 
 
+#: the last record `read_regressors` parsed, and what it gave (every batch of a job reads the same record)
+_last_read: tuple[Any, dict[str, Regressor]] | None = None
+
+
 def read_regressors(value: Any) -> dict[str, Regressor]:
-    """``BoxConfig.regressors`` (finding -> record) as `Regressor`s; None or {} -> {}."""
+    """``BoxConfig.regressors`` (finding -> record) as `Regressor`s; None or {} -> {}. The same record object read
+    again (a model's settings for every batch) is not parsed again."""
+    global _last_read
     if not value:
         return {}
+    if _last_read is not None and _last_read[0] is value:
+        return _last_read[1]
     if not isinstance(value, Mapping):
         raise UsageError(f"boxes regressors must be an object of finding -> regressor, got a {type(value).__name__}")
-    return {str(f): Regressor.from_record(str(f), v) for f, v in value.items()}
+    parsed = {str(f): Regressor.from_record(str(f), v) for f, v in value.items()}
+    _last_read = (value, parsed)
+    return parsed
 
 
 # ------------------------------------------------------------------------------------------------ candidates
@@ -215,6 +225,13 @@ def _box_means(table: Tensor, which: Tensor, boxes: Tensor) -> tuple[Tensor, Ten
     return total, ((x1 - x0) * (y1 - y0)).double()
 
 
+def _ring_mean(table: Tensor, which: Tensor, outer: Tensor, inner_sum: Tensor, inner_area: Tensor) -> Tensor:
+    """The mean of a summed-area table's image between boxes `outer` and the inner boxes whose (sum, area)
+    `_box_means` gave."""
+    outer_sum, outer_area = _box_means(table, which, outer)
+    return (outer_sum - inner_sum) / (outer_area - inner_area).clamp_min(1.0)
+
+
 def image_features(table: Tensor, which: Tensor, boxes: Tensor, work: tuple[int, int]) -> Tensor:
     """(inside, contrast) per box (Tensor[N, K, 2]) of the boxes (Tensor[N, K, 4], working pixels) on image
     `which` (Tensor[N]) of the model's input, as summed-area tables `table` (`image_tables`: Tensor[B, H + 1, W + 1]):
@@ -226,11 +243,9 @@ def image_features(table: Tensor, which: Tensor, boxes: Tensor, work: tuple[int,
     box = boxes.double() * scale
     inner, inner_area = _box_means(table, which, box)
     half = torch.stack([(box[..., 2] - box[..., 0]) / 2, (box[..., 3] - box[..., 1]) / 2] * 2, -1)
-    outer, outer_area = _box_means(table, which, box + half * torch.tensor([-1.0, -1.0, 1.0, 1.0],
-                                                                           dtype=torch.float64, device=box.device))
+    outer = box + half * torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64, device=box.device)
     inside = inner / inner_area
-    ring = (outer - inner) / (outer_area - inner_area).clamp_min(1.0)
-    return torch.stack([inside, inside - ring], -1)
+    return torch.stack([inside, inside - _ring_mean(table, which, outer, inner, inner_area)], -1)
 
 
 def image_tables(images: Tensor, used: Tensor | None = None, *,
@@ -282,13 +297,8 @@ def refine_features(tables: tuple[Tensor, Tensor, Tensor], which: Tensor, boxes:
     z_in, area = _box_means(zt, which, boxes)
     inside = z_in / area
     spread = torch.sqrt((_box_means(sqt, which, boxes)[0] / area - inside * inside).clamp_min(0.0))
-    contrast = []
-    for k in (0.25, 0.5):
-        z_out, a_out = _box_means(zt, which, grown(k))
-        contrast.append(inside - (z_out - z_in) / (a_out - area).clamp_min(1.0))
-    g_out, a_out = _box_means(gt, which, grown(0.15))
-    g_core, a_core = _box_means(gt, which, grown(-0.15))
-    band = (g_out - g_core) / (a_out - a_core).clamp_min(1.0)
+    contrast = [inside - _ring_mean(zt, which, grown(k), z_in, area) for k in (0.25, 0.5)]
+    band = _ring_mean(gt, which, grown(0.15), *_box_means(gt, which, grown(-0.15)))
     g_in = _box_means(gt, which, boxes)[0] / area
     base = torch.stack([inside, spread, contrast[0], contrast[1], band, band - g_in], -1)
     return torch.cat([geo, base, geo * geo, geo * inside.unsqueeze(-1), geo * contrast[0].unsqueeze(-1)], -1)
@@ -441,27 +451,41 @@ def _pair_overlap(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return inter / (area_a + area_b - inter), inter / torch.minimum(area_a, area_b)
 
 
+def _same_lesion(a: Tensor, b: Tensor, dedup_iou: float) -> Tensor:
+    """Boxes a and b (Tensor[N, 4] each) overlap (IoU > `dedup_iou`) or nest (>= ``NESTED_SHARE``)."""
+    iou, share = _pair_overlap(a, b)
+    return (iou > dedup_iou) | (share >= NESTED_SHARE)
+
+
+def _best_first(boxes: Tensor, ok: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(boxes, ok, score, order) sorted by score, best first (stable); absent boxes (ok False) score -inf, last."""
+    score = torch.where(ok, score, torch.full_like(score, -math.inf))
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    return boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4)), ok.gather(1, order), score.gather(1, order), order
+
+
+def _clipped(boxes: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
+    """Boxes (Tensor[..., 4]) clipped to [0, limit], and whether each still has an area."""
+    boxes = torch.minimum(boxes.clamp(min=0), limit)
+    return boxes, ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)
+
+
 def one_box_per_lesion(boxes: Tensor, quality: Tensor, ok: Tensor, dedup_iou: float) -> tuple[Tensor, Tensor, Tensor]:
     """The candidates of each pair (boxes Tensor[M, T, 4], quality Tensor[M, T], ok Tensor[M, T] bool) as one box per
     lesion (module docstring), best first: (boxes, ok, score) Tensor[M, T, ...], kept boxes first by quality, the
     others with ok False and score -inf."""
     m, steps = ok.shape
-    score = torch.where(ok, quality, torch.full_like(quality, -math.inf))
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices
-    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
-    ok = ok.gather(1, order)
-    score = score.gather(1, order)
+    boxes, ok, score, _ = _best_first(boxes, ok, quality)
     # greedy, best first: a candidate that overlaps or nests with a better head joins that head's lesion
     head = ok.clone()
     joins = torch.arange(steps, device=ok.device).expand(m, steps).clone()
     for t in range(1, steps):
         for s in range(t):
-            iou, share = _pair_overlap(boxes[:, t], boxes[:, s])
-            same = head[:, s] & head[:, t] & ((iou > dedup_iou) | (share >= NESTED_SHARE))
+            same = head[:, s] & head[:, t] & _same_lesion(boxes[:, t], boxes[:, s], dedup_iou)
             joins[:, t] = torch.where(same, s, joins[:, t])
             head[:, t] &= ~same
     # each lesion's box: its candidates' boxes weighted by their quality (weighted box fusion)
-    weight = torch.where(ok, quality.gather(1, order).clamp_min(FUSION_FLOOR), torch.zeros_like(score))
+    weight = torch.where(ok, score.clamp_min(FUSION_FLOOR), torch.zeros_like(score))
     member = (joins.unsqueeze(1) == torch.arange(steps, device=ok.device).view(1, -1, 1)) & ok.unsqueeze(1)
     wsum = (member * weight.unsqueeze(1)).sum(-1)  # [m, heads]
     fused = ((member * weight.unsqueeze(1)).unsqueeze(-1) * boxes.unsqueeze(1)).sum(2)
@@ -469,37 +493,23 @@ def one_box_per_lesion(boxes: Tensor, quality: Tensor, ok: Tensor, dedup_iou: fl
     # a fused box that now overlaps or nests with a better one is the same lesion too: merged into it
     for t in range(1, steps):
         for s in range(t):
-            iou, share = _pair_overlap(boxes[:, t], boxes[:, s])
-            same = head[:, s] & head[:, t] & ((iou > dedup_iou) | (share >= NESTED_SHARE))
+            same = head[:, s] & head[:, t] & _same_lesion(boxes[:, t], boxes[:, s], dedup_iou)
             total = (wsum[:, s] + wsum[:, t]).clamp_min(1e-12)
             merged = (wsum[:, s, None] * boxes[:, s] + wsum[:, t, None] * boxes[:, t]) / total[:, None]
             boxes[:, s] = torch.where(same.unsqueeze(-1), merged, boxes[:, s])
             wsum[:, s] = torch.where(same, total, wsum[:, s])
             head[:, t] &= ~same
-    ok = head
-    score = torch.where(ok, score, torch.full_like(score, -math.inf))
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices  # kept boxes first, still by quality
-    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
-    ok = ok.gather(1, order)
-    score = score.gather(1, order)
-    return boxes, ok, score
+    return _best_first(boxes, head, score)[:3]  # kept boxes first, still by quality
 
 
 def drop_duplicates(boxes: Tensor, score: Tensor, ok: Tensor, dedup_iou: float) -> tuple[Tensor, Tensor, Tensor]:
     """Boxes (Tensor[M, K, 4]) best first by score: one that overlaps (IoU > `dedup_iou`) or nests with (>=
     ``NESTED_SHARE``) a better kept one is dropped. Returns (boxes, ok, score), kept first by score."""
-    score = torch.where(ok, score, torch.full_like(score, -math.inf))
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices
-    boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
-    ok = ok.gather(1, order)
-    score = score.gather(1, order)
+    boxes, ok, score, _ = _best_first(boxes, ok, score)
     for t in range(1, ok.shape[1]):
         for s in range(t):
-            iou, share = _pair_overlap(boxes[:, t], boxes[:, s])
-            ok[:, t] &= ~(ok[:, s] & ((iou > dedup_iou) | (share >= NESTED_SHARE)))
-    score = torch.where(ok, score, torch.full_like(score, -math.inf))
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices
-    return boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4)), ok.gather(1, order), score.gather(1, order)
+            ok[:, t] &= ~(ok[:, s] & _same_lesion(boxes[:, t], boxes[:, s], dedup_iou))
+    return _best_first(boxes, ok, score)[:3]
 
 
 def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tuple[int, int],
@@ -515,33 +525,32 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
         return None
     done = torch.tensor(which, dtype=torch.bool)
     sub = pairs[done.to(pairs.device)]
-    names = {classes[int(c)] for c in cls[done]}
-    refining = {name for name in names if regressors[name].refine is not None}
+    finding = [classes[int(c)] for c in cls[done]]
+    rows_of = {name: torch.tensor([f == name for f in finding], dtype=torch.bool, device=sub.device)
+               for name in set(finding)}
+    refining = {name for name in rows_of if regressors[name].refine is not None}
     tables = image_tables(images.to(sub.device), torch.unique(sub[:, 0])) if refining and images is not None else None
     cand = candidates(step_maps, masks, sub, work, images, None if tables is None else tables[0])
     m, steps = cand.live.shape
     boxes = torch.zeros(m, steps, 4, dtype=torch.float64, device=sub.device)
     quality = torch.zeros(m, steps, dtype=torch.float64, device=sub.device)
-    for name in names:
-        rows = torch.tensor([classes[int(c)] == name for c in cls[done]], dtype=torch.bool, device=sub.device)
+    for name, rows in rows_of.items():
         b, q = predict(regressors[name], cand.features[rows], cand.ref[rows])
         boxes[rows], quality[rows] = b, q
     hw, ww = work
     limit = torch.tensor([ww, hw, ww, hw], dtype=torch.float64, device=sub.device)
-    boxes = torch.minimum(boxes.clamp(min=0), limit)
-    ok = cand.live & ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)
-    boxes, ok, score = one_box_per_lesion(boxes, quality, ok, dedup_iou)
+    boxes, has_area = _clipped(boxes, limit)
+    boxes, ok, score = one_box_per_lesion(boxes, quality, cand.live & has_area, dedup_iou)
     if tables is not None:  # each lesion's box moved where the image says it fits best, scored by that fit
         to_image = torch.tensor([(tables[0].shape[-1] - 1) / ww, (tables[0].shape[-2] - 1) / hw] * 2,
                                 dtype=torch.float64, device=sub.device)  # working pixels -> the tables' pixels
         for name in refining:
-            rows = torch.tensor([classes[int(c)] == name for c in cls[done]], dtype=torch.bool, device=sub.device)
+            rows = rows_of[name]
             moved, fit = refine_boxes(regressors[name].refine, tables, sub[rows, 0], boxes[rows] * to_image)
             boxes[rows] = moved / to_image
             score[rows] = torch.where(ok[rows], fit, score[rows])
-        boxes = torch.minimum(boxes.clamp(min=0), limit)
-        ok &= ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)
-        boxes, ok, score = drop_duplicates(boxes, score, ok, dedup_iou)
+        boxes, has_area = _clipped(boxes, limit)
+        boxes, ok, score = drop_duplicates(boxes, score, ok & has_area, dedup_iou)
     r = int(max_boxes)
     if steps < r:
         pad = r - steps

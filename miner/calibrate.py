@@ -588,8 +588,9 @@ def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration,
                     truth[finding].append(gts)
 
     rows = mine_set(pipeline, data, on_batch=collect)
-    counts = {f: n for f, (_, n) in found_per_finding(group_boxes((r[0], r[1], r[2], r[4]) for r in rows),
-                                                      data.gt, 0.5).items()}
+    counts: dict[str, int] = defaultdict(int)  # ground-truth boxes per finding
+    for (_, finding), boxes in data.gt.items():
+        counts[finding] += len(boxes)
     regressors: dict[str, Any] = {}
     for finding in sorted(feats):
         if counts.get(finding, 0) < min_boxes:
