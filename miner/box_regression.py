@@ -21,7 +21,7 @@ Per finding, two linear maps of the standardised features (ridge regressions fit
 boxes, `fit_regressor`; a few hundred numbers per finding, kept in the checkpoint's settings record) give
 
 - the box: (log w/w_ref, log h/h_ref, dx/w_ref, dy/h_ref) of the lesion relative to the reference box, and
-- the quality: the IoU the regressed box is expected to reach with its lesion, the box's score.
+- the quality: the IoU the regressed box is expected to reach with its lesion, the box's score (without a refinement).
 
 The candidates of a pair are ranked by quality; one whose IoU with a better one exceeds ``BoxConfig.dedup_iou``
 or that holds or lies inside one (intersection over the smaller box's area >= ``NESTED_SHARE``) joins that one's
@@ -34,14 +34,23 @@ not computed at all). The score is the predicted IoU, comparable across images: 
 one.
 
 Where the finding's regressor carries a **refinement** (``refine``, fitted by `miner calibrate` unless
-``--no-refine``), each lesion's box is then moved to where the image says it fits best: of the 81 moves of the box
-(width and height x 0.8, 1 or 1.25, centre +-0.15 of its width and height; the box itself first), the one whose
-expected IoU is highest, by a third ridge regression on the moved box's image (``REFINE_NAMES``: how it moved, the
-standardised image's mean and spread inside it, its contrast with rings a quarter and a half of the box wide, the
-gradient on a band across its border and that against the gradient inside, and their products with the move). That
-expected IoU becomes the box's score, and boxes that come to overlap or nest with a better one are dropped. The
-image is read through summed-area tables at half the input's resolution (`image_tables`), for the candidates'
-features too.
+``--no-refine``), each lesion's box is then moved to where the image and the map say it fits best, and scored:
+
+- **the move**: of the 81 moves of the box (width and height x 0.8, 1 or 1.25, centre +-0.15 of its width and
+  height; the box itself first, so ties keep it), the one a linear choice rates highest. It reads each moved box
+  (``REFINE_NAMES``): how it moved; the standardised image's mean and spread inside, its contrast with rings a
+  quarter and a half of the box wide, the gradient on a band across its border and that against the gradient
+  inside; the first map H_1's mean inside, its contrast with the two rings and the share of its mass inside; and
+  products of the move with the image and the map. It is fitted as a ridge regression of the IoU a move reaches
+  on these features, both less their mean over the box's moves (a fixed effect per box): it learns which move of
+  a box is better, and nothing about which boxes are good, which is the score's task.
+- **the score**: a ridge regression, over every validation box, of the IoU its chosen move reaches on
+  ``SCORE_NAMES``: the first stage's expected IoU, how far the chosen move stands above the box's other moves, the
+  image at the chosen box, and whether it is its pair's first lesion. The score ranks boxes across images; boxes
+  that come to overlap or nest with a better one are dropped.
+
+The image is read through summed-area tables at half the input's resolution (`image_tables`), for the candidates'
+features too; the map through a summed-area table of H_1 upsampled to the same pixels (`map_tables`).
 """
 from __future__ import annotations
 
@@ -89,13 +98,23 @@ FEATURE_NAMES: tuple[str, ...] = _names()
 REFINE_SCALES: tuple[float, ...] = (1.0, 0.8, 1.25)
 REFINE_SHIFTS: tuple[float, ...] = (0.0, -0.15, 0.15)
 #: the refinement's feature layout (recorded with it)
-REFINE_ID = "box-image/2"
+REFINE_ID = "box-image-map/3"
+_GEO = ("log_sw", "log_sh", "dx", "dy")
+#: what the refinement reads of a moved box: how it moved, the image there (mean, spread, contrast with two rings,
+#: the gradient across its border), the mining's first map there (its mean, contrast with two rings, share of the
+#: map's mass), and products of the move with the image and the map
 REFINE_NAMES: tuple[str, ...] = (
-    "log_sw", "log_sh", "dx", "dy", "inside", "inside_sd", "contrast@0.25", "contrast@0.5", "edge", "edge-inside",
-    *(f"{g}^2" for g in ("log_sw", "log_sh", "dx", "dy")), *(f"{g}*inside" for g in ("log_sw", "log_sh", "dx", "dy")),
-    *(f"{g}*contrast" for g in ("log_sw", "log_sh", "dx", "dy")))
-#: ridge penalty of the refinement's IoU regression
+    *_GEO, "inside", "inside_sd", "contrast@0.25", "contrast@0.5", "edge", "edge-inside",
+    *(f"{g}^2" for g in _GEO), *(f"{g}*inside" for g in _GEO), *(f"{g}*contrast" for g in _GEO),
+    "map_inside", "map_contrast@0.25", "map_contrast@0.5", "map_share",
+    *(f"{g}*map_inside" for g in _GEO), *(f"{g}*map_contrast" for g in _GEO))
+#: what the refined box's score reads: the first stage's expected IoU of the lesion, how far the chosen move stands
+#: above the box's other moves, the image at the chosen box, and whether it is the pair's first lesion
+SCORE_NAMES: tuple[str, ...] = ("quality", "choice", "inside", "inside_sd", "contrast@0.25", "contrast@0.5", "edge",
+                                "edge-inside", "first")
+#: ridge penalties of the move choice (on the features less their mean over a box's moves) and of the score
 REFINE_RIDGE = 3.0
+SCORE_RIDGE = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,24 @@ class Candidates:
 
 
 @dataclass(frozen=True)
+class Refinement:
+    """One finding's refinement (`refine_boxes`, `fit_refinement`): the move choice, weights ``choose`` over the
+    features ``REFINE_NAMES`` divided by ``scale`` (only differences between a box's moves count: no mean, no
+    intercept), and the refined box's score, a ridge regression (``score``, Tensor[S + 1], the intercept last) over
+    the standardised ``SCORE_NAMES``."""
+
+    scale: Tensor
+    choose: Tensor
+    score_mean: Tensor
+    score_scale: Tensor
+    score: Tensor
+
+
+#: a refinement record's numbers, in order
+REFINE_FIELDS: tuple[str, ...] = ("scale", "choose", "score_mean", "score_scale", "score")
+
+
+@dataclass(frozen=True)
 class Regressor:
     """One finding's regressions over the standardised features z = (x - mean) / scale (`module docstring`).
 
@@ -121,8 +158,8 @@ class Regressor:
     scale: Tensor
     box: Tensor
     quality: Tensor
-    #: the local refinement (`refine_boxes`): (mean, scale, weights Tensor[R + 1]) over ``REFINE_NAMES``; None: off
-    refine: tuple[Tensor, Tensor, Tensor] | None = None
+    #: the local refinement (`refine_boxes`); None: off
+    refine: Refinement | None = None
 
     def to_record(self) -> dict[str, Any]:
         out: dict[str, Any] = {"features": FEATURES_ID, "mean": [float(v) for v in self.mean],
@@ -130,8 +167,8 @@ class Regressor:
                                "box": [[float(v) for v in row] for row in self.box],
                                "quality": [float(v) for v in self.quality]}
         if self.refine is not None:
-            out["refine"] = {"features": REFINE_ID, **{k: [float(v) for v in t]
-                                                       for k, t in zip(("mean", "scale", "weights"), self.refine)}}
+            out["refine"] = {"features": REFINE_ID, **{k: [float(v) for v in getattr(self.refine, k)]
+                                                       for k in REFINE_FIELDS}}
         return out
 
     @classmethod
@@ -162,18 +199,21 @@ class Regressor:
         refine = value.get("refine")
         if refine is None:
             return cls(mean, scale, box, quality)
-        r = len(REFINE_NAMES)
         if not isinstance(refine, Mapping) or refine.get("features") != REFINE_ID:
             raise bad(f"has a refinement that is not an object of the layout {REFINE_ID!r}")
         try:
-            parts = tuple(torch.tensor(refine[k], dtype=torch.float64) for k in ("mean", "scale", "weights"))
+            parts = {k: torch.tensor(refine[k], dtype=torch.float64) for k in REFINE_FIELDS}
         except (KeyError, TypeError, ValueError) as err:
             raise bad(f"has a refinement that is incomplete or not numbers ({err})") from None
-        if tuple(t.shape for t in parts) != ((r,), (r,), (r + 1,)):
-            raise bad(f"has refinement shapes {[tuple(t.shape) for t in parts]}; expected ({r},), ({r},), ({r + 1},)")
-        if not all(bool(torch.isfinite(t).all()) for t in parts) or bool((parts[1] <= 0).any()):
+        r, q = len(REFINE_NAMES), len(SCORE_NAMES)
+        want = {"scale": (r,), "choose": (r,), "score_mean": (q,), "score_scale": (q,), "score": (q + 1,)}
+        if any(tuple(parts[k].shape) != shape for k, shape in want.items()):
+            raise bad(f"has refinement shapes {[tuple(parts[k].shape) for k in REFINE_FIELDS]}; expected "
+                      f"{list(want.values())}")
+        if (not all(bool(torch.isfinite(t).all()) for t in parts.values())
+                or bool((parts["scale"] <= 0).any()) or bool((parts["score_scale"] <= 0).any())):
             raise bad("has a refinement with a non-finite number or a scale <= 0")
-        return cls(mean, scale, box, quality, parts)
+        return cls(mean, scale, box, quality, Refinement(**parts))
 
 
 #: the last record `read_regressors` parsed, and what it gave (every batch of a job reads the same record)
@@ -277,11 +317,31 @@ def image_tables(images: Tensor, used: Tensor | None = None, *,
     return table(z), table(z * z), table(grad)
 
 
-def refine_features(tables: tuple[Tensor, Tensor, Tensor], which: Tensor, boxes: Tensor, origin: Tensor) -> Tensor:
-    """``REFINE_NAMES`` of boxes (Tensor[N, ..., 4], the tables' pixels) on image `which` (Tensor[N]) that moved from
-    `origin` (broadcast to `boxes`): how they moved, the image's mean and spread inside, its contrast with two rings
-    around them (grown by a quarter and a half of the box a side), the gradient on a band across their border
-    (+-0.15 of the box) and that minus the gradient inside."""
+def _grown(boxes: Tensor, k: float) -> Tensor:
+    """Boxes (Tensor[..., 4]) grown by k x their width and height on each side (shrunk where k < 0)."""
+    w = (boxes[..., 2] - boxes[..., 0]).clamp_min(1.0)
+    h = (boxes[..., 3] - boxes[..., 1]).clamp_min(1.0)
+    return boxes + torch.stack([-k * w, -k * h, k * w, k * h], -1)
+
+
+def map_tables(step_maps: Tensor, pairs: Tensor, size: tuple[int, int]) -> Tensor:
+    """Summed-area tables (Tensor[N, H + 1, W + 1] float64) of each pair's first map H_1, upsampled (bilinear) to
+    `size` (H, W: the image tables' pixels) and min-max normalised, row i for pair i."""
+    h1 = step_maps[0, pairs[:, 0], pairs[:, 1]].float()
+    up = F.interpolate(h1.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
+    lo = up.amin(dim=(-2, -1), keepdim=True)
+    m = (up - lo) / (up.amax(dim=(-2, -1), keepdim=True) - lo).clamp_min(1e-12)
+    return F.pad(m.cumsum(-2).cumsum(-1), (1, 0, 1, 0)).double()
+
+
+def refine_features(tables: tuple[Tensor, Tensor, Tensor], which: Tensor, maps: Tensor, rows: Tensor, boxes: Tensor,
+                    origin: Tensor) -> Tensor:
+    """``REFINE_NAMES`` of boxes (Tensor[N, ..., 4], the tables' pixels) on image `which` (Tensor[N]) and pair
+    `rows` (Tensor[N], rows of `maps`, `map_tables`) that moved from `origin` (broadcast to `boxes`): how they moved;
+    the image's mean and spread inside, its contrast with two rings around them (grown by a quarter and a half of
+    the box a side), the gradient on a band across their border (+-0.15 of the box) and that minus the gradient
+    inside; the first map's mean inside, its contrast with the two rings and the share of its mass inside; and the
+    move's products with the image and the map."""
     zt, sqt, gt = tables
     w = (boxes[..., 2] - boxes[..., 0]).clamp_min(1.0)
     h = (boxes[..., 3] - boxes[..., 1]).clamp_min(1.0)
@@ -290,18 +350,20 @@ def refine_features(tables: tuple[Tensor, Tensor, Tensor], which: Tensor, boxes:
     geo = torch.stack([torch.log(w / w0), torch.log(h / h0),
                        ((boxes[..., 0] + boxes[..., 2]) - (origin[..., 0] + origin[..., 2])) / 2 / w0,
                        ((boxes[..., 1] + boxes[..., 3]) - (origin[..., 1] + origin[..., 3])) / 2 / h0], -1)
-
-    def grown(k: float) -> Tensor:
-        return boxes + torch.stack([-k * w, -k * h, k * w, k * h], -1)
-
     z_in, area = _box_means(zt, which, boxes)
     inside = z_in / area
     spread = torch.sqrt((_box_means(sqt, which, boxes)[0] / area - inside * inside).clamp_min(0.0))
-    contrast = [inside - _ring_mean(zt, which, grown(k), z_in, area) for k in (0.25, 0.5)]
-    band = _ring_mean(gt, which, grown(0.15), *_box_means(gt, which, grown(-0.15)))
+    contrast = [inside - _ring_mean(zt, which, _grown(boxes, k), z_in, area) for k in (0.25, 0.5)]
+    band = _ring_mean(gt, which, _grown(boxes, 0.15), *_box_means(gt, which, _grown(boxes, -0.15)))
     g_in = _box_means(gt, which, boxes)[0] / area
+    m_sum, m_area = _box_means(maps, rows, boxes)
+    m_in = m_sum / m_area
+    m_contrast = [m_in - _ring_mean(maps, rows, _grown(boxes, k), m_sum, m_area) for k in (0.25, 0.5)]
+    m_total = maps[rows.long(), -1, -1].view(-1, *([1] * (boxes.dim() - 2)))
     base = torch.stack([inside, spread, contrast[0], contrast[1], band, band - g_in], -1)
-    return torch.cat([geo, base, geo * geo, geo * inside.unsqueeze(-1), geo * contrast[0].unsqueeze(-1)], -1)
+    seen = torch.stack([m_in, m_contrast[0], m_contrast[1], m_sum / m_total.clamp_min(1e-12)], -1)
+    return torch.cat([geo, base, geo * geo, geo * inside.unsqueeze(-1), geo * contrast[0].unsqueeze(-1), seen,
+                      geo * m_in.unsqueeze(-1), geo * m_contrast[0].unsqueeze(-1)], -1)
 
 
 def refine_moves(boxes: Tensor) -> Tensor:
@@ -316,18 +378,37 @@ def refine_moves(boxes: Tensor) -> Tensor:
                         cy + moves[:, 1] * h / 2], -1)
 
 
-def refine_boxes(refine: tuple[Tensor, Tensor, Tensor], tables: tuple[Tensor, Tensor, Tensor], which: Tensor,
-                 boxes: Tensor) -> tuple[Tensor, Tensor]:
-    """The best move of each box (Tensor[N, K, 4], the tables' pixels, on image `which` Tensor[N]) by the
-    refinement's expected IoU: (boxes Tensor[N, K, 4], their expected IoU Tensor[N, K])."""
-    mean, scale, weights = (t.to(boxes.device) for t in refine)
+def choose_moves(refine: Refinement, features: Tensor) -> tuple[Tensor, Tensor]:
+    """The chosen move of each box from its moves' features (Tensor[..., 81, R]): (index Tensor[...], its choice
+    value above the mean of the box's moves Tensor[...]). Ties keep the first: the box itself."""
+    value = (features / refine.scale.to(features.device)) @ refine.choose.to(features.device)
+    best = value.argmax(-1)
+    return best, value.gather(-1, best.unsqueeze(-1)).squeeze(-1) - value.mean(-1)
+
+
+def score_features(quality: Tensor, choice: Tensor, chosen: Tensor, first: Tensor) -> Tensor:
+    """``SCORE_NAMES`` (Tensor[..., S]) of refined boxes: the lesion's first-stage expected IoU, the chosen move's
+    choice value (`choose_moves`), the chosen box's features (Tensor[..., R]) and whether it is the pair's first."""
+    image = chosen[..., REFINE_NAMES.index("inside"):REFINE_NAMES.index("edge-inside") + 1]
+    return torch.cat([quality.unsqueeze(-1), choice.unsqueeze(-1), image, first.double().unsqueeze(-1)], -1)
+
+
+def refine_boxes(refine: Refinement, tables: tuple[Tensor, Tensor, Tensor], which: Tensor, maps: Tensor,
+                 rows: Tensor, boxes: Tensor, quality: Tensor) -> tuple[Tensor, Tensor]:
+    """The chosen move of each box (Tensor[N, K, 4], the tables' pixels, on image `which` and map row `rows`, each
+    Tensor[N]; K lesions best first by their first-stage `quality` Tensor[N, K]) and its score (module docstring):
+    (boxes Tensor[N, K, 4], scores Tensor[N, K])."""
     moved = refine_moves(boxes.double())  # [N, K, 81, 4]
-    f = refine_features(tables, which, moved, boxes.double().unsqueeze(-2))
-    z = (f - mean) / scale
-    expected = torch.cat([z, torch.ones_like(z[..., :1])], -1) @ weights  # [N, K, 81]
-    best = expected.argmax(-1)  # the first maximum: the box itself where nothing is better
+    f = refine_features(tables, which, maps, rows, moved, boxes.double().unsqueeze(-2))
+    best, choice = choose_moves(refine, f)
     pick = moved.gather(-2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
-    return pick, expected.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+    chosen = f.gather(-2, best[..., None, None].expand(*best.shape, 1, f.shape[-1])).squeeze(-2)
+    first = torch.zeros_like(quality, dtype=torch.bool)
+    first[:, 0] = True
+    z = (score_features(quality.double(), choice, chosen, first) - refine.score_mean.to(f.device)) \
+        / refine.score_scale.to(f.device)
+    score = torch.cat([z, torch.ones_like(z[..., :1])], -1) @ refine.score.to(f.device)
+    return pick, score
 
 
 def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int, int],
@@ -512,13 +593,35 @@ def drop_duplicates(boxes: Tensor, score: Tensor, ok: Tensor, dedup_iou: float) 
     return _best_first(boxes, ok, score)[:3]
 
 
-def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tuple[int, int],
-                    regressors: Mapping[str, Regressor], classes: Sequence[str], max_boxes: int,
-                    dedup_iou: float, images: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """Boxes of the pairs whose finding has a regressor (module docstring; `images`: the model's input batch the
-    maps came from): (done Tensor[N] bool, boxes
-    Tensor[N, R, 4] float32 working pixels clipped to the image, present Tensor[N, R] bool, score Tensor[N, R]
-    float32), R = `max_boxes`, best first; rows of other pairs are empty. None when no pair has one."""
+@dataclass
+class Lesions:
+    """The first stage's boxes of the pairs whose finding has a regressor (`lesion_boxes`), before any refinement.
+
+    done: Tensor[N] bool (the pair's finding has a regressor); pairs: Tensor[M, 2] those pairs; finding: their
+    findings; boxes: Tensor[M, T, 4] float64 working pixels, best first; ok: Tensor[M, T] bool; quality: Tensor[M, T]
+    the expected IoU; tables (`image_tables`) and maps (`map_tables`, row i for pair i) where a finding refines,
+    with to_image (Tensor[4]: working pixels -> the tables' pixels)."""
+
+    done: Tensor
+    pairs: Tensor
+    finding: list[str]
+    boxes: Tensor
+    ok: Tensor
+    quality: Tensor
+    tables: tuple[Tensor, Tensor, Tensor] | None = None
+    maps: Tensor | None = None
+    to_image: Tensor | None = None
+
+    def rows(self, name: str) -> Tensor:
+        return torch.tensor([f == name for f in self.finding], dtype=torch.bool, device=self.pairs.device)
+
+
+def lesion_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tuple[int, int],
+                 regressors: Mapping[str, Regressor], classes: Sequence[str], dedup_iou: float,
+                 images: Tensor | None, tables: bool | None = None) -> Lesions | None:
+    """The first stage (module docstring) for the pairs whose finding has a regressor: one box per lesion from the
+    mining steps' candidates; with the image and map tables the refinement reads where a finding refines (`tables`
+    True: always; False: never). None when no pair's finding has a regressor."""
     cls = pairs[:, 1].cpu().long()
     which = [classes[int(c)] in regressors for c in cls] if classes is not None else [False] * len(cls)
     if not any(which):
@@ -526,27 +629,52 @@ def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tu
     done = torch.tensor(which, dtype=torch.bool)
     sub = pairs[done.to(pairs.device)]
     finding = [classes[int(c)] for c in cls[done]]
-    rows_of = {name: torch.tensor([f == name for f in finding], dtype=torch.bool, device=sub.device)
-               for name in set(finding)}
-    refining = {name for name in rows_of if regressors[name].refine is not None}
-    tables = image_tables(images.to(sub.device), torch.unique(sub[:, 0])) if refining and images is not None else None
-    cand = candidates(step_maps, masks, sub, work, images, None if tables is None else tables[0])
+    if tables is None:
+        tables = any(regressors[name].refine is not None for name in set(finding))
+    image = image_tables(images.to(sub.device), torch.unique(sub[:, 0])) if tables and images is not None else None
+    cand = candidates(step_maps, masks, sub, work, images, None if image is None else image[0])
     m, steps = cand.live.shape
-    boxes = torch.zeros(m, steps, 4, dtype=torch.float64, device=sub.device)
-    quality = torch.zeros(m, steps, dtype=torch.float64, device=sub.device)
-    for name, rows in rows_of.items():
-        b, q = predict(regressors[name], cand.features[rows], cand.ref[rows])
-        boxes[rows], quality[rows] = b, q
+    out = Lesions(done, sub, finding, torch.zeros(m, steps, 4, dtype=torch.float64, device=sub.device),
+                  cand.live, torch.zeros(m, steps, dtype=torch.float64, device=sub.device))
+    for name in set(finding):
+        rows = out.rows(name)
+        out.boxes[rows], out.quality[rows] = predict(regressors[name], cand.features[rows], cand.ref[rows])
     hw, ww = work
     limit = torch.tensor([ww, hw, ww, hw], dtype=torch.float64, device=sub.device)
-    boxes, has_area = _clipped(boxes, limit)
-    boxes, ok, score = one_box_per_lesion(boxes, quality, cand.live & has_area, dedup_iou)
-    if tables is not None:  # each lesion's box moved where the image says it fits best, scored by that fit
-        to_image = torch.tensor([(tables[0].shape[-1] - 1) / ww, (tables[0].shape[-2] - 1) / hw] * 2,
-                                dtype=torch.float64, device=sub.device)  # working pixels -> the tables' pixels
-        for name in refining:
-            rows = rows_of[name]
-            moved, fit = refine_boxes(regressors[name].refine, tables, sub[rows, 0], boxes[rows] * to_image)
+    boxes, has_area = _clipped(out.boxes, limit)
+    out.boxes, out.ok, out.quality = one_box_per_lesion(boxes, out.quality, cand.live & has_area, dedup_iou)
+    if image is not None:
+        th, tw = (v - 1 for v in image[0].shape[-2:])
+        out.tables, out.maps = image, map_tables(step_maps, sub, (th, tw))
+        out.to_image = torch.tensor([tw / ww, th / hw] * 2, dtype=torch.float64, device=sub.device)
+    return out
+
+
+def regressed_boxes(step_maps: Tensor, masks: Tensor, pairs: Tensor, *, work: tuple[int, int],
+                    regressors: Mapping[str, Regressor], classes: Sequence[str], max_boxes: int,
+                    dedup_iou: float, images: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Boxes of the pairs whose finding has a regressor (module docstring; `images`: the model's input batch the
+    maps came from): (done Tensor[N] bool, boxes
+    Tensor[N, R, 4] float32 working pixels clipped to the image, present Tensor[N, R] bool, score Tensor[N, R]
+    float32), R = `max_boxes`, best first; rows of other pairs are empty. None when no pair has one."""
+    found = lesion_boxes(step_maps, masks, pairs, work=work, regressors=regressors, classes=classes,
+                         dedup_iou=dedup_iou, images=images)
+    if found is None:
+        return None
+    done, sub, boxes, ok, score = found.done, found.pairs, found.boxes, found.ok, found.quality
+    m, steps = ok.shape
+    hw, ww = work
+    limit = torch.tensor([ww, hw, ww, hw], dtype=torch.float64, device=sub.device)
+    if found.tables is not None:  # each lesion's box moved where the image and map say it fits best, and scored
+        to_image = found.to_image
+        for name in set(found.finding):
+            refine = regressors[name].refine
+            if refine is None:
+                continue
+            rows = found.rows(name)
+            moved, fit = refine_boxes(refine, found.tables, sub[rows, 0], found.maps,
+                                      torch.nonzero(rows).squeeze(1), boxes[rows] * to_image,
+                                      torch.where(ok[rows], score[rows], 0.0))
             boxes[rows] = moved / to_image
             score[rows] = torch.where(ok[rows], fit, score[rows])
         boxes, has_area = _clipped(boxes, limit)
@@ -629,19 +757,46 @@ def fit_regressor(features: Tensor, ref: Tensor, truth: Sequence[Tensor], *, pen
     return Regressor(mean, scale, box, quality)
 
 
-def fit_refinement(features: Tensor, iou: Tensor, *, penalty: float = REFINE_RIDGE) -> tuple[Tensor, Tensor, Tensor]:
-    """One finding's refinement (mean, scale, weights) from the moves of its validation boxes: features Tensor[M,
-    R] (``REFINE_NAMES`` of each moved box) and the IoU each reaches with its lesion (Tensor[M])."""
+def fit_refinement(features: Tensor, iou: Tensor, quality: Tensor, first: Tensor, train: Tensor, *,
+                   penalty: float = REFINE_RIDGE, score_penalty: float = SCORE_RIDGE) -> Refinement:
+    """One finding's `Refinement` from L validation boxes: the features of each box's moves (Tensor[L, 81, R],
+    ``REFINE_NAMES``), the IoU each move reaches with its lesion (Tensor[L, 81], 0 where none), each box's first-stage
+    expected IoU (Tensor[L]), whether it is its pair's first lesion (Tensor[L] bool) and whether it trains the move
+    choice (Tensor[L] bool: it overlaps a lesion).
+
+    The move choice is a ridge regression of the IoU on the features, both less their mean over the box's moves
+    (a fixed effect per box: it learns which move of a box is better, not which boxes are good). The score is a
+    ridge regression over every box of the IoU its chosen move reaches on ``SCORE_NAMES``."""
     x = features.double()
-    mean = x.mean(0)
-    scale = x.std(0, unbiased=False)
-    scale = torch.where(scale > 1e-9, scale, torch.ones_like(scale))
-    weights = _ridge((x - mean) / scale, iou.double().unsqueeze(1), penalty)[:, 0]
-    return mean, scale, weights
+    d = x - x.mean(1, keepdim=True)
+    t = iou.double() - iou.double().mean(1, keepdim=True)
+    r = x.shape[-1]
+    use = train.bool()
+    if bool(use.any()):
+        flat = d[use].reshape(-1, r)
+        scale = flat.std(0, unbiased=False)
+        scale = torch.where(scale > 1e-9, scale, torch.ones_like(scale))
+        z = flat / scale
+        choose = torch.linalg.solve(z.T @ z + penalty * torch.eye(r, dtype=z.dtype), z.T @ t[use].reshape(-1))
+    else:  # no box overlaps a lesion: every box keeps its place
+        scale, choose = torch.ones(r, dtype=torch.float64), torch.zeros(r, dtype=torch.float64)
+    draft = Refinement(scale, choose, torch.zeros(len(SCORE_NAMES), dtype=torch.float64),
+                       torch.ones(len(SCORE_NAMES), dtype=torch.float64),
+                       torch.zeros(len(SCORE_NAMES) + 1, dtype=torch.float64))
+    best, choice = choose_moves(draft, x)
+    chosen = x.gather(1, best.view(-1, 1, 1).expand(-1, 1, r)).squeeze(1)
+    s = score_features(quality.double(), choice, chosen, first)
+    reached = iou.double().gather(1, best.unsqueeze(1)).squeeze(1)
+    mean = s.mean(0)
+    spread = s.std(0, unbiased=False)
+    spread = torch.where(spread > 1e-9, spread, torch.ones_like(spread))
+    weights = _ridge((s - mean) / spread, reached.unsqueeze(1), score_penalty)[:, 0]
+    return Refinement(scale, choose, mean, spread, weights)
 
 
 __all__ = ["FEATURE_LEVELS", "FEATURE_NAMES", "FEATURES_ID", "REFERENCE_LEVEL", "NESTED_SHARE", "Candidates",
            "Regressor", "candidates", "image_features", "decode", "encode", "predict", "regressed_boxes",
            "one_box_per_lesion", "drop_duplicates", "image_tables", "refine_features", "refine_moves", "refine_boxes",
-           "fit_refinement", "REFINE_NAMES", "REFINE_ID",
+           "fit_refinement", "REFINE_NAMES", "REFINE_ID", "SCORE_NAMES", "Refinement", "Lesions", "lesion_boxes",
+           "map_tables", "choose_moves", "score_features",
            "read_regressors", "fit_regressor", "box_iou"]

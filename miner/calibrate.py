@@ -38,8 +38,11 @@ count), and the checkpoint records it as ``input_size`` (the training size stays
 
 Last, at the chosen size and stage weights, the same images fit each finding's box regressors
 (`calibrate_regressors`, ``boxes.regressors``, `miner.box_regression`): ridge regressions from every mining step's
-candidate to the lesion's box and the IoU it reaches, then (unless ``refine=False``) a refinement that scores 81
-moves of each resulting box by the image. They replace the levels' and shapes' boxes of the findings they cover.
+candidate to the lesion's box and the IoU it reaches, then (unless ``refine=False``) a refinement that chooses
+one of 81 moves of each resulting box by the image and the map, and scores the chosen box. The refinement learns
+from boxes as unseen images get them: the batches fall into ``REFINE_FOLDS`` folds, and each fold's boxes come from
+a first stage fitted on the other folds (cross-fitting). They replace the levels' and shapes' boxes of the findings
+they cover.
 """
 from __future__ import annotations
 
@@ -544,11 +547,18 @@ class RegressorFit:
         return out
 
 
+#: folds of the validation images: the refinement learns from each fold's boxes as a first stage fitted on the
+#: other folds gives them (cross-fitting: boxes as unseen images get them, not as tight as on the images it fitted)
+REFINE_FOLDS = 4
+
+
 def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration, *,
-                         min_boxes: int = 10, refine: bool = True) -> RegressorFit:
+                         min_boxes: int = 10, refine: bool = True, folds: int = REFINE_FOLDS) -> RegressorFit:
     """Fit ``boxes.regressors`` (`miner.box_regression`) on `data` under `calibration`'s recipe, mining and box
     settings (the backend opened with its stage weights, at its input size): every mining step of every labelled
-    finding with boxes is one candidate. Findings with fewer than `min_boxes` ground-truth boxes get none."""
+    finding with boxes is one candidate. Findings with fewer than `min_boxes` ground-truth boxes get none. With
+    `refine`, each finding's refinement is fitted on the boxes of `folds` folds of the batches, each as the first
+    stage fitted on the other folds gives them (`_fit_refinements`)."""
     import torch
 
     from miner.box_regression import candidates, fit_regressor
@@ -566,6 +576,8 @@ def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration,
     feats: dict[str, list[Any]] = defaultdict(list)
     refs: dict[str, list[Any]] = defaultdict(list)
     truth: dict[str, list[Any]] = defaultdict(list)
+    origin: dict[str, list[int]] = defaultdict(list)  # each candidate's batch
+    index_of = {id(batch): i for i, batch in enumerate(data.batches)}
     images_of = {id(batch): images for batch, (images, _) in zip(data.batches, data.maps)}
 
     def collect(batch: Any, mined: Any, chosen: np.ndarray) -> None:
@@ -586,18 +598,29 @@ def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration,
                     feats[finding].append(cand.features[i, t])
                     refs[finding].append(cand.ref[i, t])
                     truth[finding].append(gts)
+                    origin[finding].append(index_of[id(batch)])
 
     rows = mine_set(pipeline, data, on_batch=collect)
     counts: dict[str, int] = defaultdict(int)  # ground-truth boxes per finding
     for (_, finding), boxes in data.gt.items():
         counts[finding] += len(boxes)
-    regressors: dict[str, Any] = {}
-    for finding in sorted(feats):
-        if counts.get(finding, 0) < min_boxes:
-            continue
-        reg = fit_regressor(torch.stack(feats[finding]), torch.stack(refs[finding]), truth[finding])
-        if reg is not None:
-            regressors[finding] = reg.to_record()
+
+    def fit(held: set[int]) -> dict[str, Any]:
+        """The first stage fitted on every batch but those `held` out."""
+        out: dict[str, Any] = {}
+        for finding in sorted(feats):
+            if counts.get(finding, 0) < min_boxes:
+                continue
+            keep = [j for j, i in enumerate(origin[finding]) if i not in held]
+            if len(keep) < 2:
+                continue
+            reg = fit_regressor(torch.stack([feats[finding][j] for j in keep]),
+                                torch.stack([refs[finding][j] for j in keep]), [truth[finding][j] for j in keep])
+            if reg is not None:
+                out[finding] = reg.to_record()
+        return out
+
+    regressors = fit(set())
 
     def accs(rows_: Sequence[tuple]) -> dict[str, dict[str, float]]:
         pred = group_boxes((r[0], r[1], r[2], r[4]) for r in rows_)
@@ -610,55 +633,90 @@ def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration,
     before = accs(rows)
     pipeline.box_config = replace(base, regressors=regressors or None)
     if regressors and refine:
-        regressors = _fit_refinements(pipeline, data, regressors)
+        regressors = _fit_refinements(pipeline, data, regressors, fit, folds)
         pipeline.box_config = replace(base, regressors=regressors)
     after = accs(mine_set(pipeline, data)) if regressors else before
     return RegressorFit(regressors, before, after, {f: len(v) for f, v in feats.items()})
 
 
-def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any]) -> dict[str, Any]:
-    """`regressors` with each finding's refinement (`miner.box_regression.fit_refinement`) fitted on `data`'s boxes
-    as `pipeline` (with those regressors, unrefined) gives them: every move of every box that overlaps a lesion
-    (IoU >= 0.1), and the IoU the move reaches."""
+def _subset(data: BoxedSet, batches: Sequence[int]) -> BoxedSet:
+    """The batches `batches` of `data` (with their maps and ground truth)."""
+    chosen = [data.batches[i] for i in batches]
+    ids = {i for batch in chosen for i in batch.image_ids}
+    return BoxedSet(chosen, {k: v for k, v in data.gt.items() if k[0] in ids}, sum(len(b) for b in chosen),
+                    [data.maps[i] for i in batches])
+
+
+def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any],
+                     fit: Callable[[set[int]], dict[str, Any]], folds: int) -> dict[str, Any]:
+    """`regressors` with each finding's refinement (`miner.box_regression.fit_refinement`) fitted on `data`'s
+    boxes of pairs with ground truth: the batches split into `folds` folds (by batch index modulo folds; one fold,
+    in-sample, where there are fewer than two batches), each fold's boxes as the first stage `fit` on the other folds
+    gives them, every move of each with the IoU it reaches."""
     import torch
 
     from miner.box_regression import (
         MIN_TRAIN_IOU,
-        REFINE_NAMES,
         Regressor,
         box_iou,
         fit_refinement,
-        image_tables,
+        lesion_boxes,
+        read_regressors,
         refine_features,
         refine_moves,
     )
+    from miner.boxes import work_size
 
-    feats: dict[str, list[Any]] = defaultdict(list)
-    targets: dict[str, list[Any]] = defaultdict(list)
-    found = group_rows(mine_set(pipeline, data))
-    for batch, (images, _) in zip(data.batches, data.maps):
-        tables = image_tables(images)
-        side_h, side_w = (v - 1 for v in tables[0].shape[-2:])  # the tables' pixels
-        for b, image_id in enumerate(batch.image_ids):
-            height, width = (float(v) for v in batch.sizes[b])
-            scale = torch.tensor([side_w / width, side_h / height] * 2, dtype=torch.float64)
-            for finding, boxes in found.get(image_id, {}).items():
-                gts = data.gt.get((image_id, finding), [])
-                if finding not in regressors or not gts:
-                    continue
-                truth = torch.tensor([(x, y, x + w, y + h) for x, y, w, h in gts], dtype=torch.float64) * scale
-                mine = torch.tensor(boxes, dtype=torch.float64) * scale  # [K, 4]
-                mine = mine[box_iou(mine, truth).amax(1) >= MIN_TRAIN_IOU]
-                if not len(mine):
-                    continue
-                moved = refine_moves(mine)  # [K, 81, 4]
-                which = torch.full((len(mine),), b, dtype=torch.long)
-                feats[finding].append(refine_features(tables, which, moved, mine.unsqueeze(-2))
-                                      .reshape(-1, len(REFINE_NAMES)))
-                targets[finding].append(box_iou(moved.reshape(-1, 4), truth).amax(1))
+    samples: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    images_of = {id(batch): images for batch, (images, _) in zip(data.batches, data.maps)}
+    cfg = pipeline.box_config
+    n = len(data.batches)
+    k = max(1, min(int(folds), n)) if n >= 2 else 1
+    for fold in range(k):
+        held = [i for i in range(n) if i % k == fold]
+        records = fit(set(held)) if k > 1 else regressors
+        stage = read_regressors(records)
+
+        def capture(batch: Any, mined: Any, chosen: np.ndarray, stage: dict[str, Any] = stage) -> None:
+            pairs = torch.as_tensor(np.argwhere(chosen), dtype=torch.long)
+            if not len(pairs):
+                return
+            hw, ww = work_size(tuple(mined.step_maps.shape[-2:]), cfg)
+            found = lesion_boxes(mined.step_maps, mined.masks, pairs, work=(hw, ww), regressors=stage,
+                                 classes=pipeline.class_names, dedup_iou=cfg.dedup_iou,
+                                 images=images_of[id(batch)], tables=True)
+            if found is None:
+                return
+            for i, (b, _) in enumerate(found.pairs.tolist()):
+                gts = data.gt.get((batch.image_ids[b], found.finding[i]), [])
+                live = found.ok[i]
+                if not gts or not bool(live.any()):
+                    continue  # what a pair without ground truth holds is unknown: it trains nothing
+                height, width = (float(v) for v in batch.sizes[b])
+                to_table = found.to_image * torch.tensor([ww / width, hw / height] * 2, dtype=torch.float64)
+                truth = torch.tensor([(x, y, x + w, y + h) for x, y, w, h in gts], dtype=torch.float64) * to_table
+                boxes = found.boxes[i][live] * found.to_image  # [K, 4] the tables' pixels
+                moved = refine_moves(boxes)  # [K, 81, 4]
+                kk = len(boxes)
+                f = refine_features(found.tables, torch.full((kk,), b), found.maps, torch.full((kk,), i), moved,
+                                    boxes.unsqueeze(-2))
+                iou = box_iou(moved.reshape(-1, 4), truth).amax(1).reshape(kk, -1)
+                first = torch.zeros(kk, dtype=torch.bool)
+                first[0] = bool(live[0])
+                samples[found.finding[i]].append((f, iou, found.quality[i][live], first, iou[:, 0] >= MIN_TRAIN_IOU))
+
+        held_out = _subset(data, held)
+        before = pipeline.box_config
+        pipeline.box_config = replace(cfg, regressors=records or None)
+        try:
+            mine_set(pipeline, held_out, on_batch=capture)
+        finally:
+            pipeline.box_config = before
     out = dict(regressors)
-    for finding, parts in feats.items():
-        refine = fit_refinement(torch.cat(parts), torch.cat(targets[finding]))
+    for finding, parts in samples.items():
+        if finding not in regressors:
+            continue
+        refine = fit_refinement(*(torch.cat([p[j] for p in parts]) for j in range(5)))
         reg = Regressor.from_record(finding, regressors[finding])
         out[finding] = Regressor(reg.mean, reg.scale, reg.box, reg.quality, refine).to_record()
     return out

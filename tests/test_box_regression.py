@@ -291,63 +291,118 @@ def test_a_fused_box_that_then_overlaps_a_better_one_is_merged_into_it():
 
 
 def squares(n: int, seed: int):
-    """n 64 x 64 images, each with one bright 16 x 16 square, and boxes of it moved by a random one of the
-    refinement's moves (as a map's box sits off its lesion)."""
+    """n 64 x 64 images, each with one bright 16 x 16 square, a blurred 8 x 8 first map peaking near it (as a CAM:
+    coarse, a few pixels off), and boxes of it moved by a random one of the refinement's moves (as a map's box sits
+    off its lesion)."""
     from miner.box_regression import refine_moves
 
     g = torch.Generator().manual_seed(seed)
     images = torch.zeros(n, 1, 64, 64)
+    maps = torch.zeros(1, n, 1, 8, 8)
+    yy, xx = torch.meshgrid(torch.arange(8.0) * 8 + 4, torch.arange(8.0) * 8 + 4, indexing="ij")
     truth, start = [], []
     for i in range(n):
         y, x = (int(v) for v in torch.randint(12, 36, (2,), generator=g))
         images[i, 0, y:y + 16, x:x + 16] = 1.0
+        oy, ox = (float(v) for v in torch.randint(-3, 4, (2,), generator=g))
+        maps[0, i, 0] = torch.exp(-((yy - y - 8 - oy) ** 2 + (xx - x - 8 - ox) ** 2) / (2 * 10.0 ** 2))
         sq = torch.tensor([x, y, x + 16, y + 16], dtype=torch.float64)
         truth.append(sq)
         start.append(refine_moves(sq)[int(torch.randint(0, 81, (1,), generator=g))])
-    return images, torch.stack(truth), torch.stack(start)
+    return images, maps, torch.stack(truth), torch.stack(start)
+
+
+def square_moves(n: int, seed: int):
+    """`squares` with every move of each box: (images, maps, truth, start, tables, map tables, moves Tensor[n, 81,
+    4], their features Tensor[n, 81, R], the IoU each move reaches Tensor[n, 81])."""
+    from miner.box_regression import box_iou, image_tables, map_tables, refine_features, refine_moves
+
+    images, maps, truth, start = squares(n, seed)
+    tables = image_tables(images)
+    mt = map_tables(maps, torch.tensor([[i, 0] for i in range(n)]), (64, 64))
+    moved = refine_moves(start)  # [n, 81, 4]
+    feats = refine_features(tables, torch.arange(n), mt, torch.arange(n), moved, start.unsqueeze(1))
+    iou = torch.stack([box_iou(moved[i], truth[i:i + 1])[:, 0] for i in range(n)])
+    return images, maps, truth, start, tables, mt, moved, feats, iou
 
 
 def test_the_refinement_moves_a_box_onto_the_lesion_the_image_shows():
     """Fitted on 40 images' boxes (every move of each, with the IoU it reaches), the refinement takes boxes of 20
-    other images, each one move off its square, back onto it; its expected IoU ranks the fits."""
-    from miner.box_regression import (
-        REFINE_NAMES,
-        box_iou,
-        fit_refinement,
-        image_tables,
-        refine_boxes,
-        refine_features,
-        refine_moves,
-    )
+    other images, each one move off its square, back onto it; its score ranks the fits."""
+    from miner.box_regression import box_iou, fit_refinement, refine_boxes
 
-    images, truth, start = squares(40, 0)
-    tables = image_tables(images)
-    moved = refine_moves(start)  # [40, 81, 4]
-    feats = refine_features(tables, torch.arange(40), moved, start.unsqueeze(1)).reshape(-1, len(REFINE_NAMES))
-    iou = torch.stack([box_iou(moved[i], truth[i:i + 1])[:, 0] for i in range(40)]).reshape(-1)
-    refine = fit_refinement(feats, iou)
-    test_images, test_truth, test_start = squares(20, 1)
+    *_, feats, iou = square_moves(40, 0)
+    n = len(iou)
+    refine = fit_refinement(feats, iou, torch.full((n,), 0.5, dtype=torch.float64), torch.ones(n, dtype=torch.bool),
+                            torch.ones(n, dtype=torch.bool))
+    _, _, test_truth, test_start, tables, mt, *_ = square_moves(20, 1)
     before = torch.stack([box_iou(test_start[i:i + 1], test_truth[i:i + 1])[0, 0] for i in range(20)])
-    picked, expected = refine_boxes(refine, image_tables(test_images), torch.arange(20), test_start.unsqueeze(1))
+    picked, score = refine_boxes(refine, tables, torch.arange(20), mt, torch.arange(20), test_start.unsqueeze(1),
+                                 torch.full((20, 1), 0.5, dtype=torch.float64))
     after = torch.stack([box_iou(picked[i], test_truth[i:i + 1])[0, 0] for i in range(20)])
     assert float(after.mean()) > float(before.mean()) + 0.15 and float(after.min()) >= 0.5
     assert (after >= 0.9).float().mean() >= 0.6
-    assert torch.corrcoef(torch.stack([expected[:, 0], after]))[0, 1] > 0.5
+    assert torch.corrcoef(torch.stack([score[:, 0], after]))[0, 1] > 0.5
+
+
+def test_the_move_choice_learns_moves_not_boxes_and_the_score_is_a_ridge_regression():
+    """The move choice is the ridge regression of IoU on features, both less their mean over each box's moves
+    (solved here as augmented least squares), so a box-level shift of the IoU changes nothing; the score weights are
+    the ridge regression of the chosen move's IoU on the standardised score features."""
+    from miner.box_regression import (
+        REFINE_RIDGE,
+        SCORE_NAMES,
+        SCORE_RIDGE,
+        choose_moves,
+        fit_refinement,
+        score_features,
+    )
+
+    *_, feats, iou = square_moves(12, 2)
+    n, m, r = feats.shape
+    quality = torch.linspace(0.2, 0.8, n, dtype=torch.float64)
+    first = torch.arange(n) % 2 == 0
+    train = torch.arange(n) != 3  # one box does not train the choice
+    fit = fit_refinement(feats, iou, quality, first, train)
+    d = (feats - feats.mean(1, keepdim=True))[train].reshape(-1, r)
+    t = (iou - iou.mean(1, keepdim=True))[train].reshape(-1)
+    scale = d.std(0, unbiased=False)
+    scale = torch.where(scale > 1e-9, scale, torch.ones_like(scale))
+    z = torch.cat([d / scale, math.sqrt(REFINE_RIDGE) * torch.eye(r, dtype=torch.float64)])
+    want = torch.linalg.lstsq(z, torch.cat([t, torch.zeros(r, dtype=torch.float64)]).unsqueeze(1)).solution[:, 0]
+    assert torch.allclose(fit.scale, scale) and torch.allclose(fit.choose, want, atol=1e-8)
+    shifted = fit_refinement(feats, iou + torch.linspace(0, 0.3, n, dtype=torch.float64).unsqueeze(1), quality,
+                             first, train)
+    assert torch.allclose(shifted.choose, fit.choose, atol=1e-10)
+    # the score: the chosen move's IoU on the score features, standardised, with an unpenalised intercept
+    best, choice = choose_moves(fit, feats)
+    s = score_features(quality, choice, feats[torch.arange(n), best], first)
+    assert s.shape == (n, len(SCORE_NAMES)) and torch.equal(s[:, 0], quality) and torch.equal(s[:, -1], first.double())
+    zs = (s - s.mean(0)) / torch.where(s.std(0, unbiased=False) > 1e-9, s.std(0, unbiased=False), torch.ones(1))
+    q = len(SCORE_NAMES)
+    aug = torch.cat([torch.cat([zs, torch.ones(n, 1, dtype=torch.float64)], 1),
+                     torch.cat([math.sqrt(SCORE_RIDGE) * torch.eye(q, dtype=torch.float64),
+                                torch.zeros(q, 1, dtype=torch.float64)], 1)])
+    target = torch.cat([iou[torch.arange(n), best], torch.zeros(q, dtype=torch.float64)]).unsqueeze(1)
+    assert torch.allclose(fit.score, torch.linalg.lstsq(aug, target).solution[:, 0], atol=1e-8)
 
 
 def test_refinement_records_round_trip_and_a_broken_one_is_refused():
-    from miner.box_regression import REFINE_ID, REFINE_NAMES
+    from miner.box_regression import REFINE_ID, REFINE_NAMES, SCORE_NAMES, Refinement
 
-    r = len(REFINE_NAMES)
+    r, q = len(REFINE_NAMES), len(SCORE_NAMES)
     reg = constant_regressor()
     refined = Regressor(reg.mean, reg.scale, reg.box, reg.quality,
-                        (torch.zeros(r, dtype=torch.float64), torch.ones(r, dtype=torch.float64),
-                         torch.arange(r + 1, dtype=torch.float64)))
+                        Refinement(torch.ones(r, dtype=torch.float64), torch.arange(r, dtype=torch.float64),
+                                   torch.zeros(q, dtype=torch.float64), torch.ones(q, dtype=torch.float64),
+                                   torch.arange(q + 1, dtype=torch.float64)))
     record = refined.to_record()
     assert record["refine"]["features"] == REFINE_ID
     back = read_regressors({"Mass": record})["Mass"]
-    assert back.refine is not None and torch.equal(back.refine[2], refined.refine[2])
-    for bad in ({**record["refine"], "weights": [0.0]}, {**record["refine"], "features": "x"},
-                {**record["refine"], "scale": [0.0] * r}):
+    assert back.refine is not None and torch.equal(back.refine.choose, refined.refine.choose)
+    assert torch.equal(back.refine.score, refined.refine.score)
+    for bad in ({**record["refine"], "score": [0.0]}, {**record["refine"], "features": "box-image/2"},
+                {**record["refine"], "scale": [0.0] * r}, {**record["refine"], "score_scale": [-1.0] * q},
+                {k: v for k, v in record["refine"].items() if k != "choose"}):
         with pytest.raises(UsageError, match="refinement"):
             read_regressors({"Mass": {**record, "refine": bad}})
