@@ -64,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "boxes are regressed from its maps at several levels and scored by their expected IoU, "
                              "fitted on the same images at the chosen size; miner.box_regression)")
     parser.add_argument("--no-refine", action="store_true",
-                        help="box regressors without their refinement by the image (each lesion's box moved, scaled "
-                             "and scored where the image's contrast and edges fit it best; miner.box_regression)")
+                        help="box regressors without their refinement (each lesion's box moved and scaled where the "
+                             "image and the map fit it best, then scored; miner.box_regression)")
     parser.add_argument("--batch-size", type=BATCH, default=32)
 
 
