@@ -441,7 +441,7 @@ def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int,
         table = image_tables(images.to(step_maps.device), torch.unique(b_idx), gradient=False)[0]
     refs, lives, feats = [], [], []
     for t in range(steps):
-        ht = up(step_maps[t, b_idx, c_idx])
+        ht = first if t == 0 else up(step_maps[t, b_idx, c_idx])
         if t > 0:
             cells = masks[t - 1, b_idx, c_idx]
             kept = F.interpolate(cells.float().unsqueeze(1), size=(hw, ww), mode="nearest").squeeze(1) > 0
@@ -458,7 +458,9 @@ def candidates(step_maps: Tensor, masks: Tensor, pairs: Tensor, work: tuple[int,
         region = erase_components(scaled.reshape(n * nl, hw, ww), threshold=1.0).reshape(n, nl, hw, ww)
         region &= live.view(-1, 1, 1, 1)
         boxes = _bbox(region.reshape(n * nl, hw, ww)).reshape(n, nl, 4).double()
-        heat = ((first.unsqueeze(1) * region).sum(dim=(-2, -1)) / region.sum(dim=(-2, -1)).clamp_min(1)).double()
+        # (a where and a byte count: the same sums as a product and a bool sum, in half the time on CPU)
+        area = region.view(torch.uint8).sum(dim=(-2, -1), dtype=torch.int32).clamp_min(1)
+        heat = (torch.where(region, first.unsqueeze(1), 0.0).sum(dim=(-2, -1)) / area).double()
         ref = boxes[:, ref_at]
         w = (ref[:, 2] - ref[:, 0]).clamp_min(1.0)
         h = (ref[:, 3] - ref[:, 1]).clamp_min(1.0)

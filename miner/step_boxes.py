@@ -82,7 +82,8 @@ def pair_shapes(pairs_class: Tensor, classes: Sequence[str] | None, config: BoxC
 def _bbox(region: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(has, x0, y0, x1, y1) of each region mask (Tensor[N, H, W] bool); x1/y1 exclusive, working pixels."""
     n, hh, ww = region.shape
-    rows, cols = region.any(dim=2), region.any(dim=1)
+    cells = region.view(torch.uint8)  # a max over bytes: torch's any() over a bool dimension is 5x slower on CPU
+    rows, cols = cells.amax(dim=2) > 0, cells.amax(dim=1) > 0
     ar = torch.arange(hh, device=region.device)
     ac = torch.arange(ww, device=region.device)
     y0 = torch.where(rows, ar, hh).amin(1)
