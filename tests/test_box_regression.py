@@ -406,3 +406,32 @@ def test_refinement_records_round_trip_and_a_broken_one_is_refused():
                 {k: v for k, v in record["refine"].items() if k != "choose"}):
         with pytest.raises(UsageError, match="refinement"):
             read_regressors({"Mass": {**record, "refine": bad}})
+
+
+def test_the_refinement_learns_from_boxes_of_a_first_stage_fitted_on_the_other_folds(monkeypatch):
+    """The cone archive in three batches of two images (T = 1: one candidate per pair): with 3 folds each finding's
+    first stage is fitted once on all six candidates (the regressor kept) and once per fold on the other four, and
+    the refinement on the six boxes the fold fits gave; with 1 fold, once, in-sample."""
+    import miner.box_regression as br
+    from miner.calibrate import BoxedSet, calibrate_levels, calibrate_regressors
+    from miner.pipeline import DecodedBatch
+
+    data, backend = cone_archive()
+    whole = data.batches[0]
+    parts = [DecodedBatch(whole.image_ids[i:i + 2], whole.paths[i:i + 2], whole.labels[i:i + 2],
+                          whole.images[i:i + 2], whole.sizes[i:i + 2]) for i in range(0, 6, 2)]
+    split = BoxedSet(parts, data.gt, 6)
+    calibration = calibrate_levels(backend, split, levels=(0.8,), iou=0.3, min_boxes=1, shapes=False)
+    fitted, refined = [], []
+    fit_regressor, fit_refinement = br.fit_regressor, br.fit_refinement
+    monkeypatch.setattr(br, "fit_regressor", lambda f, *a, **k: fitted.append(len(f)) or fit_regressor(f, *a, **k))
+    monkeypatch.setattr(br, "fit_refinement", lambda f, *a, **k: refined.append(len(f)) or fit_refinement(f, *a, **k))
+    three = calibrate_regressors(backend, split, calibration, min_boxes=1, folds=3)
+    assert fitted == [6, 6] + [4, 4] * 3 and refined == [6, 6]  # Mass and Nodule: all, then each fold's complement
+    fitted.clear(), refined.clear()
+    one = calibrate_regressors(backend, split, calibration, min_boxes=1, folds=1)
+    assert fitted == [6, 6] and refined == [6, 6]
+    # the first stage kept is the same either way (fitted on every candidate)
+    for finding in ("Mass", "Nodule"):
+        a, b = three.regressors[finding], one.regressors[finding]
+        assert a["box"] == b["box"] and a["quality"] == b["quality"] and "refine" in a and "refine" in b
