@@ -47,7 +47,7 @@ SHORT = {"Atelectasis": "AT", "Cardiomegaly": "CM", "Effusion": "PE", "Infiltrat
 SEEDS = {"plain": 31, "real": 33}
 METRICS = ("ap50", "ap", "acc30", "acc50")
 METRIC_NAMES = {"ap50": "AP50", "ap": "AP", "acc30": "Acc@0.3", "acc50": "Acc@0.5"}
-DEFAULT_FILTERS = ("top3=max_rank:3", "top1=max_rank:1", "top3 score>=0.7=max_rank:3,min_score:0.7")
+DEFAULT_FILTERS = ("top3=max_rank:3", "top1=max_rank:1", "top3 score>=0.5=max_rank:3,min_score:0.5")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
