@@ -44,10 +44,10 @@ Where the finding's regressor carries a **refinement** (``refine``, fitted by `m
   products of the move with the image and the map. It is fitted as a ridge regression of the IoU a move reaches
   on these features, both less their mean over the box's moves (a fixed effect per box): it learns which move of
   a box is better, and nothing about which boxes are good, which is the score's task.
-- **the score**: a ridge regression, over every validation box, of the IoU its chosen move reaches on
-  ``SCORE_NAMES``: the first stage's expected IoU, how far the chosen move stands above the box's other moves, the
-  image at the chosen box, and whether it is its pair's first lesion. The score ranks boxes across images; boxes
-  that come to overlap or nest with a better one are dropped.
+- **the score**: a ridge regression, over every validation box of a pair with ground truth, of the IoU its chosen
+  move reaches on ``SCORE_NAMES``: the first stage's expected IoU, how far the chosen move stands above the box's
+  other moves, the image at the chosen box, and whether it is its pair's first lesion. The score ranks boxes across
+  images; boxes that come to overlap or nest with a better one are dropped.
 
 The image is read through summed-area tables at half the input's resolution (`image_tables`), for the candidates'
 features too; the map through a summed-area table of H_1 upsampled to the same pixels (`map_tables`).
