@@ -64,8 +64,14 @@ def setup(device: str = "auto", *, threads: int | None = None) -> Runtime:
     return Runtime(dev, rank, world, local_rank, local_world)
 
 
-def teardown() -> None:
+def teardown(*, synchronize: bool = False) -> None:
+    """Leave the process group. With `synchronize` (a normal end, every rank gets here) wait for the others first:
+    a rank that destroys its gloo group while a peer still works (rank 0 saving) can abort that peer at exit
+    ("terminate called without an active exception"). Never after an error: a peer that died would hold the
+    barrier until the group's timeout."""
     if dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

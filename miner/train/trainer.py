@@ -436,7 +436,9 @@ class Trainer:
                 model = build_from_meta(record)
                 model.load_state_dict(record["state_dict"])
                 model.to(self.rt.device)
-            return self._finish(model, plan, t0)
+            result = self._finish(model, plan, t0)
+            D.teardown(synchronize=True)
+            return result
         finally:
             D.teardown()
 

@@ -40,7 +40,7 @@ def main(out: str) -> None:
         opt.step()
     if rt.main:
         torch.save(model.state_dict(), out)
-    D.teardown()
+    D.teardown(synchronize=True)
 
 
 if __name__ == "__main__":
