@@ -43,6 +43,15 @@ one of 81 moves of each resulting box by the image and the map, and scores the c
 from boxes as unseen images get them: the batches fall into ``REFINE_FOLDS`` folds, and each fold's boxes come from
 a first stage fitted on the other folds (cross-fitting). They replace the levels' and shapes' boxes of the findings
 they cover.
+
+With the refinement, the boxes it gives, not the levels', can choose each finding's stage weight
+(`calibrate_box_weights`, ``miner calibrate --weights-by boxes``): the regressors and refinement are
+fitted at every candidate weight, and each fold's refined boxes are scored by a move choice fitted on the other
+folds (`refinement_oof`: Acc at T(IoU) ``OOF_IOU`` = 0.5, the measure the boxes are trained for). A finding moves
+from the levels' weight to the one whose boxes find the most lesions where that finds at least ``min_gain`` of its
+boxes more. The levels' Acc at T(IoU) 0.3 favours a map whose hot core sits on the lesion; a box at IoU 0.5 also
+needs the lesion's border, which the finer stages carry: for a diffuse finding the coarse stage spreads the map
+over the surroundings.
 """
 from __future__ import annotations
 
@@ -64,6 +73,8 @@ SCALES: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 1.75,
 SHIFTS: tuple[float, ...] = (-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3)
 #: candidate weights of the coarsest stage's channels in a finding's map (`calibrate_maps`)
 COARSE_WEIGHTS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
+#: the T(IoU) of the out-of-fold Acc by which `calibrate_box_weights` compares a finding's candidate maps
+OOF_IOU = 0.5
 
 
 @dataclass
@@ -273,6 +284,12 @@ class Calibration:
     #: finding -> {candidate weight of the coarsest stage -> Acc at its chosen level and shape}; the stage's name
     weight_table: dict[str, dict[float, float]] = field(default_factory=dict)
     stage: str = ""
+    #: each candidate weight's calibration of every finding (`calibrate_maps`; the weights chosen by the boxes,
+    #: `calibrate_box_weights`, take their levels and shapes from here)
+    by_weight: dict[float, Calibration] = field(default_factory=dict, repr=False, compare=False)
+    #: finding -> {candidate weight -> out-of-fold Acc at T(IoU) 0.5 of the refined boxes} where the weights were
+    #: chosen by the boxes (`calibrate_box_weights`)
+    box_weight_table: dict[str, dict[float, float]] = field(default_factory=dict)
 
     @property
     def macro(self) -> float:
@@ -313,6 +330,20 @@ class Calibration:
                 out.append(f"{f:<14}{self.boxes.get(f, 0):>6}"
                            + "".join(f"{accs.get(w, math.nan):>7.2f}" for w in weights)
                            + (f"   {chosen:g}" if f in self.levels else "   1 (default: too few boxes)"))
+        return out + self.box_weight_lines()
+
+    def box_weight_lines(self) -> list[str]:
+        """The refined boxes' out-of-fold Acc per candidate weight (`calibrate_box_weights`); [] without."""
+        if not self.box_weight_table:
+            return []
+        weights = sorted({w for accs in self.box_weight_table.values() for w in accs}, reverse=True)
+        out = [f"refined boxes' out-of-fold Acc at T(IoU)={OOF_IOU:g} per weight of {self.stage} in the map "
+               "(these choose the weight):",
+               f"{'finding':<14}{'boxes':>6}" + "".join(f"{w:>7g}" for w in weights) + "   chosen"]
+        for f, accs in self.box_weight_table.items():
+            chosen = self.stage_weights.get(f, {}).get(self.stage, 1.0)
+            out.append(f"{f:<14}{self.boxes.get(f, 0):>6}"
+                       + "".join(f"{accs.get(w, math.nan):>7.2f}" for w in weights) + f"   {chosen:g}")
         return out
 
 
@@ -418,6 +449,15 @@ def calibrate_maps(backend_with: Callable[[dict[str, dict[str, float]]], Any], d
         best = max(weights, key=lambda w: (round(acc(results[w], finding), 12), -abs(w - 1.0)))
         if acc(results[best], finding) - acc(base, finding) >= need - 1e-12:
             chosen[finding] = best
+    weight_table = {f: {w: acc(results[w], f) for w in weights} for f in base.levels}
+    return _at_weights(results, chosen, stage, weight_table=weight_table)
+
+
+def _at_weights(results: Mapping[float, Calibration], chosen: Mapping[str, float], stage: str,
+                **extra: Any) -> Calibration:
+    """One calibration from each candidate weight's (`results`, weight 1 among them): each finding's levels, shapes
+    and Acc at its `chosen` weight (1 where it has none), and the stage weights other than 1."""
+    base = results[1.0]
     pick = {f: results[chosen.get(f, 1.0)] for f in base.table}  # each finding's calibration at its weight
     levels = {f: pick[f].levels[f] for f in base.levels}
     table = {f: pick[f].table[f] for f in base.table}
@@ -426,9 +466,8 @@ def calibrate_maps(backend_with: Callable[[dict[str, dict[str, float]]], Any], d
     stage_weights = {f: {stage: w} for f, w in chosen.items() if w != 1.0}
     box_config = replace(base.box_config, finding_levels=dict(levels),
                          finding_shapes={f: list(v) for f, v in shapes.items()} or None)
-    weight_table = {f: {w: acc(results[w], f) for w in weights} for f in base.levels}
     return replace(base, levels=levels, table=table, plain=plain, shapes=shapes, box_config=box_config,
-                   stage_weights=stage_weights, weight_table=weight_table, stage=stage)
+                   stage_weights=stage_weights, stage=stage, by_weight=dict(results), **extra)
 
 
 @dataclass
@@ -516,8 +555,12 @@ def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: Calib
                                      for f, accs in calibration.table.items()}}
     if calibration.weight_table:
         record["calibration"]["stage_weight_acc"] = {
-            "stage": calibration.stage,
+            "stage": calibration.stage, "chosen_by": "boxes" if calibration.box_weight_table else "levels",
             "acc": {f: {f"{w:g}": a for w, a in accs.items()} for f, accs in calibration.weight_table.items()}}
+        if calibration.box_weight_table:
+            record["calibration"]["stage_weight_acc"]["boxes_acc"] = {
+                "iou": OOF_IOU, "folds": "out of fold",
+                "acc": {f: {f"{w:g}": a for w, a in accs.items()} for f, accs in calibration.box_weight_table.items()}}
     if regression is not None:
         record["calibration"]["regressors"] = {"before": regression.before, "after": regression.after,
                                                "candidates": regression.candidates}
@@ -536,15 +579,30 @@ class RegressorFit:
     before: dict[str, dict[str, float]]
     after: dict[str, dict[str, float]]
     candidates: dict[str, int]
+    #: finding -> out-of-fold Acc at T(IoU) ``OOF_IOU`` of the refined boxes (`refinement_oof`; with ``score=True``)
+    oof: dict[str, float] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [f"{'finding':<14}{'steps':>6}  Acc@0.3 before/after  Acc@0.5 before/after"]
         for f in sorted(self.before):
             b, a = self.before[f], self.after.get(f, self.before[f])
             tail = "" if f in self.regressors else "   (no regressor: too few boxes)"
+            if f in self.oof:
+                tail += f"   (out of fold: {self.oof[f]:.2f})"
             out.append(f"{f:<14}{self.candidates.get(f, 0):>6}      {b['0.3']:.2f} / {a['0.3']:.2f}"
                        f"           {b['0.5']:.2f} / {a['0.5']:.2f}{tail}")
         return out
+
+    def only(self, findings: Sequence[str]) -> RegressorFit:
+        """The fit of `findings` alone (every finding's numbers are its own: a finding's maps, candidates and
+        regressions do not depend on another's)."""
+        keep = set(findings)
+
+        def sub(d: Mapping[str, Any]) -> dict[str, Any]:
+            return {f: v for f, v in d.items() if f in keep}
+
+        return RegressorFit(sub(self.regressors), sub(self.before), sub(self.after), sub(self.candidates),
+                            sub(self.oof))
 
 
 #: folds of the validation images: the refinement learns from each fold's boxes as a first stage fitted on the
@@ -553,12 +611,14 @@ REFINE_FOLDS = 4
 
 
 def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration, *,
-                         min_boxes: int = 10, refine: bool = True, folds: int = REFINE_FOLDS) -> RegressorFit:
+                         min_boxes: int = 10, refine: bool = True, folds: int = REFINE_FOLDS,
+                         score: bool = False) -> RegressorFit:
     """Fit ``boxes.regressors`` (`miner.box_regression`) on `data` under `calibration`'s recipe, mining and box
     settings (the backend opened with its stage weights, at its input size): every mining step of every labelled
     finding with boxes is one candidate. Findings with fewer than `min_boxes` ground-truth boxes get none. With
     `refine`, each finding's refinement is fitted on the boxes of `folds` folds of the batches, each as the first
-    stage fitted on the other folds gives them (`_fit_refinements`)."""
+    stage fitted on the other folds gives them (`_fit_refinements`); with `score` too, the refined boxes are scored
+    out of fold (`refinement_oof`: ``RegressorFit.oof``)."""
     import torch
 
     from miner.box_regression import candidates, fit_regressor
@@ -632,11 +692,67 @@ def calibrate_regressors(backend: Any, data: BoxedSet, calibration: Calibration,
 
     before = accs(rows)
     pipeline.box_config = replace(base, regressors=regressors or None)
+    oof: dict[str, float] = {}
     if regressors and refine:
-        regressors = _fit_refinements(pipeline, data, regressors, fit, folds)
+        regressors, samples = _fit_refinements(pipeline, data, regressors, fit, folds)
         pipeline.box_config = replace(base, regressors=regressors)
+        if score:
+            oof = refinement_oof(samples, iou=OOF_IOU)
     after = accs(mine_set(pipeline, data)) if regressors else before
-    return RegressorFit(regressors, before, after, {f: len(v) for f, v in feats.items()})
+    return RegressorFit(regressors, before, after, {f: len(v) for f, v in feats.items()}, oof)
+
+
+def calibrate_box_weights(backend_with: Callable[[dict[str, dict[str, float]]], Any], data: BoxedSet,
+                          calibration: Calibration, *, min_boxes: int = 10, min_gain: float = 0.02,
+                          folds: int = REFINE_FOLDS) -> tuple[Calibration, RegressorFit]:
+    """Each finding's weight of the coarsest stage in its map chosen by the boxes the product gives, not by the
+    levels' boxes (module docstring): for every candidate weight `calibrate_maps` tried (``calibration.by_weight``)
+    the box regressors and their refinement are fitted on `data` with every finding's map at that weight
+    (`calibrate_regressors`), and the refined boxes scored out of fold at T(IoU) ``OOF_IOU``
+    (`refinement_oof`). A finding takes the weight whose boxes find the most lesions where that beats its weight
+    by the levels (`calibrate_maps`' choice) by at least `min_gain` of its boxes (ties: the weight nearest that
+    one); its levels and shapes are those calibrated at the weight, its regressors those fitted at it (a finding's
+    maps, candidates and regressions do not depend on another's). With a single candidate weight this is
+    `calibrate_regressors` at the calibration's weights.
+
+    `backend_with(stage_weights)` opens the model at `data`'s image size. Returns the calibration at the chosen
+    weights (``box_weight_table``: finding -> weight -> out-of-fold Acc) and the regressors fitted at them."""
+    stage = calibration.stage
+    weights = sorted(calibration.by_weight, reverse=True)
+    if len(weights) < 2 or not stage:
+        backend = backend_with(dict(calibration.stage_weights))
+        compute_maps(backend, data)
+        fit = calibrate_regressors(backend, data, calibration, min_boxes=min_boxes, folds=folds, score=True)
+        data.maps = []
+        return calibration, fit
+    plain = backend_with({})
+    classes = list(plain.meta.classes)
+    fits: dict[float, RegressorFit] = {}
+    for weight in weights:
+        backend = plain if weight == 1.0 else backend_with({f: {stage: weight} for f in classes})
+        compute_maps(backend, data)  # this weight's maps for every finding
+        fits[weight] = calibrate_regressors(backend, data, calibration.by_weight[weight], min_boxes=min_boxes,
+                                            folds=folds, score=True)
+    data.maps = []  # the last weight's maps: not the chosen ones
+    chosen: dict[str, float] = {}
+    table: dict[str, dict[float, float]] = {}
+    for finding in classes:
+        own = float(calibration.stage_weights.get(finding, {}).get(stage, 1.0))
+        scored = {w: fits[w].oof[finding] for w in weights if finding in fits[w].oof}
+        if own in scored:
+            table[finding] = scored
+            boxes = max(1, calibration.boxes.get(finding, 0))
+            need = min_gain_boxes(boxes, min_gain) / boxes
+            best = max(scored, key=lambda w: (round(scored[w], 12), -abs(w - own)))
+            chosen[finding] = best if scored[best] - scored[own] >= need - 1e-12 else own
+        elif own != 1.0:
+            chosen[finding] = own
+    result = _at_weights(calibration.by_weight, chosen, stage, weight_table=calibration.weight_table,
+                         box_weight_table=table)
+    parts = [fits[chosen.get(f, 1.0)].only([f]) for f in classes]
+    fit = RegressorFit(*({k: v for part in parts for k, v in getattr(part, name).items()}
+                         for name in ("regressors", "before", "after", "candidates", "oof")))
+    return result, fit
 
 
 def _subset(data: BoxedSet, batches: Sequence[int]) -> BoxedSet:
@@ -647,16 +763,72 @@ def _subset(data: BoxedSet, batches: Sequence[int]) -> BoxedSet:
                     [data.maps[i] for i in batches])
 
 
+@dataclass
+class RefineSample:
+    """One validation pair's first-stage boxes for the refinement (`_fit_refinements`): the features of each box's
+    moves (Tensor[K, 81, R]), the IoU each move reaches with the pair's nearest lesion (Tensor[K, 81]), the boxes'
+    expected IoU (Tensor[K]), which is the pair's first lesion (Tensor[K] bool), which train the move choice
+    (Tensor[K] bool), the fold the pair's batch fell in, the moves (Tensor[K, 81, 4]) and the pair's lesions
+    (Tensor[G, 4], the tables' pixels). A pair whose finding the first stage boxed nowhere has K = 0."""
+
+    features: Any
+    iou: Any
+    quality: Any
+    first: Any
+    train: Any
+    fold: int
+    moves: Any
+    truth: Any
+
+    def fitting(self) -> tuple[Any, ...]:
+        return self.features, self.iou, self.quality, self.first, self.train
+
+
+def refinement_oof(samples: Mapping[str, Sequence[RefineSample]], *, iou: float = OOF_IOU) -> dict[str, float]:
+    """Per finding, the out-of-fold Acc at T(IoU) `iou` of the refined boxes: each fold's pairs refined by a move
+    choice fitted on the other folds' boxes (`miner.box_regression.fit_refinement`), and the share of their lesions
+    that a chosen box overlaps at `iou` or more (every box of the pair, as ``Acc`` with every box; a pair with no
+    box finds none). With a single fold: in-sample."""
+    import torch
+
+    from miner.box_regression import box_iou, choose_moves, fit_refinement
+
+    out: dict[str, float] = {}
+    for finding, pairs in samples.items():
+        folds = sorted({p.fold for p in pairs})
+        found = lesions = 0
+        for fold in folds:
+            rest = [p for p in pairs if p.fold != fold and len(p.iou)] if len(folds) > 1 else \
+                [p for p in pairs if len(p.iou)]
+            if not rest:
+                continue
+            refine = fit_refinement(*(torch.cat([p.fitting()[j] for p in rest]) for j in range(5)))
+            for p in pairs:
+                if p.fold != fold:
+                    continue
+                lesions += len(p.truth)
+                if not len(p.iou):
+                    continue
+                best, _ = choose_moves(refine, p.features)
+                boxes = p.moves[torch.arange(len(best)), best]
+                found += int((box_iou(boxes, p.truth) >= iou - 1e-12).any(0).sum())
+        if lesions:
+            out[finding] = found / lesions
+    return out
+
+
 def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any],
-                     fit: Callable[[set[int]], dict[str, Any]], folds: int) -> dict[str, Any]:
+                     fit: Callable[[set[int]], dict[str, Any]], folds: int,
+                     ) -> tuple[dict[str, Any], dict[str, list[RefineSample]]]:
     """`regressors` with each finding's refinement (`miner.box_regression.fit_refinement`) fitted on `data`'s
     boxes of pairs with ground truth: the batches split into `folds` folds (by batch index modulo folds; one fold,
     in-sample, where there are fewer than two batches), each fold's boxes as the first stage `fit` on the other folds
-    gives them, every move of each with the IoU it reaches."""
+    gives them, every move of each with the IoU it reaches; and those boxes (`RefineSample`s, per finding)."""
     import torch
 
     from miner.box_regression import (
         MIN_TRAIN_IOU,
+        REFINE_NAMES,
         Regressor,
         box_iou,
         fit_refinement,
@@ -667,7 +839,7 @@ def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any],
     )
     from miner.boxes import work_size
 
-    samples: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    samples: dict[str, list[RefineSample]] = defaultdict(list)
     images_of = {id(batch): images for batch, (images, _) in zip(data.batches, data.maps)}
     cfg = pipeline.box_config
     n = len(data.batches)
@@ -677,7 +849,8 @@ def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any],
         records = fit(set(held)) if k > 1 else regressors
         stage = read_regressors(records)
 
-        def capture(batch: Any, mined: Any, chosen: np.ndarray, stage: dict[str, Any] = stage) -> None:
+        def capture(batch: Any, mined: Any, chosen: np.ndarray, stage: dict[str, Any] = stage,
+                    fold: int = fold) -> None:
             pairs = torch.as_tensor(np.argwhere(chosen), dtype=torch.long)
             if not len(pairs):
                 return
@@ -690,11 +863,18 @@ def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any],
             for i, (b, _) in enumerate(found.pairs.tolist()):
                 gts = data.gt.get((batch.image_ids[b], found.finding[i]), [])
                 live = found.ok[i]
-                if not gts or not bool(live.any()):
+                if not gts:
                     continue  # what a pair without ground truth holds is unknown: it trains nothing
                 height, width = (float(v) for v in batch.sizes[b])
                 to_table = found.to_image * torch.tensor([ww / width, hw / height] * 2, dtype=torch.float64)
                 truth = torch.tensor([(x, y, x + w, y + h) for x, y, w, h in gts], dtype=torch.float64) * to_table
+                if not bool(live.any()):  # no box: it trains nothing, and its lesions are missed
+                    none = refine_moves(torch.zeros(0, 4, dtype=torch.float64))  # [0, 81, 4]
+                    samples[found.finding[i]].append(RefineSample(
+                        none.new_zeros(*none.shape[:2], len(REFINE_NAMES)), none[..., 0],
+                        none.new_zeros(0), torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool),
+                        fold, none, truth))
+                    continue
                 boxes = found.boxes[i][live] * found.to_image  # [K, 4] the tables' pixels
                 moved = refine_moves(boxes)  # [K, 81, 4]
                 kk = len(boxes)
@@ -703,7 +883,8 @@ def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any],
                 iou = box_iou(moved.reshape(-1, 4), truth).amax(1).reshape(kk, -1)
                 first = torch.zeros(kk, dtype=torch.bool)
                 first[0] = bool(live[0])
-                samples[found.finding[i]].append((f, iou, found.quality[i][live], first, iou[:, 0] >= MIN_TRAIN_IOU))
+                samples[found.finding[i]].append(RefineSample(f, iou, found.quality[i][live], first,
+                                                              iou[:, 0] >= MIN_TRAIN_IOU, fold, moved, truth))
 
         held_out = _subset(data, held)
         before = pipeline.box_config
@@ -714,12 +895,13 @@ def _fit_refinements(pipeline: Any, data: BoxedSet, regressors: dict[str, Any],
             pipeline.box_config = before
     out = dict(regressors)
     for finding, parts in samples.items():
-        if finding not in regressors:
+        parts = [p for p in parts if len(p.iou)]
+        if finding not in regressors or not parts:
             continue
-        refine = fit_refinement(*(torch.cat([p[j] for p in parts]) for j in range(5)))
+        refine = fit_refinement(*(torch.cat([p.fitting()[j] for p in parts]) for j in range(5)))
         reg = Regressor.from_record(finding, regressors[finding])
         out[finding] = Regressor(reg.mean, reg.scale, reg.box, reg.quality, refine).to_record()
-    return out
+    return out, {f: v for f, v in samples.items() if f in regressors}
 
 
 def group_rows(rows: Sequence[tuple]) -> dict[str, dict[str, list[tuple[float, float, float, float]]]]:

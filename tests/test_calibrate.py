@@ -252,7 +252,7 @@ def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
                                                "Nodule", "Pneumonia", "Pneumothorax")),
                     meta={"input_size": 64})
     assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "cal.pt"), "--recipe", "peaks",
-                 "--min-boxes", "1", "--levels", "0.5,0.9"]) == 0
+                 "--min-boxes", "1", "--levels", "0.5,0.9", "--weights-by", "boxes"]) == 0
     text = capsys.readouterr().out
     assert "miner calibrate: wrote" in text and "chosen" in text
     record = read_checkpoint(tmp_path / "cal.pt")
@@ -268,7 +268,19 @@ def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
     assert "box regressors" not in capsys.readouterr().out
     plain = read_checkpoint(tmp_path / "plain.pt")
     assert "regressors" not in plain["boxes"] and "regressors" not in plain["calibration"]
-    assert plain["boxes"]["finding_levels"] == record["boxes"]["finding_levels"]
+    # the refined boxes chose the stage weights (--weights-by boxes), the levels without regressors; where the two
+    # chose the same weight, the same levels
+    assert record["calibration"]["stage_weight_acc"]["chosen_by"] == "boxes"
+    assert plain["calibration"]["stage_weight_acc"]["chosen_by"] == "levels"
+    weight = {k: {f: w.get(f, {}).get("layer4", 1.0) for f in r["boxes"]["finding_levels"]}
+              for k, r, w in (("boxes", record, record.get("stage_weights") or {}),
+                              ("levels", plain, plain.get("stage_weights") or {}))}
+    same = [f for f in plain["boxes"]["finding_levels"] if weight["boxes"].get(f) == weight["levels"][f]]
+    assert same and all(plain["boxes"]["finding_levels"][f] == record["boxes"]["finding_levels"][f] for f in same)
+    assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt"), "--no-refine",
+                 "--weights-by", "boxes"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--weights-by boxes" in err and len(err.splitlines()) == 1 and not (tmp_path / "x.pt").exists()
     # the seed's recipe reads boxes by levels of H_f: nothing to calibrate
     assert main(["calibrate", str(src), str(archive), "--out", str(tmp_path / "x.pt")]) == 2
     assert "'levels' rule" in capsys.readouterr().err
@@ -309,3 +321,112 @@ def test_calibrate_cli_end_to_end_and_its_errors(tmp_path, capsys):
     (empty / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
     assert main(["calibrate", str(src), str(empty), "--out", str(tmp_path / "x.pt"), "--recipe", "peaks"]) == 2
     assert "no labelled image with ground-truth boxes" in capsys.readouterr().err
+
+
+def _sample(truth, box, fold, *, hit_move=None):
+    """A `RefineSample` of one box (its 81 moves) on lesions `truth` (list of x0, y0, x1, y1), whose features read
+    each move's IoU with the nearest lesion in their first column (a move choice fitted on them picks the best
+    move); `box` None: a pair the first stage boxed nowhere."""
+    from miner.box_regression import REFINE_NAMES, box_iou, refine_moves
+    from miner.calibrate import RefineSample
+
+    truth = torch.tensor(truth, dtype=torch.float64)
+    boxes = torch.zeros(0, 4, dtype=torch.float64) if box is None else torch.tensor([box], dtype=torch.float64)
+    moves = refine_moves(boxes)
+    iou = box_iou(moves.reshape(-1, 4), truth).amax(1).reshape(len(boxes), -1) if len(boxes) else moves[..., 0]
+    features = torch.zeros(*iou.shape, len(REFINE_NAMES), dtype=torch.float64)
+    features[..., 0] = iou
+    k = len(boxes)
+    first = torch.ones(k, dtype=torch.bool)
+    return RefineSample(features, iou, torch.full((k,), 0.5, dtype=torch.float64), first, first, fold, moves, truth)
+
+
+def test_the_refined_boxes_are_scored_out_of_fold_per_lesion():
+    """By hand, T(IoU) 0.5: a move choice that reads each move's IoU picks each box's best move. Fold 0: a 10 x 10
+    lesion with a box 1.25 x too wide (its x 0.8 move is exact: found) and a lesion with no box (missed); fold 1: a
+    box of four times the lesion's side (its smallest move, x 0.8, still reaches only 100 / 32^2: missed), a pair of
+    two lesions whose box covers one (found; the other missed) and another 1.25 x wide box (found). Acc = 3 / 6:
+    every lesion once, a pair without a box included. Unmoved (a choice that reads nothing keeps each box), the wide
+    boxes reach IoU 0.8: found at 0.5, not at 0.85."""
+    from miner.calibrate import refinement_oof
+
+    samples = {"Mass": [
+        _sample([[0, 0, 10, 10]], [-1.25, 0, 11.25, 10], 0),
+        _sample([[30, 30, 40, 40]], None, 0),
+        _sample([[0, 0, 10, 10]], [-15, -15, 25, 25], 1),
+        _sample([[0, 0, 10, 10], [50, 50, 60, 60]], [-1.25, 0, 11.25, 10], 1),
+        _sample([[20, 20, 30, 30]], [18.75, 20, 31.25, 30], 1),
+    ]}
+    assert refinement_oof(samples) == {"Mass": pytest.approx(3 / 6)}
+    # a single fold: in-sample, the same choice here
+    one = {"Mass": [replace_fold(s, 0) for s in samples["Mass"]]}
+    assert refinement_oof(one) == {"Mass": pytest.approx(3 / 6)}
+    flat = {"Mass": [replace_features(s) for s in samples["Mass"]]}
+    assert refinement_oof(flat) == {"Mass": pytest.approx(3 / 6)}
+    assert refinement_oof(flat, iou=0.85) == {"Mass": 0.0}
+
+
+def replace_fold(sample, fold):
+    from dataclasses import replace
+
+    return replace(sample, fold=fold)
+
+
+def replace_features(sample):
+    from dataclasses import replace
+
+    return replace(sample, features=torch.zeros_like(sample.features))
+
+
+def test_the_refined_boxes_choose_each_findings_coarse_weight(tmp_path, monkeypatch):
+    """The levels give Nodule the weight 0.5 and Mass 1 (the coarse-weight test's maps); the refined boxes' out-of-
+    fold Acc (stood in for: Mass 0.50 / 0.70 / 0.52 at 1 / 0.5 / 0.25, Nodule 0.90 / 0.80 / 0.85) moves Mass to
+    0.5 (+0.20, over the 1 box in 6 that min_gain 0.02 asks) and keeps Nodule's 0.5 (1 gains 0.10: less than a
+    box). Each weight's regressors are fitted on its own maps under its own levels; a finding keeps the levels,
+    shapes and regressors of its weight; the record says the boxes chose."""
+    import miner.calibrate as cal
+    from miner.calibrate import RegressorFit, calibrate_box_weights
+    from miner.models import create_model, read_checkpoint, save_checkpoint
+
+    data, good = boxed_set()
+    bad = torch.roll(good.table, shifts=3, dims=-1)
+    opts = dict(levels=(0.6, 0.85), iou=0.7, min_boxes=1, shapes=False)
+    levels = calibrate_maps(lambda w: StagedConeBackend(good.table, bad, w), data, coarse_weights=(1.0, 0.5, 0.25),
+                            **opts)
+    assert levels.stage_weights == {"Nodule": {"layer4": 0.5}} and sorted(levels.by_weight) == [0.25, 0.5, 1.0]
+    oof = {1.0: (0.50, 0.90), 0.5: (0.70, 0.80), 0.25: (0.52, 0.85)}
+    seen = []
+
+    def fake(backend, data_, calibration, **kw):
+        w = backend.weight
+        assert calibration is levels.by_weight[w] and kw["score"] and data_.maps  # its maps, its levels
+        assert torch.equal(data_.maps[0][1], backend.table)
+        seen.append(w)
+        return RegressorFit({"Mass": {"w": w}, "Nodule": {"w": w}}, {"Mass": {"0.3": w}, "Nodule": {"0.3": w}},
+                            {"Mass": {"0.3": w}, "Nodule": {"0.3": w}}, {"Mass": 6, "Nodule": 6},
+                            dict(zip(("Mass", "Nodule"), oof[w])))
+
+    monkeypatch.setattr(cal, "calibrate_regressors", fake)
+    result, fit = calibrate_box_weights(lambda w: StagedConeBackend(good.table, bad, w), data, levels, min_boxes=1)
+    assert seen == [1.0, 0.5, 0.25] and data.maps == []
+    assert result.stage_weights == {"Mass": {"layer4": 0.5}, "Nodule": {"layer4": 0.5}}
+    assert result.levels == {"Mass": levels.by_weight[0.5].levels["Mass"], "Nodule": levels.levels["Nodule"]}
+    assert result.weight_table == levels.weight_table
+    assert result.box_weight_table == {"Mass": {1.0: 0.50, 0.5: 0.70, 0.25: 0.52},
+                                       "Nodule": {1.0: 0.90, 0.5: 0.80, 0.25: 0.85}}
+    assert fit.regressors == {"Mass": {"w": 0.5}, "Nodule": {"w": 0.5}} and fit.oof == {"Mass": 0.70, "Nodule": 0.80}
+    assert any("refined boxes' out-of-fold Acc" in line for line in result.lines())
+    # a larger min_gain keeps the levels' weights
+    seen.clear()
+    kept, _ = calibrate_box_weights(lambda w: StagedConeBackend(good.table, bad, w), data, levels, min_boxes=1,
+                                    min_gain=0.5)
+    assert kept.stage_weights == levels.stage_weights
+    src = tmp_path / "m.pt"
+    save_checkpoint(src, create_model("resnet18_msa", classes=CLASSES, width=0.125, msa_stride=8),
+                    meta={"input_size": 64})
+    record = read_checkpoint(write_calibrated(src, tmp_path / "cal.pt", result, source={}))
+    assert record["stage_weights"] == {"Mass": {"layer4": 0.5}, "Nodule": {"layer4": 0.5}}
+    chosen = record["calibration"]["stage_weight_acc"]
+    assert chosen["chosen_by"] == "boxes" and chosen["boxes_acc"]["acc"]["Mass"] == {"1": 0.5, "0.5": 0.7, "0.25": 0.52}
+    assert read_checkpoint(write_calibrated(src, tmp_path / "lv.pt", levels, source={}))["calibration"][
+        "stage_weight_acc"]["chosen_by"] == "levels"

@@ -66,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refine", action="store_true",
                         help="box regressors without their refinement (each lesion's box moved and scaled where the "
                              "image and the map fit it best, then scored; miner.box_regression)")
+    parser.add_argument("--weights-by", choices=("boxes", "levels"), default=None,
+                        help="what chooses each finding's --coarse-weights weight: 'boxes' the regressed and "
+                             "refined boxes' out-of-fold Acc at T(IoU) 0.5, fitted at every candidate weight (needs "
+                             "the refinement); 'levels' (the default) the levels' and shapes' Acc at --iou")
     parser.add_argument("--batch-size", type=BATCH, default=32)
 
 
@@ -92,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
     if not weights or any(not 0 <= v < float("inf") for v in weights):
         raise UsageError(f"--coarse-weights must be numbers >= 0, got {args.coarse_weights!r}")
     sizes = parse_sizes(args.input_sizes)
+    refined = not (args.no_regressors or args.no_refine)
+    if args.weights_by == "boxes" and not refined:
+        raise UsageError("--weights-by boxes chooses the stage weights by the refined boxes: it needs the box "
+                         "regressors and their refinement (drop --no-regressors / --no-refine, or pass "
+                         "--weights-by levels)")
+    by_boxes = refined and args.weights_by == "boxes"
     if not 0 <= args.size_tolerance < 1:
         raise UsageError(f"--size-tolerance must lie in [0, 1), got {args.size_tolerance}")
     record = read_checkpoint(args.checkpoint)
@@ -135,14 +145,28 @@ def run(args: argparse.Namespace) -> int:
         for line in search.lines():
             print("  " + line)
     regression = None
-    if not args.no_regressors:
+    chosen_size = search.size if search is not None else None
+    if by_boxes:
+        from dataclasses import replace
+
+        from miner.calibrate import calibrate_box_weights
+
+        size = backend_at(chosen_size, {}).meta.input_size
+        result, regression = calibrate_box_weights(lambda stage_weights: backend_at(chosen_size, stage_weights),
+                                                   data_at(size), result, min_boxes=args.min_boxes)
+        if search is not None:  # the size search's chosen calibration, now at the weights the boxes chose
+            search = replace(search, results={**search.results, search.size: result})
+        for line in result.box_weight_lines():
+            print(line if line.startswith("refined") else "  " + line)
+    elif not args.no_regressors:
         from miner.calibrate import calibrate_regressors
 
-        chosen_size = search.size if search is not None else None
         backend = backend_at(chosen_size, result.stage_weights)
-        regression = calibrate_regressors(backend, data_at(backend.meta.input_size), result,
-                                          min_boxes=args.min_boxes, refine=not args.no_refine)
-        print(f"box regressors at {backend.meta.input_size} px (validation Acc, in-sample):")
+        size = backend.meta.input_size
+        regression = calibrate_regressors(backend, data_at(size), result, min_boxes=args.min_boxes,
+                                          refine=not args.no_refine)
+    if regression is not None:
+        print(f"box regressors at {size} px (validation Acc, in-sample):")
         for line in regression.lines():
             print("  " + line)
     path = write_calibrated(args.checkpoint, args.out, result, source=source, sizes=search, regression=regression)
