@@ -430,3 +430,18 @@ def test_the_refined_boxes_choose_each_findings_coarse_weight(tmp_path, monkeypa
     assert chosen["chosen_by"] == "boxes" and chosen["boxes_acc"]["acc"]["Mass"] == {"1": 0.5, "0.5": 0.7, "0.25": 0.52}
     assert read_checkpoint(write_calibrated(src, tmp_path / "lv.pt", levels, source={}))["calibration"][
         "stage_weight_acc"]["chosen_by"] == "levels"
+
+
+def test_with_one_candidate_weight_the_boxes_choose_nothing_but_are_scored():
+    """A calibration without candidate weights (levels only): the regressors are fitted at its maps as
+    `calibrate_regressors` fits them, with the out-of-fold Acc beside; the calibration is returned as it was."""
+    from miner.calibrate import calibrate_box_weights, calibrate_regressors
+
+    data, backend = boxed_set()
+    levels = calibrate_levels(backend, data, levels=(0.6, 0.85), iou=0.3, min_boxes=1, shapes=False)
+    asked = []
+    result, fit = calibrate_box_weights(lambda w: asked.append(w) or backend, data, levels, min_boxes=1)
+    assert result is levels and asked == [{}] and data.maps == []
+    plain = calibrate_regressors(backend, data, levels, min_boxes=1)
+    assert fit.regressors == plain.regressors and set(fit.oof) == set(plain.regressors)
+    assert all(0.0 <= v <= 1.0 for v in fit.oof.values())
