@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refine", action="store_true",
                         help="box regressors without their refinement (each lesion's box moved and scaled where the "
                              "image and the map fit it best, then scored; miner.box_regression)")
-    parser.add_argument("--weights-by", choices=("boxes", "levels"), default=None,
+    parser.add_argument("--weights-by", choices=("boxes", "levels"), default="levels",
                         help="what chooses each finding's --coarse-weights weight: 'boxes' the regressed and "
                              "refined boxes' out-of-fold Acc at T(IoU) 0.5, fitted at every candidate weight (needs "
                              "the refinement); 'levels' (the default) the levels' and shapes' Acc at --iou")
@@ -96,12 +96,11 @@ def run(args: argparse.Namespace) -> int:
     if not weights or any(not 0 <= v < float("inf") for v in weights):
         raise UsageError(f"--coarse-weights must be numbers >= 0, got {args.coarse_weights!r}")
     sizes = parse_sizes(args.input_sizes)
-    refined = not (args.no_regressors or args.no_refine)
-    if args.weights_by == "boxes" and not refined:
+    by_boxes = args.weights_by == "boxes"
+    if by_boxes and (args.no_regressors or args.no_refine):
         raise UsageError("--weights-by boxes chooses the stage weights by the refined boxes: it needs the box "
                          "regressors and their refinement (drop --no-regressors / --no-refine, or pass "
                          "--weights-by levels)")
-    by_boxes = refined and args.weights_by == "boxes"
     if not 0 <= args.size_tolerance < 1:
         raise UsageError(f"--size-tolerance must lie in [0, 1), got {args.size_tolerance}")
     record = read_checkpoint(args.checkpoint)
