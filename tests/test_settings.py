@@ -71,8 +71,8 @@ def test_the_embedded_models_record_round_trips_identically(embedded):
     assert set(record) == set(RECORD_KEYS)  # a calibrated model: every key of the record
     settings = InferenceSettings.from_checkpoint(embedded, source=EMBEDDED)
     assert (settings.recipe, settings.method, settings.input_size, settings.trained_input_size) == (
-        "peaks", "layercam", 320, 256)
-    assert settings.boxes.finding_shapes["Mass"] == [0.7, 0.7, 0.1, -0.1]
+        "peaks", "layercam", 288, 256)
+    assert settings.boxes.finding_shapes["Mass"] == [0.9, 0.9, 0.2, -0.2]
     assert settings.to_record() == record
     assert json.dumps(settings.to_record()) == json.dumps(record)  # same keys, same order, same values
     assert settings.into_checkpoint(embedded) == embedded  # a rewrite changes nothing in the checkpoint
@@ -88,7 +88,7 @@ def test_the_torch_backend_and_an_engine_carry_the_record(embedded, tmp_path):
     backend = open_backend(EMBEDDED, backend="torch", device="cpu")
     settings = InferenceSettings.from_checkpoint(embedded)
     assert backend.meta.inference == settings.without_sizes().to_record()
-    assert backend.meta.input_size == (320, 320)
+    assert backend.meta.input_size == (288, 288)
     # an engine's side file and a graph's metadata_props hold the same record and read it back
     meta = backend.meta
     assert ModelMeta.from_json(meta.to_json()).inference == meta.inference
@@ -96,8 +96,8 @@ def test_the_torch_backend_and_an_engine_carry_the_record(embedded, tmp_path):
     # the effective settings of a pipeline on it (what a job's manifest records): the model's, as it runs them
     pipeline = Pipeline(backend, mining={"steps": 2})
     assert pipeline.settings == replace(settings.without_sizes(), mining=replace(settings.mining, steps=2),
-                                        input_size=(320, 320))
-    assert pipeline.settings.to_record()["input_size"] == [320, 320]
+                                        input_size=(288, 288))
+    assert pipeline.settings.to_record()["input_size"] == [288, 288]
 
 
 # -- the rules ----------------------------------------------------------------------------------------------------
