@@ -150,13 +150,17 @@ def run(args: argparse.Namespace) -> int:
 
         from miner.calibrate import calibrate_box_weights
 
-        size = backend_at(chosen_size, {}).meta.input_size
+        if search is not None:  # without a search, `size` is already the checkpoint's own
+            size = (search.size, search.size)
         result, regression = calibrate_box_weights(lambda stage_weights: backend_at(chosen_size, stage_weights),
                                                    data_at(size), result, min_boxes=args.min_boxes)
         if search is not None:  # the size search's chosen calibration, now at the weights the boxes chose
             search = replace(search, results={**search.results, search.size: result})
-        for line in result.box_weight_lines():
-            print(line if line.startswith("refined") else "  " + line)
+        lines = result.box_weight_lines()
+        if lines:
+            print(lines[0])
+            for line in lines[1:]:
+                print("  " + line)
     elif not args.no_regressors:
         from miner.calibrate import calibrate_regressors
 
